@@ -1,0 +1,190 @@
+// Package heartbeat runs the refresh-and-verify loop that keeps held locks
+// fresh and notices when one is lost.
+//
+// One Loop serves any number of targets with a single goroutine, so holding
+// many locks costs memory per lock, not a goroutine per lock. Every interval
+// each target's Beat is called; Beat refreshes the lock's freshness and
+// verifies that the lock is still the caller's. A Beat that reports
+// ErrGone loses the target at once; a Beat that fails with any other error is
+// retried every interval/4 and the target is lost after MaxFailures
+// consecutive failures, so a lock whose refresh keeps failing is reported
+// lost within one interval of the first failure.
+package heartbeat
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// DefaultInterval is the interval used when New is given zero.
+const DefaultInterval = 10 * time.Second
+
+// MaxFailures is how many consecutive failed beats lose a target.
+const MaxFailures = 3
+
+// ErrGone is wrapped by a Beat error that means the lock is definitely lost
+// (its backing file was removed or replaced); no retry can help.
+var ErrGone = errors.New("heartbeat: lock gone")
+
+// ErrFailing is wrapped by the error passed to a lost callback after
+// MaxFailures consecutive failed beats.
+var ErrFailing = errors.New("heartbeat: refresh keeps failing")
+
+// Target is one held lock. Beat must be safe to call concurrently with the
+// holder's own use of the lock and must not block for long.
+type Target interface {
+	Beat() error
+}
+
+// Loop beats registered targets. The zero value is not usable; call New.
+type Loop struct {
+	interval time.Duration
+
+	mu      sync.Mutex
+	targets map[*Registration]struct{} // guarded by mu
+	closed  bool                       // guarded by mu
+
+	wake  chan struct{}
+	donec chan struct{}
+}
+
+// Registration is a target's membership in a Loop.
+type Registration struct {
+	loop   *Loop
+	target Target
+	lost   func(error)
+	// guarded by loop.mu:
+	next     time.Time
+	failures int
+	lastErr  error
+}
+
+// New starts a loop that beats each target every interval (DefaultInterval
+// when zero). Close stops it.
+func New(interval time.Duration) *Loop {
+	if interval <= 0 {
+		interval = DefaultInterval
+	}
+	l := &Loop{
+		interval: interval,
+		targets:  make(map[*Registration]struct{}),
+		wake:     make(chan struct{}, 1),
+		donec:    make(chan struct{}),
+	}
+	go l.beatLoop()
+	return l
+}
+
+// Interval returns the loop's beat interval.
+func (l *Loop) Interval() time.Duration { return l.interval }
+
+// Add registers t; its first beat comes within one interval. lost is
+// called at most once, from the loop's goroutine, with an error wrapping
+// ErrGone or ErrFailing. It may run concurrently with or just after Stop.
+// Add on a closed loop returns a registration that is never beaten.
+func (l *Loop) Add(t Target, lost func(error)) *Registration {
+	r := &Registration{loop: l, target: t, lost: lost, next: time.Now().Add(l.period())}
+	l.mu.Lock()
+	if !l.closed {
+		l.targets[r] = struct{}{}
+	}
+	l.mu.Unlock()
+	return r
+}
+
+// Stop removes the registration. It is idempotent. A beat already in
+// progress may still finish, but no new beat starts.
+func (r *Registration) Stop() {
+	r.loop.mu.Lock()
+	delete(r.loop.targets, r)
+	r.loop.mu.Unlock()
+}
+
+// Close stops the loop and waits for its goroutine to exit. Registered
+// targets are dropped without a lost call.
+func (l *Loop) Close() {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		<-l.donec
+		return
+	}
+	l.closed = true
+	clear(l.targets)
+	l.mu.Unlock()
+	close(l.wake)
+	<-l.donec
+}
+
+// tick is the loop's resolution. Beats are scheduled one interval minus a
+// tick apart, so consecutive beats of a target are never more than one
+// interval apart.
+func (l *Loop) tick() time.Duration { return l.interval / 8 }
+
+// retryDelay is how long after a failed beat the target is tried again.
+func (l *Loop) retryDelay() time.Duration { return l.interval / 4 }
+
+// period is the delay between successful beats.
+func (l *Loop) period() time.Duration { return l.interval - l.tick() }
+
+func (l *Loop) beatLoop() {
+	defer close(l.donec)
+	t := time.NewTicker(l.tick())
+	defer t.Stop()
+	var due []*Registration
+	for {
+		select {
+		case <-t.C:
+		case _, ok := <-l.wake:
+			if !ok {
+				return
+			}
+		}
+		now := time.Now()
+		due = due[:0]
+		l.mu.Lock()
+		for r := range l.targets {
+			if !now.Before(r.next) {
+				due = append(due, r)
+			}
+		}
+		l.mu.Unlock()
+		for _, r := range due {
+			l.beatOne(r)
+		}
+	}
+}
+
+func (l *Loop) beatOne(r *Registration) {
+	err := r.target.Beat()
+	now := time.Now()
+	l.mu.Lock()
+	if _, ok := l.targets[r]; !ok {
+		l.mu.Unlock()
+		return
+	}
+	var lostErr error
+	switch {
+	case err == nil:
+		r.failures = 0
+		r.next = now.Add(l.period())
+	case errors.Is(err, ErrGone):
+		lostErr = err
+	default:
+		r.failures++
+		r.lastErr = err
+		r.next = now.Add(l.retryDelay())
+		if r.failures >= MaxFailures {
+			lostErr = fmt.Errorf("%w: %d consecutive failures, last: %w", ErrFailing, r.failures, err)
+		}
+	}
+	if lostErr != nil {
+		delete(l.targets, r)
+	}
+	l.mu.Unlock()
+	if lostErr != nil && r.lost != nil {
+		r.lost(lostErr)
+	}
+}

@@ -1,0 +1,549 @@
+package lockengine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/lockfs/lockfs/heartbeat"
+)
+
+// DirOptions configures a DirBackend. The zero value is usable.
+type DirOptions struct {
+	// Heartbeat is how often a held lock file is refreshed and verified
+	// (default heartbeat.DefaultInterval, 10s). A lock whose file is
+	// removed or replaced is reported lost within one interval.
+	Heartbeat time.Duration
+	// TakeoverAfter, when non-zero, lets a waiter take a name from a holder
+	// whose flock is still held but whose lock file has not been refreshed
+	// for this long (measured on the waiter's monotonic clock). It must be at
+	// least 3*Heartbeat, and every daemon sharing the directory must use a
+	// heartbeat no longer than TakeoverAfter/3. Zero (the default) never
+	// takes a name from a live holder, however long it is stuck.
+	TakeoverAfter time.Duration
+	// PollMin and PollMax bound the backoff of the one poller per name that
+	// waits while another process holds it (defaults 50µs and 2ms).
+	PollMin, PollMax time.Duration
+	// GuardWait bounds the wait for the guard file (default 1s). Past it an
+	// attempt counts as would-block and is retried.
+	GuardWait time.Duration
+	// IdleTTL: lock files unused for this long are removed by the sweeper
+	// (default 1m).
+	IdleTTL time.Duration
+	// SweepInterval is how often unused lock files are removed (default
+	// 1m); negative disables sweeping.
+	SweepInterval time.Duration
+	// IdleFiles is how many unlocked descriptors are kept open for quick
+	// re-acquisition (default 1024).
+	IdleFiles int
+	// AllowRemote permits a backing directory on a network filesystem
+	// (NFS, SMB, ...), where flock(2) does not exclude other clients.
+	AllowRemote bool
+	// Logger receives warnings and errors; nil discards them.
+	Logger *slog.Logger
+}
+
+func (o *DirOptions) setDefaults() error {
+	if o.Heartbeat <= 0 {
+		o.Heartbeat = heartbeat.DefaultInterval
+	}
+	if o.TakeoverAfter < 0 {
+		return errors.New("lockengine: TakeoverAfter must not be negative")
+	}
+	if o.TakeoverAfter > 0 && o.TakeoverAfter < 3*o.Heartbeat {
+		return fmt.Errorf("lockengine: TakeoverAfter %v must be at least 3x the heartbeat %v", o.TakeoverAfter, o.Heartbeat)
+	}
+	if o.PollMin <= 0 {
+		o.PollMin = 50 * time.Microsecond
+	}
+	if o.PollMax <= 0 {
+		o.PollMax = 2 * time.Millisecond
+	}
+	o.PollMax = max(o.PollMax, o.PollMin)
+	if o.GuardWait <= 0 {
+		o.GuardWait = time.Second
+	}
+	if o.IdleTTL <= 0 {
+		o.IdleTTL = time.Minute
+	}
+	if o.SweepInterval == 0 {
+		o.SweepInterval = time.Minute
+	}
+	if o.IdleFiles <= 0 {
+		o.IdleFiles = 1024
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// DirBackend is the local Backend: each name is a file in a backing
+// directory, held with flock(2). Processes (and containers) that share the
+// directory on one kernel exclude each other. See docs/design.md for the
+// invariants.
+//
+// Layout of the directory: locks/NAME (one lock file per name, holding a
+// one-line record with the name's fencing token), guard (never unlinked;
+// holds the token floor), tmp/ (files being installed by a takeover).
+//
+// The directory must be on a local filesystem: flock(2) on NFS or SMB does
+// not exclude other clients reliably, and attribute caching defeats the
+// inode checks. OpenDir refuses such filesystems unless AllowRemote is set.
+type DirBackend struct {
+	dir     string
+	locksFd int // O_DIRECTORY descriptor of dir/locks
+	tmpFd   int // O_DIRECTORY descriptor of dir/tmp
+	guard   guard
+	hb      *heartbeat.Loop
+	opts    DirOptions
+	log     *slog.Logger
+
+	mu     sync.Mutex
+	idle   map[string]lockFile   // guarded by mu; unlocked descriptors kept for reuse
+	holds  map[*dirHold]struct{} // guarded by mu; outstanding holds
+	closed bool                  // guarded by mu
+
+	stopSweep chan struct{}
+	sweepDone chan struct{}
+}
+
+var _ Backend = (*DirBackend)(nil)
+
+// OpenDir opens (creating if needed) the backing directory dir.
+func OpenDir(dir string, opts DirOptions) (*DirBackend, error) {
+	if err := opts.setDefaults(); err != nil {
+		return nil, err
+	}
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("lockengine: state dir %q: %w", dir, err)
+	}
+	for _, d := range []string{dir, filepath.Join(dir, "locks"), filepath.Join(dir, "tmp")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("lockengine: state dir: %w", err)
+		}
+	}
+	typ, err := fsType(dir)
+	if err != nil {
+		return nil, fmt.Errorf("lockengine: state dir %s: statfs: %w", dir, err)
+	}
+	if name, ok := remoteFS[typ]; ok {
+		if !opts.AllowRemote {
+			return nil, fmt.Errorf("%w: %s is on %s; use a local directory", ErrRemoteFS, dir, name)
+		}
+		opts.Logger.Warn("backing directory is on a network filesystem; locks may not exclude other clients",
+			"dir", dir, "fs", name)
+	} else if typ == fuseMagic {
+		opts.Logger.Warn("backing directory is on a FUSE filesystem; flock exclusion depends on it",
+			"dir", dir)
+	}
+
+	b := &DirBackend{
+		dir:       dir,
+		locksFd:   -1,
+		tmpFd:     -1,
+		guard:     guard{fd: -1, wait: opts.GuardWait},
+		opts:      opts,
+		log:       opts.Logger,
+		idle:      make(map[string]lockFile),
+		holds:     make(map[*dirHold]struct{}),
+		stopSweep: make(chan struct{}),
+		sweepDone: make(chan struct{}),
+	}
+	fail := func(err error) (*DirBackend, error) {
+		b.closeFds()
+		return nil, fmt.Errorf("lockengine: state dir %s: %w", dir, err)
+	}
+	if b.locksFd, err = unix.Open(filepath.Join(dir, "locks"), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err != nil {
+		return fail(fmt.Errorf("open locks: %w", err))
+	}
+	if b.tmpFd, err = unix.Open(filepath.Join(dir, "tmp"), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err != nil {
+		return fail(fmt.Errorf("open tmp: %w", err))
+	}
+	if b.guard.fd, err = unix.Open(filepath.Join(dir, "guard"), unix.O_RDWR|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644); err != nil {
+		return fail(fmt.Errorf("open guard: %w", err))
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(b.guard.fd, &st); err != nil {
+		return fail(fmt.Errorf("stat guard: %w", err))
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return fail(fmt.Errorf("guard: %w", ErrNotRegular))
+	}
+	b.hb = heartbeat.New(opts.Heartbeat)
+	if opts.SweepInterval > 0 {
+		go b.sweepLoop()
+	} else {
+		close(b.sweepDone)
+	}
+	return b, nil
+}
+
+// Dir returns the absolute path of the backing directory.
+func (b *DirBackend) Dir() string { return b.dir }
+
+// TryLock implements Backend.
+func (b *DirBackend) TryLock(ctx context.Context, name string, mode Mode, lost func(error)) (Hold, error) {
+	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	// A replaced file is retried with a fresh descriptor; a few rounds
+	// suffice unless files are being replaced continuously.
+	for range 8 {
+		lf, err := b.openFile(name)
+		if err != nil {
+			return nil, err
+		}
+		tok, err := b.tryFile(name, lf, mode, false)
+		switch {
+		case err == nil:
+			return b.newHold(name, lf, mode, tok, lost), nil
+		case errors.Is(err, errReplaced):
+			closeFd(lf.fd)
+			continue
+		case errors.Is(err, ErrWouldBlock):
+			b.putIdle(name, lf)
+			return nil, fmt.Errorf("lock %q: %w", name, err)
+		default:
+			closeFd(lf.fd)
+			return nil, err
+		}
+	}
+	return nil, fmt.Errorf("lock %q: %w: lock file keeps being replaced", name, ErrWouldBlock)
+}
+
+// Lock implements Backend. It polls with exponential backoff between
+// PollMin and PollMax while another process holds the name.
+func (b *DirBackend) Lock(ctx context.Context, name string, mode Mode, lost func(error)) (Hold, error) {
+	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	lf, err := b.openFile(name)
+	if err != nil {
+		return nil, err
+	}
+	var (
+		delay = b.opts.PollMin
+		timer *time.Timer
+		stale staleWatch
+	)
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		tok, err := b.tryFile(name, lf, mode, true)
+		switch {
+		case err == nil:
+			return b.newHold(name, lf, mode, tok, lost), nil
+		case errors.Is(err, errReplaced):
+			closeFd(lf.fd)
+			if lf, err = b.openFile(name); err != nil {
+				return nil, err
+			}
+			delay = b.opts.PollMin
+			continue
+		case !errors.Is(err, ErrWouldBlock):
+			closeFd(lf.fd)
+			return nil, err
+		}
+		if b.opts.TakeoverAfter > 0 {
+			h, err := b.watchStale(&stale, name, lf, mode, lost)
+			if h != nil || err != nil {
+				if h == nil {
+					closeFd(lf.fd)
+				}
+				return h, err
+			}
+		}
+		if timer == nil {
+			timer = time.NewTimer(delay)
+		} else {
+			timer.Reset(delay)
+		}
+		select {
+		case <-ctx.Done():
+			b.putIdle(name, lf)
+			return nil, fmt.Errorf("lock %q: %w", name, ctx.Err())
+		case <-timer.C:
+		}
+		delay = min(2*delay, b.opts.PollMax)
+	}
+}
+
+// openFile returns an unlocked descriptor of name's lock file, from the idle
+// cache or freshly opened (created if missing). Anything but a regular file
+// with one link is refused with ErrNotRegular and left untouched: the open
+// uses O_NOFOLLOW and O_NONBLOCK and never truncates.
+func (b *DirBackend) openFile(name string) (lockFile, error) {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return lockFile{}, ErrClosed
+	}
+	lf, ok := b.idle[name]
+	if ok {
+		delete(b.idle, name)
+	}
+	b.mu.Unlock()
+	if ok {
+		return lf, nil
+	}
+	fd, err := ignoringEINTR2(func() (int, error) {
+		return unix.Openat(b.locksFd, name,
+			unix.O_RDWR|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0o644)
+	})
+	if err != nil {
+		switch err {
+		case unix.ELOOP:
+			return lockFile{}, fmt.Errorf("lock %q: %w: a symlink is at the lock path", name, ErrNotRegular)
+		case unix.EISDIR:
+			return lockFile{}, fmt.Errorf("lock %q: %w: a directory is at the lock path", name, ErrNotRegular)
+		case unix.ENXIO, unix.EOPNOTSUPP:
+			return lockFile{}, fmt.Errorf("lock %q: %w: a socket or device is at the lock path", name, ErrNotRegular)
+		case unix.ENOENT:
+			return lockFile{}, fmt.Errorf("lock %q: open %s/locks: %w (backing directory removed?)", name, b.dir, err)
+		}
+		return lockFile{}, fmt.Errorf("lock %q: open %s/locks/%s: %w", name, b.dir, name, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		closeFd(fd)
+		return lockFile{}, fmt.Errorf("lock %q: fstat: %w", name, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		closeFd(fd)
+		return lockFile{}, fmt.Errorf("lock %q: %w: file type %#o at the lock path", name, ErrNotRegular, st.Mode&unix.S_IFMT)
+	}
+	if st.Nlink > 1 {
+		closeFd(fd)
+		return lockFile{}, fmt.Errorf("lock %q: %w: the lock file has %d hard links", name, ErrNotRegular, st.Nlink)
+	}
+	return lockFile{fd: fd, dev: st.Dev, ino: st.Ino}, nil
+}
+
+// tryFile makes one attempt to lock lf: flock without waiting, then, under
+// the guard held shared, verify that the path still names the locked inode
+// and write the new record (exclusive) or refresh the file (shared). It
+// returns the grant's token. On any failure the flock is dropped; lf stays
+// open and is the caller's.
+func (b *DirBackend) tryFile(name string, lf lockFile, mode Mode, waitGuard bool) (uint64, error) {
+	switch err := flock(lf.fd, flockHow(mode)|unix.LOCK_NB); err {
+	case nil:
+	case unix.EWOULDBLOCK:
+		return 0, ErrWouldBlock
+	default:
+		return 0, fmt.Errorf("lock %q: flock: %w", name, err)
+	}
+	tok, err := b.verifyAndRecord(name, lf, mode, waitGuard)
+	if err != nil {
+		_ = flock(lf.fd, unix.LOCK_UN)
+		return 0, err
+	}
+	return tok, nil
+}
+
+func (b *DirBackend) verifyAndRecord(name string, lf lockFile, mode Mode, waitGuard bool) (uint64, error) {
+	if err := b.guard.lockShared(waitGuard); err != nil {
+		if errors.Is(err, ErrWouldBlock) {
+			return 0, err
+		}
+		return 0, fmt.Errorf("lock %q: %w", name, err)
+	}
+	defer b.guard.unlockShared()
+	var st unix.Stat_t
+	switch err := fstatat(b.locksFd, name, &st); {
+	case err == unix.ENOENT:
+		return 0, errReplaced
+	case err != nil:
+		return 0, fmt.Errorf("lock %q: verify: %w", name, err)
+	case st.Dev != lf.dev || st.Ino != lf.ino:
+		return 0, errReplaced
+	case st.Nlink != 1:
+		return 0, fmt.Errorf("lock %q: %w: the lock file has %d hard links", name, ErrNotRegular, st.Nlink)
+	}
+	tok, empty, err := readRecord(lf.fd, tokenPrefix)
+	if err != nil {
+		return 0, fmt.Errorf("lock %q: %w", name, err)
+	}
+	if empty {
+		// A new file: continue from the highest token of any removed one.
+		if tok, err = b.guard.floor(); err != nil {
+			return 0, fmt.Errorf("lock %q: %w", name, err)
+		}
+	}
+	if mode == Exclusive {
+		tok++
+		err = writeRecord(lf.fd, tokenPrefix, tok)
+	} else {
+		err = touch(lf.fd)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("lock %q: %w", name, err)
+	}
+	return tok, nil
+}
+
+// putIdle keeps an unlocked descriptor for the next attempt on name.
+func (b *DirBackend) putIdle(name string, lf lockFile) {
+	b.mu.Lock()
+	if _, dup := b.idle[name]; dup || b.closed || len(b.idle) >= b.opts.IdleFiles {
+		b.mu.Unlock()
+		closeFd(lf.fd)
+		return
+	}
+	b.idle[name] = lf
+	b.mu.Unlock()
+}
+
+func closeFd(fd int) {
+	if fd >= 0 {
+		_ = unix.Close(fd)
+	}
+}
+
+// staleWatch tracks how long the file at a lock path has gone without a
+// refresh, on this process's monotonic clock, so that wall-clock jumps and
+// suspends of the holder's machine cannot make a holder look stale.
+type staleWatch struct {
+	valid       bool
+	dev, ino    uint64
+	mtim, ctim  unix.Timespec
+	since, last time.Time
+}
+
+// watchStale observes the lock file and, once it has been unchanged for
+// TakeoverAfter while its flock stays held, takes the name over. It returns
+// a hold when it took over.
+func (b *DirBackend) watchStale(w *staleWatch, name string, lf lockFile, mode Mode, lost func(error)) (Hold, error) {
+	now := time.Now()
+	if w.valid && now.Sub(w.last) < b.opts.TakeoverAfter/16 {
+		return nil, nil
+	}
+	w.last = now
+	var st unix.Stat_t
+	if err := fstatat(b.locksFd, name, &st); err != nil {
+		w.valid = false
+		return nil, nil // vanished: the next attempt reopens
+	}
+	if !w.valid || st.Dev != w.dev || st.Ino != w.ino || st.Mtim != w.mtim || st.Ctim != w.ctim {
+		*w = staleWatch{valid: true, dev: st.Dev, ino: st.Ino, mtim: st.Mtim, ctim: st.Ctim, since: now, last: now}
+		return nil, nil
+	}
+	if now.Sub(w.since) < b.opts.TakeoverAfter {
+		return nil, nil
+	}
+	h, err := b.takeover(name, lf, mode, w, lost)
+	if err != nil {
+		w.valid = false
+		if errors.Is(err, ErrWouldBlock) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	return h, nil
+}
+
+// takeover replaces the lock file of a stuck holder with a new inode that
+// this process holds, under the guard held exclusively, with a token above
+// the old one. The old holder's heartbeat sees the replacement and reports
+// the lock lost. lf is closed on success.
+func (b *DirBackend) takeover(name string, lf lockFile, mode Mode, w *staleWatch, lost func(error)) (Hold, error) {
+	if err := b.guard.lockExclusive(); err != nil {
+		return nil, err
+	}
+	defer b.guard.unlockExclusive()
+	var st unix.Stat_t
+	if err := fstatat(b.locksFd, name, &st); err != nil ||
+		st.Dev != w.dev || st.Ino != w.ino || st.Mtim != w.mtim || st.Ctim != w.ctim ||
+		st.Dev != lf.dev || st.Ino != lf.ino {
+		return nil, fmt.Errorf("lock %q: changed before takeover: %w", name, ErrWouldBlock)
+	}
+	// Still held? If the flock is free this is an ordinary acquisition.
+	if err := flock(lf.fd, unix.LOCK_EX|unix.LOCK_NB); err == nil {
+		_ = flock(lf.fd, unix.LOCK_UN)
+		return nil, fmt.Errorf("lock %q: holder left: %w", name, ErrWouldBlock)
+	}
+	old, _, err := readRecord(lf.fd, tokenPrefix)
+	if err != nil {
+		return nil, fmt.Errorf("lock %q: takeover: %w", name, err)
+	}
+	floor, err := b.guard.floor()
+	if err != nil {
+		return nil, fmt.Errorf("lock %q: takeover: %w", name, err)
+	}
+	tok := max(old, floor) + 1
+	tmpName := "takeover-" + strconv.FormatUint(rand.Uint64(), 36)
+	fd, err := unix.Openat(b.tmpFd, tmpName, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("lock %q: takeover: create: %w", name, err)
+	}
+	var nst unix.Stat_t
+	err = unix.Fstat(fd, &nst)
+	if err == nil {
+		err = writeRecord(fd, tokenPrefix, tok)
+	}
+	if err == nil {
+		err = flock(fd, flockHow(mode)|unix.LOCK_NB)
+	}
+	if err == nil {
+		err = unix.Renameat(b.tmpFd, tmpName, b.locksFd, name)
+	}
+	if err != nil {
+		_ = unix.Unlinkat(b.tmpFd, tmpName, 0)
+		closeFd(fd)
+		return nil, fmt.Errorf("lock %q: takeover: %w", name, err)
+	}
+	closeFd(lf.fd)
+	b.log.Warn("took over lock from a holder that stopped refreshing it",
+		"lock", name, "mode", mode, "token", tok, "old_token", old,
+		"unrefreshed_for", time.Since(w.since).Round(time.Millisecond))
+	return b.newHold(name, lockFile{fd: fd, dev: nst.Dev, ino: nst.Ino}, mode, tok, lost), nil
+}
+
+// Close implements Backend: it stops the sweeper and the heartbeat, and
+// closes every descriptor, which releases every flock still held.
+func (b *DirBackend) Close() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	holds := make([]*dirHold, 0, len(b.holds))
+	for h := range b.holds {
+		holds = append(holds, h)
+	}
+	b.mu.Unlock()
+	close(b.stopSweep)
+	<-b.sweepDone
+	for _, h := range holds {
+		_ = h.Unlock()
+	}
+	b.hb.Close()
+	b.mu.Lock()
+	for name, lf := range b.idle {
+		closeFd(lf.fd)
+		delete(b.idle, name)
+	}
+	b.mu.Unlock()
+	b.closeFds()
+	return nil
+}
+
+func (b *DirBackend) closeFds() {
+	closeFd(b.locksFd)
+	closeFd(b.tmpFd)
+	closeFd(b.guard.fd)
+}

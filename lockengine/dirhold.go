@@ -1,0 +1,217 @@
+package lockengine
+
+import (
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/lockfs/lockfs/heartbeat"
+)
+
+// dirHold is a DirBackend grant: a descriptor holding flock(2) on the lock
+// file, refreshed and verified by the heartbeat loop.
+type dirHold struct {
+	b     *DirBackend
+	name  string
+	mode  Mode
+	token uint64
+	reg   *heartbeat.Registration
+
+	mu     sync.Mutex
+	lf     lockFile // guarded by mu
+	closed bool     // guarded by mu
+	lost   bool     // guarded by mu
+}
+
+var _ heartbeat.Target = (*dirHold)(nil)
+
+func (b *DirBackend) newHold(name string, lf lockFile, mode Mode, tok uint64, lost func(error)) *dirHold {
+	h := &dirHold{b: b, name: name, mode: mode, token: tok, lf: lf}
+	b.mu.Lock()
+	b.holds[h] = struct{}{}
+	b.mu.Unlock()
+	h.reg = b.hb.Add(h, func(err error) {
+		h.mu.Lock()
+		h.lost = true
+		h.mu.Unlock()
+		b.log.Warn("lock lost", "lock", name, "mode", mode, "token", tok, "err", err)
+		if lost != nil {
+			lost(fmt.Errorf("lock %q: %w: %w", name, ErrLost, err))
+		}
+	})
+	return h
+}
+
+// Token implements Hold.
+func (h *dirHold) Token() uint64 { return h.token }
+
+// Beat implements heartbeat.Target: refresh the file's times and verify that
+// the lock path still names the locked inode.
+func (h *dirHold) Beat() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return nil
+	}
+	var st unix.Stat_t
+	switch err := fstatat(h.b.locksFd, h.name, &st); {
+	case err == unix.ENOENT:
+		return fmt.Errorf("%w: lock file was removed", heartbeat.ErrGone)
+	case err != nil:
+		return fmt.Errorf("verify: %w", err)
+	case st.Dev != h.lf.dev || st.Ino != h.lf.ino:
+		return fmt.Errorf("%w: lock file was replaced (taken over or removed by hand)", heartbeat.ErrGone)
+	}
+	return touch(h.lf.fd)
+}
+
+// Unlock implements Hold. The descriptor goes back to the idle cache unless
+// the lock was lost.
+func (h *dirHold) Unlock() error {
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return nil
+	}
+	h.closed = true
+	lf, lost := h.lf, h.lost
+	h.lf = lockFile{fd: -1}
+	h.mu.Unlock()
+
+	h.reg.Stop()
+	b := h.b
+	b.mu.Lock()
+	delete(b.holds, h)
+	b.mu.Unlock()
+	if err := flock(lf.fd, unix.LOCK_UN); err != nil || lost {
+		closeFd(lf.fd) // closing drops the flock in any case
+		if err != nil {
+			return fmt.Errorf("lock %q: unlock: %w", h.name, err)
+		}
+		return nil
+	}
+	b.putIdle(h.name, lf)
+	return nil
+}
+
+// sweepLoop removes unused lock files every SweepInterval, so names that are
+// no longer used do not pile up.
+func (b *DirBackend) sweepLoop() {
+	defer close(b.sweepDone)
+	t := time.NewTicker(b.opts.SweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-b.stopSweep:
+			return
+		case <-t.C:
+			b.Sweep()
+		}
+	}
+}
+
+// Sweep removes lock files that nobody holds and that have not been used for
+// IdleTTL, and leftovers of interrupted takeovers. A file is removed only
+// by a process that holds its flock exclusively, under the guard held
+// exclusively, after verifying that the path still names that inode, and
+// its token is first saved in the guard's floor, so later grants of the
+// name still get larger tokens. It returns how many files it removed.
+func (b *DirBackend) Sweep() int {
+	names, err := readDirNames(b.locksFd)
+	if err != nil {
+		b.log.Warn("sweep: read backing directory", "dir", b.dir, "err", err)
+		return 0
+	}
+	cutoff := time.Now().Add(-b.opts.IdleTTL)
+	removed := 0
+	for _, name := range names {
+		var st unix.Stat_t
+		if fstatat(b.locksFd, name, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+			continue
+		}
+		if time.Unix(st.Mtim.Unix()).After(cutoff) {
+			continue
+		}
+		if b.removeIfUnused(name) {
+			removed++
+		}
+	}
+	if tmps, err := readDirNames(b.tmpFd); err == nil {
+		for _, name := range tmps {
+			var st unix.Stat_t
+			if fstatat(b.tmpFd, name, &st) == nil && time.Unix(st.Mtim.Unix()).Before(cutoff) {
+				_ = unix.Unlinkat(b.tmpFd, name, 0)
+			}
+		}
+	}
+	return removed
+}
+
+func (b *DirBackend) removeIfUnused(name string) bool {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return false
+	}
+	for h := range b.holds {
+		if h.name == name {
+			b.mu.Unlock()
+			return false
+		}
+	}
+	lf, cached := b.idle[name]
+	delete(b.idle, name)
+	b.mu.Unlock()
+	if !cached {
+		fd, err := unix.Openat(b.locksFd, name, unix.O_RDWR|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return false
+		}
+		var st unix.Stat_t
+		if unix.Fstat(fd, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Nlink != 1 {
+			closeFd(fd)
+			return false
+		}
+		lf = lockFile{fd: fd, dev: st.Dev, ino: st.Ino}
+	}
+	defer closeFd(lf.fd) // also drops the flock
+	if flock(lf.fd, unix.LOCK_EX|unix.LOCK_NB) != nil {
+		return false
+	}
+	if b.guard.lockExclusive() != nil {
+		return false
+	}
+	defer b.guard.unlockExclusive()
+	var st unix.Stat_t
+	if fstatat(b.locksFd, name, &st) != nil || st.Dev != lf.dev || st.Ino != lf.ino {
+		return false
+	}
+	tok, _, err := readRecord(lf.fd, tokenPrefix)
+	if err != nil {
+		b.log.Warn("sweep: keeping lock file with unreadable record", "lock", name, "err", err)
+		return false
+	}
+	if err := b.guard.raiseFloor(tok); err != nil {
+		b.log.Warn("sweep: cannot save token floor", "lock", name, "err", err)
+		return false
+	}
+	if err := unix.Unlinkat(b.locksFd, name, 0); err != nil {
+		b.log.Warn("sweep: remove lock file", "lock", name, "err", err)
+		return false
+	}
+	return true
+}
+
+// readDirNames lists the entries of the directory open as dirfd.
+func readDirNames(dirfd int) ([]string, error) {
+	fd, err := unix.Openat(dirfd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fd), "dir")
+	defer f.Close()
+	return f.Readdirnames(-1)
+}

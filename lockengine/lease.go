@@ -1,0 +1,77 @@
+package lockengine
+
+import (
+	"sync"
+	"time"
+)
+
+// Lease is one granted lock. It stays valid until Release is called, the
+// lock is lost, or the engine is closed; Done and Err report which.
+type Lease struct {
+	q       *Queue
+	e       *entry
+	g       *group
+	mode    Mode
+	granted time.Time
+
+	once sync.Once
+	done chan struct{}
+	err  error // written before done is closed, read only after
+}
+
+// Name returns the lock's name.
+func (l *Lease) Name() string { return l.e.name }
+
+// Mode returns the mode the lease was granted in.
+func (l *Lease) Mode() Mode { return l.mode }
+
+// Token returns the fencing token of the grant: for an exclusive lease a
+// number strictly greater than that of every earlier grant of the name; for
+// a shared lease the current generation.
+func (l *Lease) Token() uint64 { return l.g.token }
+
+// Granted returns when the lease was granted.
+func (l *Lease) Granted() time.Time { return l.granted }
+
+// Done returns a channel that is closed when the lease ends: released, lost
+// or engine closed. A holder that must stop acting on the lock's protection
+// as soon as it is lost selects on it.
+func (l *Lease) Done() <-chan struct{} { return l.done }
+
+// Err returns nil while the lease is held. Once Done is closed it returns
+// an error wrapping ErrReleased, ErrLost (with the cause) or ErrClosed.
+func (l *Lease) Err() error {
+	select {
+	case <-l.done:
+		return l.err
+	default:
+		return nil
+	}
+}
+
+// Lost reports whether the lease ended because the lock was lost or the
+// engine closed, as opposed to being released by its holder.
+func (l *Lease) Lost() bool {
+	err := l.Err()
+	return err != nil && err != ErrReleased
+}
+
+// Release gives the lock back. It is idempotent and safe for concurrent
+// use; only the first call has an effect. It returns the backend's error
+// from unlocking, if any; the lease is over either way.
+func (l *Lease) Release() error {
+	var err error
+	l.once.Do(func() { err = l.q.release(l) })
+	return err
+}
+
+// end closes the lease with err. Callers hold l.e.mu; it is a no-op when
+// the lease has already ended.
+func (l *Lease) end(err error) {
+	select {
+	case <-l.done:
+	default:
+		l.err = err
+		close(l.done)
+	}
+}
