@@ -32,10 +32,16 @@ var ErrGone = errors.New("heartbeat: lock gone")
 // MaxFailures consecutive failed beats.
 var ErrFailing = errors.New("heartbeat: refresh keeps failing")
 
-// Target is one held lock. Beat must be safe to call concurrently with the
-// holder's own use of the lock and must not block for long.
+// Target is one held lock.
 type Target interface {
+	// Beat refreshes and verifies the lock. It must be safe to call
+	// concurrently with the holder's own use of the lock and must not
+	// block for long.
 	Beat() error
+	// Lost is called at most once, from the loop's goroutine, with an
+	// error wrapping ErrGone or ErrFailing. It may run concurrently with
+	// or just after Stop.
+	Lost(err error)
 }
 
 // Loop beats registered targets. The zero value is not usable; call New.
@@ -54,7 +60,6 @@ type Loop struct {
 type Registration struct {
 	loop   *Loop
 	target Target
-	lost   func(error)
 	// guarded by loop.mu:
 	next     time.Time
 	failures int
@@ -80,12 +85,10 @@ func New(interval time.Duration) *Loop {
 // Interval returns the loop's beat interval.
 func (l *Loop) Interval() time.Duration { return l.interval }
 
-// Add registers t; its first beat comes within one interval. lost is
-// called at most once, from the loop's goroutine, with an error wrapping
-// ErrGone or ErrFailing. It may run concurrently with or just after Stop.
-// Add on a closed loop returns a registration that is never beaten.
-func (l *Loop) Add(t Target, lost func(error)) *Registration {
-	r := &Registration{loop: l, target: t, lost: lost, next: time.Now().Add(l.period())}
+// Add registers t; its first beat comes within one interval. Add on a
+// closed loop returns a registration that is never beaten.
+func (l *Loop) Add(t Target) *Registration {
+	r := &Registration{loop: l, target: t, next: time.Now().Add(l.period())}
 	l.mu.Lock()
 	if !l.closed {
 		l.targets[r] = struct{}{}
@@ -184,7 +187,7 @@ func (l *Loop) beatOne(r *Registration) {
 		delete(l.targets, r)
 	}
 	l.mu.Unlock()
-	if lostErr != nil && r.lost != nil {
-		r.lost(lostErr)
+	if lostErr != nil {
+		r.target.Lost(lostErr)
 	}
 }

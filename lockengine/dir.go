@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -109,9 +110,16 @@ type DirBackend struct {
 	log     *slog.Logger
 
 	mu     sync.Mutex
-	idle   map[string]lockFile   // guarded by mu; unlocked descriptors kept for reuse
-	holds  map[*dirHold]struct{} // guarded by mu; outstanding holds
-	closed bool                  // guarded by mu
+	idle   map[string]lockFile // guarded by mu; unlocked descriptors kept for reuse
+	holds  map[string]*dirHold // guarded by mu; outstanding holds by name
+	closed bool                // guarded by mu
+
+	// Whether some backend on this directory may take over locks: the
+	// marker file "takeover" exists. Sticky once seen. See armedFor.
+	epoch     time.Time    // base of the monotonic clock readings below
+	armed     atomic.Bool  // the marker was seen
+	checkedAt atomic.Int64 // when the marker was last looked for, ns since epoch
+	dirFd     int          // O_DIRECTORY descriptor of dir
 
 	stopSweep chan struct{}
 	sweepDone chan struct{}
@@ -156,13 +164,18 @@ func OpenDir(dir string, opts DirOptions) (*DirBackend, error) {
 		opts:      opts,
 		log:       opts.Logger,
 		idle:      make(map[string]lockFile),
-		holds:     make(map[*dirHold]struct{}),
+		holds:     make(map[string]*dirHold),
+		epoch:     time.Now(),
+		dirFd:     -1,
 		stopSweep: make(chan struct{}),
 		sweepDone: make(chan struct{}),
 	}
 	fail := func(err error) (*DirBackend, error) {
 		b.closeFds()
 		return nil, fmt.Errorf("lockengine: state dir %s: %w", dir, err)
+	}
+	if b.dirFd, err = unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
+		return fail(fmt.Errorf("open: %w", err))
 	}
 	if b.locksFd, err = unix.Open(filepath.Join(dir, "locks"), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err != nil {
 		return fail(fmt.Errorf("open locks: %w", err))
@@ -180,6 +193,16 @@ func OpenDir(dir string, opts DirOptions) (*DirBackend, error) {
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return fail(fmt.Errorf("guard: %w", ErrNotRegular))
 	}
+	if opts.TakeoverAfter > 0 {
+		// Arm the guard for every backend on this directory before this
+		// one can take anything over: see armedFor.
+		fd, err := unix.Openat(b.dirFd, takeoverMarker, unix.O_RDONLY|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
+		if err != nil {
+			return fail(fmt.Errorf("create takeover marker: %w", err))
+		}
+		closeFd(fd)
+	}
+	b.refreshArmed()
 	b.hb = heartbeat.New(opts.Heartbeat)
 	if opts.SweepInterval > 0 {
 		go b.sweepLoop()
@@ -355,13 +378,30 @@ func (b *DirBackend) tryFile(name string, lf lockFile, mode Mode, waitGuard bool
 }
 
 func (b *DirBackend) verifyAndRecord(name string, lf lockFile, mode Mode, waitGuard bool) (uint64, error) {
-	if err := b.guard.lockShared(waitGuard); err != nil {
-		if errors.Is(err, ErrWouldBlock) {
-			return 0, err
+	checked, guarded := b.armedFor()
+	if guarded {
+		if err := b.guard.lockShared(waitGuard); err != nil {
+			if errors.Is(err, ErrWouldBlock) {
+				return 0, err
+			}
+			return 0, fmt.Errorf("lock %q: %w", name, err)
 		}
-		return 0, fmt.Errorf("lock %q: %w", name, err)
+		defer b.guard.unlockShared()
 	}
-	defer b.guard.unlockShared()
+	tok, err := b.verifyAndRecordLocked(name, lf, mode)
+	if err == nil && !guarded && b.sinceEpoch()-checked > int64(b.opts.Heartbeat) {
+		// This attempt took so long (the process may have been stopped)
+		// that a takeover could have been armed meanwhile: retry, under
+		// the guard if it was.
+		b.refreshArmed()
+		if b.armed.Load() {
+			return 0, errReplaced
+		}
+	}
+	return tok, err
+}
+
+func (b *DirBackend) verifyAndRecordLocked(name string, lf lockFile, mode Mode) (uint64, error) {
 	var st unix.Stat_t
 	switch err := fstatat(b.locksFd, name, &st); {
 	case err == unix.ENOENT:
@@ -394,6 +434,48 @@ func (b *DirBackend) verifyAndRecord(name string, lf lockFile, mode Mode, waitGu
 	}
 	return tok, nil
 }
+
+// takeoverMarker is the file whose existence says that some backend on the
+// directory may take over locks (TakeoverAfter > 0). It is never removed by
+// lockfs.
+const takeoverMarker = "takeover"
+
+// armedFor reports whether verification must take the guard, and when the
+// marker was last looked for (ns since epoch).
+//
+// The guard only protects acquirers against takeovers: removal of unused
+// files is done by a process holding the file's flock exclusively, which no
+// acquirer can hold at the same time. So while no backend on the directory
+// has takeover enabled, acquirers skip the guard. This is safe because a
+// takeover backend creates the marker before it starts watching any file,
+// and takes over only after watching an unchanged file for TakeoverAfter
+// (at least 3 heartbeats); an unguarded acquirer looked for the marker at
+// most one heartbeat before its attempt and re-checks if its attempt
+// spanned more than a heartbeat, so its record write lands before that
+// watch ends and resets it.
+func (b *DirBackend) armedFor() (checkedAt int64, guarded bool) {
+	if b.armed.Load() {
+		return 0, true
+	}
+	checked := b.checkedAt.Load()
+	if b.sinceEpoch()-checked > int64(b.opts.Heartbeat)/2 {
+		b.refreshArmed()
+		checked = b.checkedAt.Load()
+	}
+	return checked, b.armed.Load()
+}
+
+// refreshArmed looks for the takeover marker.
+func (b *DirBackend) refreshArmed() {
+	now := b.sinceEpoch()
+	var st unix.Stat_t
+	if err := fstatat(b.dirFd, takeoverMarker, &st); err != unix.ENOENT {
+		b.armed.Store(true) // present, or unknown: take the safe path
+	}
+	b.checkedAt.Store(now)
+}
+
+func (b *DirBackend) sinceEpoch() int64 { return int64(time.Since(b.epoch)) }
 
 // putIdle keeps an unlocked descriptor for the next attempt on name.
 func (b *DirBackend) putIdle(name string, lf lockFile) {
@@ -522,7 +604,7 @@ func (b *DirBackend) Close() error {
 	}
 	b.closed = true
 	holds := make([]*dirHold, 0, len(b.holds))
-	for h := range b.holds {
+	for _, h := range b.holds {
 		holds = append(holds, h)
 	}
 	b.mu.Unlock()
@@ -543,6 +625,7 @@ func (b *DirBackend) Close() error {
 }
 
 func (b *DirBackend) closeFds() {
+	closeFd(b.dirFd)
 	closeFd(b.locksFd)
 	closeFd(b.tmpFd)
 	closeFd(b.guard.fd)

@@ -34,14 +34,15 @@ const (
 	recordLen   = len(tokenPrefix) + 20 + 1
 )
 
-func formatRecord(prefix string, n uint64) []byte {
-	b := make([]byte, 0, recordLen)
+// appendRecord appends the record line for n to b.
+func appendRecord(b []byte, prefix string, n uint64) []byte {
 	b = append(b, prefix...)
-	s := strconv.FormatUint(n, 10)
-	for i := len(s); i < 20; i++ {
+	var digits [20]byte
+	d := strconv.AppendUint(digits[:0], n, 10)
+	for i := len(d); i < 20; i++ {
 		b = append(b, '0')
 	}
-	b = append(b, s...)
+	b = append(b, d...)
 	return append(b, '\n')
 }
 
@@ -49,7 +50,10 @@ func formatRecord(prefix string, n uint64) []byte {
 // file that has never been written.
 func readRecord(fd int, prefix string) (n uint64, empty bool, err error) {
 	var buf [recordLen]byte
-	m, err := ignoringEINTR2(func() (int, error) { return unix.Pread(fd, buf[:], 0) })
+	m, err := unix.Pread(fd, buf[:], 0)
+	for err == unix.EINTR {
+		m, err = unix.Pread(fd, buf[:], 0)
+	}
 	if err != nil {
 		return 0, false, fmt.Errorf("read record: %w", err)
 	}
@@ -68,8 +72,12 @@ func readRecord(fd int, prefix string) (n uint64, empty bool, err error) {
 }
 
 func writeRecord(fd int, prefix string, n uint64) error {
-	rec := formatRecord(prefix, n)
-	m, err := ignoringEINTR2(func() (int, error) { return unix.Pwrite(fd, rec, 0) })
+	var buf [recordLen]byte
+	rec := appendRecord(buf[:0], prefix, n)
+	m, err := unix.Pwrite(fd, rec, 0)
+	for err == unix.EINTR {
+		m, err = unix.Pwrite(fd, rec, 0)
+	}
 	if err != nil {
 		return fmt.Errorf("write record: %w", err)
 	}

@@ -19,30 +19,34 @@ type dirHold struct {
 	mode  Mode
 	token uint64
 	reg   *heartbeat.Registration
+	lost  func(error) // the Queue's callback
 
 	mu     sync.Mutex
 	lf     lockFile // guarded by mu
 	closed bool     // guarded by mu
-	lost   bool     // guarded by mu
+	gone   bool     // guarded by mu; the heartbeat reported the lock lost
 }
 
 var _ heartbeat.Target = (*dirHold)(nil)
 
 func (b *DirBackend) newHold(name string, lf lockFile, mode Mode, tok uint64, lost func(error)) *dirHold {
-	h := &dirHold{b: b, name: name, mode: mode, token: tok, lf: lf}
+	h := &dirHold{b: b, name: name, mode: mode, token: tok, lf: lf, lost: lost}
 	b.mu.Lock()
-	b.holds[h] = struct{}{}
+	b.holds[name] = h
 	b.mu.Unlock()
-	h.reg = b.hb.Add(h, func(err error) {
-		h.mu.Lock()
-		h.lost = true
-		h.mu.Unlock()
-		b.log.Warn("lock lost", "lock", name, "mode", mode, "token", tok, "err", err)
-		if lost != nil {
-			lost(fmt.Errorf("lock %q: %w: %w", name, ErrLost, err))
-		}
-	})
+	h.reg = b.hb.Add(h)
 	return h
+}
+
+// Lost implements heartbeat.Target.
+func (h *dirHold) Lost(err error) {
+	h.mu.Lock()
+	h.gone = true
+	h.mu.Unlock()
+	h.b.log.Warn("lock lost", "lock", h.name, "mode", h.mode, "token", h.token, "err", err)
+	if h.lost != nil {
+		h.lost(fmt.Errorf("lock %q: %w: %w", h.name, ErrLost, err))
+	}
 }
 
 // Token implements Hold.
@@ -77,16 +81,18 @@ func (h *dirHold) Unlock() error {
 		return nil
 	}
 	h.closed = true
-	lf, lost := h.lf, h.lost
+	lf, gone := h.lf, h.gone
 	h.lf = lockFile{fd: -1}
 	h.mu.Unlock()
 
 	h.reg.Stop()
 	b := h.b
 	b.mu.Lock()
-	delete(b.holds, h)
+	if b.holds[h.name] == h {
+		delete(b.holds, h.name)
+	}
 	b.mu.Unlock()
-	if err := flock(lf.fd, unix.LOCK_UN); err != nil || lost {
+	if err := flock(lf.fd, unix.LOCK_UN); err != nil || gone {
 		closeFd(lf.fd) // closing drops the flock in any case
 		if err != nil {
 			return fmt.Errorf("lock %q: unlock: %w", h.name, err)
@@ -156,11 +162,9 @@ func (b *DirBackend) removeIfUnused(name string) bool {
 		b.mu.Unlock()
 		return false
 	}
-	for h := range b.holds {
-		if h.name == name {
-			b.mu.Unlock()
-			return false
-		}
+	if b.holds[name] != nil {
+		b.mu.Unlock()
+		return false
 	}
 	lf, cached := b.idle[name]
 	delete(b.idle, name)

@@ -14,6 +14,10 @@ type Lease struct {
 	mode    Mode
 	granted time.Time
 
+	// guarded by e.mu: membership of g.leases
+	prev, next *Lease
+	listed     bool
+
 	once sync.Once
 	done chan struct{}
 	err  error // written before done is closed, read only after

@@ -54,8 +54,50 @@ type group struct {
 	token uint64    // hold.Token(), cached
 	since time.Time // when the hold was granted
 	// guarded by entry.mu:
-	leases  map[*Lease]struct{}
-	lostErr error // set when the backend reported the hold lost
+	leases  leaseList // unreleased leases
+	lostErr error     // set when the backend reported the hold lost
+}
+
+// leaseList is an intrusive doubly linked list of leases, so a grant costs
+// no allocation beyond the Lease itself.
+type leaseList struct {
+	head *Lease
+	n    int
+}
+
+func (ll *leaseList) add(l *Lease) {
+	l.next = ll.head
+	if ll.head != nil {
+		ll.head.prev = l
+	}
+	ll.head = l
+	l.listed = true
+	ll.n++
+}
+
+// remove unlinks l and reports whether it was listed.
+func (ll *leaseList) remove(l *Lease) bool {
+	if !l.listed {
+		return false
+	}
+	if l.prev != nil {
+		l.prev.next = l.next
+	} else {
+		ll.head = l.next
+	}
+	if l.next != nil {
+		l.next.prev = l.prev
+	}
+	l.prev, l.next, l.listed = nil, nil, false
+	ll.n--
+	return true
+}
+
+// endAll ends every listed lease with err; they stay listed until released.
+func (ll *leaseList) endAll(err error) {
+	for l := ll.head; l != nil; l = l.next {
+		l.end(err)
+	}
 }
 
 type waiter struct {
@@ -118,7 +160,7 @@ func (q *Queue) acquire(ctx context.Context, name string, mode Mode, try bool) (
 			g := &group{mode: mode}
 			hold, err := q.b.TryLock(ctx, name, mode, q.lostFunc(e, g))
 			if err == nil && q.install(e, g, hold) {
-				l := q.grant(e, g, mode)
+				l := q.grant(e, g, mode, g.since)
 				e.mu.Unlock()
 				return l, nil
 			}
@@ -127,7 +169,7 @@ func (q *Queue) acquire(ctx context.Context, name string, mode Mode, try bool) (
 				return nil, err
 			}
 		case e.group.mode == Shared && mode == Shared:
-			l := q.grant(e, e.group, mode)
+			l := q.grant(e, e.group, mode, time.Now())
 			e.mu.Unlock()
 			return l, nil
 		}
@@ -173,16 +215,15 @@ func (q *Queue) install(e *entry, g *group, hold Hold) bool {
 	}
 	g.token = hold.Token()
 	g.since = time.Now()
-	g.leases = make(map[*Lease]struct{}, 1)
 	e.group = g
 	return true
 }
 
 // grant adds a lease to g. Called with e.mu held by a caller that holds a
 // reference to e (so refs > 0).
-func (q *Queue) grant(e *entry, g *group, mode Mode) *Lease {
-	l := &Lease{q: q, e: e, g: g, mode: mode, granted: time.Now(), done: make(chan struct{})}
-	g.leases[l] = struct{}{}
+func (q *Queue) grant(e *entry, g *group, mode Mode, now time.Time) *Lease {
+	l := &Lease{q: q, e: e, g: g, mode: mode, granted: now, done: make(chan struct{})}
+	g.leases.add(l)
 	e.refs.Add(1)
 	return l
 }
@@ -198,7 +239,7 @@ func (q *Queue) dispatch(e *entry) {
 				return // wait for the current holders to leave
 			}
 			e.waiters = e.waiters[1:]
-			w.lease = q.grant(e, e.group, w.mode)
+			w.lease = q.grant(e, e.group, w.mode, time.Now())
 			close(w.ready)
 			continue
 		}
@@ -254,7 +295,7 @@ func (q *Queue) workLoop(ctx context.Context, e *entry, wk *worker) {
 		}
 		w := e.waiters[0]
 		e.waiters = e.waiters[1:]
-		w.lease = q.grant(e, g, w.mode)
+		w.lease = q.grant(e, g, w.mode, g.since)
 		close(w.ready)
 	case err == nil:
 		// Granted after the waiters that wanted it went away.
@@ -290,10 +331,8 @@ func (q *Queue) lostFunc(e *entry, g *group) func(error) {
 		}
 		e.group = nil
 		q.log.Warn("lock lost", "lock", e.name, "mode", g.mode, "token", g.token,
-			"holders", len(g.leases), "err", err)
-		for l := range g.leases {
-			l.end(err)
-		}
+			"holders", g.leases.n, "err", err)
+		g.leases.endAll(err)
 		_ = g.hold.Unlock()
 		if !e.closed {
 			q.dispatch(e)
@@ -306,9 +345,8 @@ func (q *Queue) release(l *Lease) error {
 	e, g := l.e, l.g
 	var err error
 	e.mu.Lock()
-	if _, ok := g.leases[l]; ok {
-		delete(g.leases, l)
-		if len(g.leases) == 0 && e.group == g {
+	if g.leases.remove(l) {
+		if g.leases.n == 0 && e.group == g {
 			e.group = nil
 			err = g.hold.Unlock()
 			if !e.closed {
@@ -365,7 +403,7 @@ func (q *Queue) Snapshot() []LockInfo {
 		e.mu.Lock()
 		info := LockInfo{Name: e.name, Waiters: len(e.waiters)}
 		if g := e.group; g != nil {
-			info.Mode, info.Holders, info.Token, info.Since = g.mode, len(g.leases), g.token, g.since
+			info.Mode, info.Holders, info.Token, info.Since = g.mode, g.leases.n, g.token, g.since
 		}
 		e.mu.Unlock()
 		if info.Holders > 0 || info.Waiters > 0 {
@@ -403,9 +441,7 @@ func (q *Queue) Close() error {
 		}
 		if g := e.group; g != nil {
 			e.group = nil
-			for l := range g.leases {
-				l.end(ErrClosed)
-			}
+			g.leases.endAll(ErrClosed)
 			_ = g.hold.Unlock()
 		}
 		e.mu.Unlock()
