@@ -49,6 +49,14 @@ func (h *dirHold) Lost(err error) {
 	}
 }
 
+// Valid implements Hold. A flock cannot expire while its descriptor is
+// open, so a dir hold is valid until the heartbeat reports it lost.
+func (h *dirHold) Valid() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return !h.gone
+}
+
 // Token implements Hold.
 func (h *dirHold) Token() uint64 { return h.token }
 

@@ -148,6 +148,11 @@ type Backend interface {
 type Hold interface {
 	// Token is the fencing token of this grant.
 	Token() uint64
+	// Valid reports false once the backend can no longer prove that the
+	// grant is held (for example a session lease that may have expired),
+	// possibly before the lost callback runs. Callers check it before
+	// acting on the lock's protection.
+	Valid() bool
 	// Unlock gives the name back. It is idempotent.
 	Unlock() error
 }

@@ -1,6 +1,8 @@
 package lockengine
 
 import (
+	"errors"
+	"fmt"
 	"sync"
 	"time"
 )
@@ -43,21 +45,26 @@ func (l *Lease) Granted() time.Time { return l.granted }
 func (l *Lease) Done() <-chan struct{} { return l.done }
 
 // Err returns nil while the lease is held. Once Done is closed it returns
-// an error wrapping ErrReleased, ErrLost (with the cause) or ErrClosed.
+// an error wrapping ErrReleased, ErrLost (with the cause) or ErrClosed. It
+// also returns an error wrapping ErrLost when the backend can no longer
+// prove the grant is held, which may be shortly before Done closes.
 func (l *Lease) Err() error {
 	select {
 	case <-l.done:
 		return l.err
 	default:
-		return nil
 	}
+	if !l.g.hold.Valid() {
+		return fmt.Errorf("lock %q: %w: the backend can no longer prove it is held", l.e.name, ErrLost)
+	}
+	return nil
 }
 
-// Lost reports whether the lease ended because the lock was lost or the
-// engine closed, as opposed to being released by its holder.
+// Lost reports whether the lease ended (or is ending) because the lock was
+// lost or the engine closed, as opposed to being released by its holder.
 func (l *Lease) Lost() bool {
 	err := l.Err()
-	return err != nil && err != ErrReleased
+	return err != nil && !errors.Is(err, ErrReleased)
 }
 
 // Release gives the lock back. It is idempotent and safe for concurrent

@@ -26,7 +26,7 @@ type Queue struct {
 	entries map[string]*entry // guarded by mu
 	closed  bool              // guarded by mu
 
-	workers sync.WaitGroup
+	inflight sync.WaitGroup // backend calls made outside entry locks
 }
 
 var _ Engine = (*Queue)(nil)
@@ -42,9 +42,24 @@ type entry struct {
 	mu      sync.Mutex
 	group   *group    // guarded by mu; the current holders, nil when none
 	waiters []*waiter // guarded by mu; FIFO
-	worker  *worker   // guarded by mu; acquiring from the backend for the head
+	busy    busyKind  // guarded by mu; what is calling the backend for this name
+	worker  *worker   // guarded by mu; set when busy == busyWorker
 	closed  bool      // guarded by mu
 }
+
+// busyKind says what is calling the backend for a name. Backend calls are
+// made without the entry lock (they may be network round trips), and while
+// one is in progress no other starts for the name: a Backend sees at most
+// one call and one hold per name. A group is only ever current while the
+// entry is notBusy.
+type busyKind uint8
+
+const (
+	notBusy    busyKind = iota
+	busyInline          // an uncontended Acquire's TryLock
+	busyWorker          // the worker's Lock, for the head of the queue
+	busyUnlock          // a hold being given back
+)
 
 // group is the set of leases granted under one backend Hold: one exclusive
 // lease, or any number of shared ones.
@@ -152,34 +167,40 @@ func (q *Queue) acquire(ctx context.Context, name string, mode Mode, try bool) (
 		e.mu.Unlock()
 		return nil, ErrClosed
 	}
-	if len(e.waiters) == 0 && e.worker == nil {
+	var w *waiter
+	if len(e.waiters) == 0 && e.busy == notBusy {
 		switch {
 		case e.group == nil:
 			// Nobody in this process holds or wants the name: one
-			// non-blocking attempt at the backend, inline.
-			g := &group{mode: mode}
-			hold, err := q.b.TryLock(ctx, name, mode, q.lostFunc(e, g))
-			if err == nil && q.install(e, g, hold) {
-				l := q.grant(e, g, mode, g.since)
+			// non-blocking attempt at the backend. Requests arriving
+			// meanwhile queue behind this one.
+			l, err := q.tryInline(ctx, e, mode)
+			if l != nil || err != nil || try {
+				q.dispatch(e)
 				e.mu.Unlock()
-				return l, nil
+				if l == nil && err == nil {
+					err = fmt.Errorf("lock %q: %w", name, ErrWouldBlock)
+				}
+				return l, err
 			}
-			if err != nil && (try || !errors.Is(err, ErrWouldBlock)) {
-				e.mu.Unlock()
-				return nil, err
-			}
+			// Held elsewhere: wait at the head of the queue, ahead of
+			// anyone who queued during the attempt.
+			w = &waiter{mode: mode, ready: make(chan struct{})}
+			e.waiters = append([]*waiter{w}, e.waiters...)
 		case e.group.mode == Shared && mode == Shared:
 			l := q.grant(e, e.group, mode, time.Now())
 			e.mu.Unlock()
 			return l, nil
 		}
 	}
-	if try {
-		e.mu.Unlock()
-		return nil, fmt.Errorf("lock %q: %w", name, ErrWouldBlock)
+	if w == nil {
+		if try {
+			e.mu.Unlock()
+			return nil, fmt.Errorf("lock %q: %w", name, ErrWouldBlock)
+		}
+		w = &waiter{mode: mode, ready: make(chan struct{})}
+		e.waiters = append(e.waiters, w)
 	}
-	w := &waiter{mode: mode, ready: make(chan struct{})}
-	e.waiters = append(e.waiters, w)
 	q.dispatch(e)
 	e.mu.Unlock()
 
@@ -204,13 +225,57 @@ func (q *Queue) acquire(ctx context.Context, name string, mode Mode, try bool) (
 	return nil, fmt.Errorf("lock %q: %w", name, ctx.Err())
 }
 
+// tryInline makes one non-blocking backend attempt for an uncontended
+// request. Called and returns with e.mu held, releasing it during the
+// call. It returns the lease, or a nil lease and nil error when the name is
+// held elsewhere, or the backend's error.
+func (q *Queue) tryInline(ctx context.Context, e *entry, mode Mode) (*Lease, error) {
+	e.busy = busyInline
+	q.inflight.Add(1)
+	e.mu.Unlock()
+	g := &group{mode: mode}
+	hold, err := q.b.TryLock(ctx, e.name, mode, q.lostFunc(e, g))
+	e.mu.Lock()
+	q.inflight.Done()
+	e.busy = notBusy
+	switch {
+	case e.closed:
+		if err == nil {
+			q.unlockHold(e, hold)
+		}
+		return nil, ErrClosed
+	case err == nil:
+		if q.install(e, g, hold) {
+			return q.grant(e, g, mode, g.since), nil
+		}
+		q.unlockHold(e, hold)
+		return nil, nil
+	case errors.Is(err, ErrWouldBlock):
+		return nil, nil
+	}
+	return nil, err
+}
+
+// unlockHold gives a hold back to the backend. Called and returns with
+// e.mu held, releasing it during the call; the caller re-checks state.
+func (q *Queue) unlockHold(e *entry, hold Hold) error {
+	prev := e.busy
+	e.busy = busyUnlock
+	q.inflight.Add(1)
+	e.mu.Unlock()
+	err := hold.Unlock()
+	e.mu.Lock()
+	q.inflight.Done()
+	e.busy = prev
+	return err
+}
+
 // install makes g, just granted by the backend, the entry's current group.
-// It returns false (and gives the hold back) when the backend already
-// reported the hold lost. Called with e.mu held and e.group == nil.
+// It returns false when the backend already reported the hold lost; the
+// caller gives the hold back. Called with e.mu held and e.group == nil.
 func (q *Queue) install(e *entry, g *group, hold Hold) bool {
 	g.hold = hold
 	if g.lostErr != nil {
-		_ = hold.Unlock()
 		return false
 	}
 	g.token = hold.Token()
@@ -243,16 +308,17 @@ func (q *Queue) dispatch(e *entry) {
 			close(w.ready)
 			continue
 		}
-		if e.worker != nil {
+		switch e.busy {
+		case busyWorker:
 			if e.worker.mode != w.mode {
 				e.worker.cancel() // it dispatches again when it exits
 			}
-			return
+		case notBusy:
+			q.startWorker(e, w.mode)
 		}
-		q.startWorker(e, w.mode)
-		return
+		return // busyInline and busyUnlock dispatch when they finish
 	}
-	if e.worker != nil {
+	if e.busy == busyWorker {
 		e.worker.cancel()
 	}
 }
@@ -271,14 +337,14 @@ func (e *entry) removeWaiter(w *waiter) {
 func (q *Queue) startWorker(e *entry, mode Mode) {
 	ctx, cancel := context.WithCancel(context.Background())
 	wk := &worker{mode: mode, cancel: cancel}
-	e.worker = wk
+	e.worker, e.busy = wk, busyWorker
 	e.refs.Add(1)
-	q.workers.Add(1)
+	q.inflight.Add(1)
 	go q.workLoop(ctx, e, wk)
 }
 
 func (q *Queue) workLoop(ctx context.Context, e *entry, wk *worker) {
-	defer q.workers.Done()
+	defer q.inflight.Done()
 	defer q.unref(e)
 	g := &group{mode: wk.mode}
 	hold, err := q.b.Lock(ctx, e.name, wk.mode, q.lostFunc(e, g))
@@ -287,11 +353,13 @@ func (q *Queue) workLoop(ctx context.Context, e *entry, wk *worker) {
 
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.worker = nil
+	e.worker, e.busy = nil, notBusy
 	switch {
 	case err == nil && !e.closed && len(e.waiters) > 0 && e.waiters[0].mode == wk.mode:
 		if !q.install(e, g, hold) {
-			break // lost before it was installed: dispatch starts over
+			// Lost before it was installed: dispatch starts over.
+			_ = q.unlockHold(e, hold)
+			break
 		}
 		w := e.waiters[0]
 		e.waiters = e.waiters[1:]
@@ -299,7 +367,7 @@ func (q *Queue) workLoop(ctx context.Context, e *entry, wk *worker) {
 		close(w.ready)
 	case err == nil:
 		// Granted after the waiters that wanted it went away.
-		_ = hold.Unlock()
+		_ = q.unlockHold(e, hold)
 	case cancelled:
 	default:
 		q.log.Warn("lock failed", "lock", e.name, "mode", wk.mode, "err", err)
@@ -333,7 +401,7 @@ func (q *Queue) lostFunc(e *entry, g *group) func(error) {
 		q.log.Warn("lock lost", "lock", e.name, "mode", g.mode, "token", g.token,
 			"holders", g.leases.n, "err", err)
 		g.leases.endAll(err)
-		_ = g.hold.Unlock()
+		_ = q.unlockHold(e, g.hold)
 		if !e.closed {
 			q.dispatch(e)
 		}
@@ -346,14 +414,14 @@ func (q *Queue) release(l *Lease) error {
 	var err error
 	e.mu.Lock()
 	if g.leases.remove(l) {
+		l.end(ErrReleased)
 		if g.leases.n == 0 && e.group == g {
 			e.group = nil
-			err = g.hold.Unlock()
+			err = q.unlockHold(e, g.hold)
 			if !e.closed {
 				q.dispatch(e)
 			}
 		}
-		l.end(ErrReleased)
 	}
 	e.mu.Unlock()
 	q.unref(e)
@@ -428,6 +496,7 @@ func (q *Queue) Close() error {
 	}
 	q.mu.Unlock()
 
+	var holds []Hold
 	for _, e := range es {
 		e.mu.Lock()
 		e.closed = true
@@ -436,16 +505,19 @@ func (q *Queue) Close() error {
 			close(w.ready)
 		}
 		e.waiters = nil
-		if e.worker != nil {
+		if e.busy == busyWorker {
 			e.worker.cancel()
 		}
 		if g := e.group; g != nil {
 			e.group = nil
 			g.leases.endAll(ErrClosed)
-			_ = g.hold.Unlock()
+			holds = append(holds, g.hold)
 		}
 		e.mu.Unlock()
 	}
-	q.workers.Wait()
+	for _, h := range holds {
+		_ = h.Unlock()
+	}
+	q.inflight.Wait()
 	return q.b.Close()
 }

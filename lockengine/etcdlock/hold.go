@@ -1,0 +1,168 @@
+package etcdlock
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/lockfs/lockfs/lockengine"
+)
+
+// hold states.
+const (
+	held int32 = iota
+	unlocked
+	lost
+)
+
+// hold is one granted request: its key exists in etcd until Unlock, the
+// session's end, or someone else deletes it.
+type hold struct {
+	r     *request
+	token uint64
+	lost  func(error)
+
+	state     atomic.Int32
+	stopWatch context.CancelFunc
+
+	once      sync.Once
+	unlockErr error // set once by Unlock
+}
+
+var _ lockengine.Hold = (*hold)(nil)
+
+// Token implements lockengine.Hold: the fencing token of the grant (see
+// the package documentation).
+func (h *hold) Token() uint64 { return h.token }
+
+// Valid reports whether the grant still stands as far as this process can
+// prove: not unlocked, not reported lost, and the session lease renewed
+// recently enough that etcd cannot have expired it. It may turn false
+// before the lost callback runs (for example right after the process was
+// stopped past the TTL and continued); a caller about to act under the
+// lock's protection can check it synchronously.
+func (h *hold) Valid() bool {
+	return h.state.Load() == held && h.r.s.alive()
+}
+
+// Unlock implements lockengine.Hold: it deletes the grant's key (and the
+// generation key when no other request for the name is queued). It is
+// idempotent: later calls return the first call's result. If etcd cannot
+// be reached it returns an error wrapping ErrUnavailable and keeps trying
+// in the background until the key is gone or the session ends.
+func (h *hold) Unlock() error {
+	h.once.Do(func() { h.unlockErr = h.unlock() })
+	return h.unlockErr
+}
+
+func (h *hold) unlock() error {
+	if !h.state.CompareAndSwap(held, unlocked) {
+		return nil // lost: the key is gone, or goes with the lease
+	}
+	r := h.r
+	r.s.remove(h)
+	h.stopWatch()
+	b := r.s.b
+	if r.s.ended() {
+		r.release()
+		return nil // lease ended or revoked (Close): its keys go with it
+	}
+	// Delete our key only if it is still this request's (a delete applied
+	// late must not hit a later request's key); delete the generation key
+	// too if ours is the last request of the name.
+	ctx, cancel := context.WithTimeout(b.root, b.opts.OpTimeout)
+	defer cancel()
+	_, err := b.client.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(r.k.q), "=", r.rev).WithPrefix()).
+		Then(clientv3.OpDelete(r.key), clientv3.OpDelete(r.k.gen)).
+		Else(clientv3.OpTxn([]clientv3.Cmp{r.mine()}, []clientv3.Op{clientv3.OpDelete(r.key)}, nil)).
+		Commit()
+	if err != nil {
+		if b.root.Err() != nil {
+			r.release()
+			return nil // Close revokes the lease
+		}
+		b.removeLater(r)
+		return fmt.Errorf("etcdlock: unlock %q: %w", r.k.name, b.classify(err))
+	}
+	r.release()
+	b.log.Debug("lock released", "lock", r.k.name, "mode", r.mode, "token", h.token)
+	return nil
+}
+
+// lose reports the hold lost with cause, unless it was unlocked or lost
+// already.
+func (h *hold) lose(cause error) {
+	if !h.state.CompareAndSwap(held, lost) {
+		return
+	}
+	r := h.r
+	r.s.remove(h)
+	h.stopWatch()
+	r.release() // the key is gone (or goes with the lease)
+	err := fmt.Errorf("etcdlock: %q: %w: %w", r.k.name, lockengine.ErrLost, cause)
+	r.s.b.log.Warn("lock lost", "lock", r.k.name, "mode", r.mode, "token", h.token, "err", err)
+	h.lost(err)
+}
+
+// watchLoop reports the hold lost when its key is deleted by anyone but
+// Unlock, from revision from on. It ends when ctx (stopWatch) ends.
+func (h *hold) watchLoop(ctx context.Context, from int64) {
+	r := h.r
+	b := r.s.b
+	defer b.wg.Done()
+	for ctx.Err() == nil {
+		wch := b.client.Watch(ctx, r.key, clientv3.WithRev(from), clientv3.WithFilterPut())
+		for wr := range wch {
+			for _, ev := range wr.Events {
+				if ev.Type == mvccpb.DELETE {
+					if ctx.Err() != nil {
+						return
+					}
+					// Lease expiry or revocation deletes the key too: let
+					// the session find out (and lose everything) at once.
+					r.s.check()
+					h.lose(fmt.Errorf("%w: key %s deleted at revision %d", ErrKeyDeleted, r.key, ev.Kv.ModRevision))
+					return
+				}
+			}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		// The watch ended without the event (compaction, reconnect):
+		// look at the key itself and watch again from there.
+		gctx, cancel := b.opCtx(ctx)
+		resp, err := b.client.Get(gctx, r.key)
+		cancel()
+		switch {
+		case err != nil:
+			if !sleepCtx(ctx, 200*time.Millisecond) {
+				return
+			}
+		case len(resp.Kvs) == 0 || resp.Kvs[0].CreateRevision != r.rev:
+			r.s.check()
+			h.lose(fmt.Errorf("%w: key %s gone", ErrKeyDeleted, r.key))
+			return
+		default:
+			from = resp.Header.Revision + 1
+		}
+	}
+}
+
+// sleepCtx waits for d or until ctx ends; it reports whether d passed.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
