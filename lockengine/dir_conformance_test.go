@@ -17,7 +17,7 @@ func dirEngines(t *testing.T) (a, b lockengine.Engine) {
 	open := func() lockengine.Engine {
 		be, err := lockengine.OpenDir(dir, lockengine.DirOptions{Heartbeat: 100 * time.Millisecond})
 		require.NoError(t, err)
-		q := lockengine.NewQueue(be, nil)
+		q := lockengine.NewQueue(be, nil, lockengine.WithLockDelay(enginetest.LockDelay))
 		t.Cleanup(func() { require.NoError(t, q.Close()) })
 		return q
 	}

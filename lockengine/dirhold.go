@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -17,9 +18,11 @@ type dirHold struct {
 	b     *DirBackend
 	name  string
 	mode  Mode
-	token uint64
+	token atomic.Uint64
 	reg   *heartbeat.Registration
 	lost  func(error) // the Queue's callback
+
+	lastBeat atomic.Int64 // unix ns of the last successful refresh
 
 	mu     sync.Mutex
 	lf     lockFile // guarded by mu
@@ -30,7 +33,8 @@ type dirHold struct {
 var _ heartbeat.Target = (*dirHold)(nil)
 
 func (b *DirBackend) newHold(name string, lf lockFile, mode Mode, tok uint64, lost func(error)) *dirHold {
-	h := &dirHold{b: b, name: name, mode: mode, token: tok, lf: lf, lost: lost}
+	h := &dirHold{b: b, name: name, mode: mode, lf: lf, lost: lost}
+	h.token.Store(tok)
 	b.mu.Lock()
 	b.holds[name] = h
 	b.mu.Unlock()
@@ -43,7 +47,7 @@ func (h *dirHold) Lost(err error) {
 	h.mu.Lock()
 	h.gone = true
 	h.mu.Unlock()
-	h.b.log.Warn("lock lost", "lock", h.name, "mode", h.mode, "token", h.token, "err", err)
+	h.b.log.Warn("lock lost", "lock", h.name, "mode", h.mode, "token", h.token.Load(), "err", err)
 	if h.lost != nil {
 		h.lost(fmt.Errorf("lock %q: %w: %w", h.name, ErrLost, err))
 	}
@@ -57,8 +61,28 @@ func (h *dirHold) Valid() bool {
 	return !h.gone
 }
 
+// Bump implements Bumper: read the record and write token+1 under the
+// exclusive flock this hold has.
+func (h *dirHold) Bump() (uint64, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed || h.gone || h.mode != Exclusive {
+		return 0, fmt.Errorf("lock %q: bump: %w", h.name, ErrNotHeld)
+	}
+	tok, _, err := readRecord(h.lf.fd, tokenPrefix)
+	if err == nil {
+		tok = max(tok, h.token.Load()) + 1
+		err = writeRecord(h.lf.fd, tokenPrefix, tok)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("lock %q: bump: %w", h.name, err)
+	}
+	h.token.Store(tok)
+	return tok, nil
+}
+
 // Token implements Hold.
-func (h *dirHold) Token() uint64 { return h.token }
+func (h *dirHold) Token() uint64 { return h.token.Load() }
 
 // Beat implements heartbeat.Target: refresh the file's times and verify that
 // the lock path still names the locked inode.
@@ -77,7 +101,20 @@ func (h *dirHold) Beat() error {
 	case st.Dev != h.lf.dev || st.Ino != h.lf.ino:
 		return fmt.Errorf("%w: lock file was replaced (taken over or removed by hand)", heartbeat.ErrGone)
 	}
-	return touch(h.lf.fd)
+	if err := touch(h.lf.fd); err != nil {
+		return err
+	}
+	h.lastBeat.Store(time.Now().UnixNano())
+	return nil
+}
+
+// LastHeartbeat implements HeartbeatReporter: the last refresh, or the
+// zero time before the first one (the grant's own write).
+func (h *dirHold) LastHeartbeat() time.Time {
+	if ns := h.lastBeat.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
 }
 
 // Unlock implements Hold. The descriptor goes back to the idle cache unless

@@ -71,6 +71,13 @@ var (
 	// ErrRemoteFS: the backing directory is on a network filesystem where
 	// flock(2) and inode checks cannot be trusted.
 	ErrRemoteFS = errors.New("lockengine: backing directory is on a network filesystem")
+	// ErrNotHeld: Break found no holder of the name in this engine.
+	ErrNotHeld = errors.New("lockengine: lock not held here")
+	// ErrPermission: Break by someone who is neither root nor a holder.
+	ErrPermission = errors.New("lockengine: permission denied")
+	// ErrBroken is wrapped (with ErrLost) by the error of leases ended by
+	// Break.
+	ErrBroken = errors.New("lockengine: lock broken by an administrator")
 )
 
 // MaxNameLen is the longest lock name, in bytes (NAME_MAX).
@@ -102,24 +109,131 @@ type Engine interface {
 	// for any other holder or earlier waiter; otherwise it returns an error
 	// wrapping ErrWouldBlock. It may still do bounded I/O.
 	TryAcquire(ctx context.Context, name string, mode Mode) (*Lease, error)
-	// Snapshot describes every name that is held or waited on, sorted by
-	// name. It never blocks on a lock.
+	// Snapshot describes every name that is held, lost but not yet
+	// released, or waited on, sorted by name. It never blocks on a lock.
 	Snapshot() []LockInfo
+	// Inspect describes one name like Snapshot; ok is false when nothing
+	// holds or waits for it in this engine.
+	Inspect(name string) (info LockInfo, ok bool)
+	// Break ends every lease of name in this engine with an error wrapping
+	// ErrLost and ErrBroken, on behalf of by, who must be root (UID 0) or
+	// the UID of a holder (else ErrPermission). The name is then held
+	// exclusively by the engine itself for the lock-delay, which bumps the
+	// fencing token and keeps waiters out until the delay has passed.
+	// ErrNotHeld when no lease of name is held in this engine.
+	Break(ctx context.Context, name string, by Owner) error
 	// Close releases every lease (their Done channels close with
 	// ErrClosed), fails every waiter with ErrClosed and frees resources.
 	Close() error
 }
 
-// LockInfo describes one name for inspection.
+// State is the state of a name in one engine.
+type State uint8
+
+const (
+	// StateNone: nothing holds or waits for the name here.
+	StateNone State = iota
+	// StateHeld: leases are held.
+	StateHeld
+	// StateLost: the lock was lost; some leases are not released yet.
+	StateLost
+	// StateWaiting: nothing holds it here, requests wait.
+	StateWaiting
+)
+
+// String returns "held", "lost", "waiting" or "none".
+func (s State) String() string {
+	switch s {
+	case StateHeld:
+		return "held"
+	case StateLost:
+		return "lost"
+	case StateWaiting:
+		return "waiting"
+	}
+	return "none"
+}
+
+// LockInfo describes one name for inspection. It is a copy: by the time
+// the caller looks at it, the state may have changed.
 type LockInfo struct {
 	Name    string
-	Mode    Mode   // mode of the current holders; 0 when none
-	Holders int    // leases granted in this engine
+	State   State
+	Mode    Mode   // mode of the current (or lost) holders; 0 when none
+	Holders int    // current leases in this engine (lost ones excluded)
 	Waiters int    // requests queued in this engine
 	Token   uint64 // token of the current grant; 0 when none
 	// Since is when the current holders were granted.
 	Since time.Time
+	// Heartbeat is when the backend last refreshed the grant; zero when
+	// the backend does not report it.
+	Heartbeat time.Time
+	// LostCause says why the lock was lost (StateLost).
+	LostCause string
+	// Leases lists the current leases, then the lost ones not yet released.
+	Leases []LeaseInfo
+	// Waiting lists the owners of queued requests, in queue order.
+	Waiting []Owner
 }
+
+// LeaseInfo describes one lease.
+type LeaseInfo struct {
+	Owner   Owner
+	Mode    Mode
+	Token   uint64
+	Granted time.Time
+	Lost    bool
+}
+
+// Owner identifies who requested a lock, as the kernel reported the caller.
+// PID is 0 for callers in another PID namespace.
+type Owner struct {
+	UID, GID, PID uint32
+}
+
+type ownerKey struct{}
+
+// WithOwner returns a context that makes Acquire and TryAcquire record o
+// as the owner of the request and of the lease it yields.
+func WithOwner(ctx context.Context, o Owner) context.Context {
+	return context.WithValue(ctx, ownerKey{}, o)
+}
+
+// OwnerFrom returns the owner recorded by WithOwner.
+func OwnerFrom(ctx context.Context) (Owner, bool) {
+	o, ok := ctx.Value(ownerKey{}).(Owner)
+	return o, ok
+}
+
+// Bumper is implemented by Holds that can raise their fencing token while
+// held exclusively, as Break does. Bump returns the new token, strictly
+// greater than every earlier one of the name.
+type Bumper interface {
+	Bump() (uint64, error)
+}
+
+// HeartbeatReporter is implemented by Holds that know when they last
+// refreshed their grant.
+type HeartbeatReporter interface {
+	LastHeartbeat() time.Time
+}
+
+// Observer receives events for metrics. Methods are called with internal
+// locks held and must be fast and must not call back into the engine.
+type Observer interface {
+	// Granted: a lease was granted after waiting for waited.
+	Granted(name string, mode Mode, waited time.Duration)
+	// Released: a lease was released by its holder after held.
+	Released(name string, mode Mode, held time.Duration)
+	// Lost: a lease was lost (cause wraps ErrLost).
+	Lost(name string, mode Mode, cause error)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) Granted(string, Mode, time.Duration)  {}
+func (nopObserver) Released(string, Mode, time.Duration) {}
+func (nopObserver) Lost(string, Mode, error)             {}
 
 // Backend holds locks across processes (or hosts) on behalf of one Queue.
 //

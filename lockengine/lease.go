@@ -14,6 +14,7 @@ type Lease struct {
 	e       *entry
 	g       *group
 	mode    Mode
+	owner   Owner
 	granted time.Time
 
 	// guarded by e.mu: membership of g.leases
@@ -35,6 +36,9 @@ func (l *Lease) Mode() Mode { return l.mode }
 // number strictly greater than that of every earlier grant of the name; for
 // a shared lease the current generation.
 func (l *Lease) Token() uint64 { return l.g.token }
+
+// Owner returns who the lease was granted to (see WithOwner).
+func (l *Lease) Owner() Owner { return l.owner }
 
 // Granted returns when the lease was granted.
 func (l *Lease) Granted() time.Time { return l.granted }

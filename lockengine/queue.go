@@ -19,8 +19,10 @@ import (
 // writers are never starved. Only the head of a name's queue talks to the
 // Backend, so waiters cost one backend call in flight per name, not one each.
 type Queue struct {
-	b   Backend
-	log *slog.Logger
+	b         Backend
+	log       *slog.Logger
+	lockDelay time.Duration
+	obs       Observer
 
 	mu      sync.Mutex
 	entries map[string]*entry // guarded by mu
@@ -44,6 +46,7 @@ type entry struct {
 	waiters []*waiter // guarded by mu; FIFO
 	busy    busyKind  // guarded by mu; what is calling the backend for this name
 	worker  *worker   // guarded by mu; set when busy == busyWorker
+	lost    []*group  // guarded by mu; lost groups whose leases are not all released
 	closed  bool      // guarded by mu
 }
 
@@ -117,9 +120,22 @@ func (ll *leaseList) endAll(err error) {
 
 type waiter struct {
 	mode  Mode
+	owner Owner
+	since time.Time     // when the request was made
 	ready chan struct{} // closed once lease or err is set (under entry.mu)
 	lease *Lease
 	err   error
+}
+
+func newWaiter(mode Mode, owner Owner, since time.Time) *waiter {
+	return &waiter{mode: mode, owner: owner, since: since, ready: make(chan struct{})}
+}
+
+// grantWaiter grants w a lease in g and wakes it. Called with e.mu held.
+func (q *Queue) grantWaiter(e *entry, g *group, w *waiter, now time.Time) {
+	w.lease = q.grant(e, g, w.mode, w.owner, now)
+	q.obs.Granted(e.name, w.mode, now.Sub(w.since))
+	close(w.ready)
 }
 
 type worker struct {
@@ -127,13 +143,36 @@ type worker struct {
 	cancel context.CancelFunc
 }
 
+// DefaultLockDelay is how long a broken lock stays unavailable by default.
+const DefaultLockDelay = 5 * time.Second
+
+// QueueOption configures a Queue.
+type QueueOption func(*Queue)
+
+// WithLockDelay sets how long a name stays unavailable after Break, so that
+// a stuck holder that wakes up cannot act at once while another holder
+// already does (Chubby's lock-delay). Default DefaultLockDelay.
+func WithLockDelay(d time.Duration) QueueOption {
+	return func(q *Queue) { q.lockDelay = max(d, 0) }
+}
+
+// WithObserver reports grants, releases and losses to o (for metrics).
+func WithObserver(o Observer) QueueOption {
+	return func(q *Queue) { q.obs = o }
+}
+
 // NewQueue returns an Engine that grants locks through b. A nil log
 // discards log output. The Queue owns b: Close closes it.
-func NewQueue(b Backend, log *slog.Logger) *Queue {
+func NewQueue(b Backend, log *slog.Logger, opts ...QueueOption) *Queue {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Queue{b: b, log: log, entries: make(map[string]*entry)}
+	q := &Queue{b: b, log: log, lockDelay: DefaultLockDelay, obs: nopObserver{},
+		entries: make(map[string]*entry)}
+	for _, o := range opts {
+		o(q)
+	}
+	return q
 }
 
 // Acquire implements Engine.
@@ -156,6 +195,8 @@ func (q *Queue) acquire(ctx context.Context, name string, mode Mode, try bool) (
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("lock %q: %w", name, err)
 	}
+	owner, _ := OwnerFrom(ctx)
+	start := time.Now()
 	e, err := q.ref(name)
 	if err != nil {
 		return nil, err
@@ -174,7 +215,7 @@ func (q *Queue) acquire(ctx context.Context, name string, mode Mode, try bool) (
 			// Nobody in this process holds or wants the name: one
 			// non-blocking attempt at the backend. Requests arriving
 			// meanwhile queue behind this one.
-			l, err := q.tryInline(ctx, e, mode)
+			l, err := q.tryInline(ctx, e, mode, owner, start)
 			if l != nil || err != nil || try {
 				q.dispatch(e)
 				e.mu.Unlock()
@@ -185,10 +226,12 @@ func (q *Queue) acquire(ctx context.Context, name string, mode Mode, try bool) (
 			}
 			// Held elsewhere: wait at the head of the queue, ahead of
 			// anyone who queued during the attempt.
-			w = &waiter{mode: mode, ready: make(chan struct{})}
+			w = newWaiter(mode, owner, start)
 			e.waiters = append([]*waiter{w}, e.waiters...)
 		case e.group.mode == Shared && mode == Shared:
-			l := q.grant(e, e.group, mode, time.Now())
+			now := time.Now()
+			l := q.grant(e, e.group, mode, owner, now)
+			q.obs.Granted(name, mode, now.Sub(start))
 			e.mu.Unlock()
 			return l, nil
 		}
@@ -198,7 +241,7 @@ func (q *Queue) acquire(ctx context.Context, name string, mode Mode, try bool) (
 			e.mu.Unlock()
 			return nil, fmt.Errorf("lock %q: %w", name, ErrWouldBlock)
 		}
-		w = &waiter{mode: mode, ready: make(chan struct{})}
+		w = newWaiter(mode, owner, start)
 		e.waiters = append(e.waiters, w)
 	}
 	q.dispatch(e)
@@ -229,7 +272,7 @@ func (q *Queue) acquire(ctx context.Context, name string, mode Mode, try bool) (
 // request. Called and returns with e.mu held, releasing it during the
 // call. It returns the lease, or a nil lease and nil error when the name is
 // held elsewhere, or the backend's error.
-func (q *Queue) tryInline(ctx context.Context, e *entry, mode Mode) (*Lease, error) {
+func (q *Queue) tryInline(ctx context.Context, e *entry, mode Mode, owner Owner, start time.Time) (*Lease, error) {
 	e.busy = busyInline
 	q.inflight.Add(1)
 	e.mu.Unlock()
@@ -246,7 +289,8 @@ func (q *Queue) tryInline(ctx context.Context, e *entry, mode Mode) (*Lease, err
 		return nil, ErrClosed
 	case err == nil:
 		if q.install(e, g, hold) {
-			return q.grant(e, g, mode, g.since), nil
+			q.obs.Granted(e.name, mode, g.since.Sub(start))
+			return q.grant(e, g, mode, owner, g.since), nil
 		}
 		q.unlockHold(e, hold)
 		return nil, nil
@@ -286,8 +330,8 @@ func (q *Queue) install(e *entry, g *group, hold Hold) bool {
 
 // grant adds a lease to g. Called with e.mu held by a caller that holds a
 // reference to e (so refs > 0).
-func (q *Queue) grant(e *entry, g *group, mode Mode, now time.Time) *Lease {
-	l := &Lease{q: q, e: e, g: g, mode: mode, granted: now, done: make(chan struct{})}
+func (q *Queue) grant(e *entry, g *group, mode Mode, owner Owner, now time.Time) *Lease {
+	l := &Lease{q: q, e: e, g: g, mode: mode, owner: owner, granted: now, done: make(chan struct{})}
 	g.leases.add(l)
 	e.refs.Add(1)
 	return l
@@ -304,8 +348,7 @@ func (q *Queue) dispatch(e *entry) {
 				return // wait for the current holders to leave
 			}
 			e.waiters = e.waiters[1:]
-			w.lease = q.grant(e, e.group, w.mode, time.Now())
-			close(w.ready)
+			q.grantWaiter(e, e.group, w, time.Now())
 			continue
 		}
 		switch e.busy {
@@ -363,8 +406,7 @@ func (q *Queue) workLoop(ctx context.Context, e *entry, wk *worker) {
 		}
 		w := e.waiters[0]
 		e.waiters = e.waiters[1:]
-		w.lease = q.grant(e, g, w.mode, g.since)
-		close(w.ready)
+		q.grantWaiter(e, g, w, g.since)
 	case err == nil:
 		// Granted after the waiters that wanted it went away.
 		_ = q.unlockHold(e, hold)
@@ -397,15 +439,28 @@ func (q *Queue) lostFunc(e *entry, g *group) func(error) {
 		if e.group != g {
 			return // not installed yet (install undoes it) or already gone
 		}
-		e.group = nil
-		q.log.Warn("lock lost", "lock", e.name, "mode", g.mode, "token", g.token,
-			"holders", g.leases.n, "err", err)
-		g.leases.endAll(err)
-		_ = q.unlockHold(e, g.hold)
+		q.loseGroup(e, g, err)
 		if !e.closed {
 			q.dispatch(e)
 		}
 	}
+}
+
+// loseGroup ends every lease of the current group g with err (wrapping
+// ErrLost) and gives its hold back. The leases stay listed, as lost, until
+// their holders release them. Called with e.mu held; releases it while
+// the hold is given back.
+func (q *Queue) loseGroup(e *entry, g *group, err error) {
+	g.lostErr = err
+	e.group = nil
+	e.lost = append(e.lost, g)
+	q.log.Warn("lock lost", "lock", e.name, "mode", g.mode, "token", g.token,
+		"holders", g.leases.n, "err", err)
+	for l := g.leases.head; l != nil; l = l.next {
+		q.obs.Lost(e.name, l.mode, err)
+	}
+	g.leases.endAll(err)
+	_ = q.unlockHold(e, g.hold)
 }
 
 // release ends l. Called once per lease, by Lease.Release.
@@ -415,12 +470,16 @@ func (q *Queue) release(l *Lease) error {
 	e.mu.Lock()
 	if g.leases.remove(l) {
 		l.end(ErrReleased)
-		if g.leases.n == 0 && e.group == g {
+		q.obs.Released(e.name, l.mode, time.Since(l.granted))
+		switch {
+		case g.leases.n == 0 && e.group == g:
 			e.group = nil
 			err = q.unlockHold(e, g.hold)
 			if !e.closed {
 				q.dispatch(e)
 			}
+		case g.leases.n == 0 && g.lostErr != nil:
+			e.dropLost(g)
 		}
 	}
 	e.mu.Unlock()
@@ -429,6 +488,15 @@ func (q *Queue) release(l *Lease) error {
 		return fmt.Errorf("lock %q: release: %w", e.name, err)
 	}
 	return nil
+}
+
+func (e *entry) dropLost(g *group) {
+	for i, x := range e.lost {
+		if x == g {
+			e.lost = append(e.lost[:i], e.lost[i+1:]...)
+			return
+		}
+	}
 }
 
 func (q *Queue) ref(name string) (*entry, error) {
@@ -468,18 +536,161 @@ func (q *Queue) Snapshot() []LockInfo {
 
 	infos := make([]LockInfo, 0, len(es))
 	for _, e := range es {
-		e.mu.Lock()
-		info := LockInfo{Name: e.name, Waiters: len(e.waiters)}
-		if g := e.group; g != nil {
-			info.Mode, info.Holders, info.Token, info.Since = g.mode, g.leases.n, g.token, g.since
-		}
-		e.mu.Unlock()
-		if info.Holders > 0 || info.Waiters > 0 {
+		if info, ok := e.info(); ok {
 			infos = append(infos, info)
 		}
 	}
 	sort.Slice(infos, func(i, j int) bool { return infos[i].Name < infos[j].Name })
 	return infos
+}
+
+// Inspect implements Engine.
+func (q *Queue) Inspect(name string) (LockInfo, bool) {
+	q.mu.Lock()
+	e := q.entries[name]
+	q.mu.Unlock()
+	if e == nil {
+		return LockInfo{}, false
+	}
+	return e.info()
+}
+
+// info describes e; ok is false when nothing holds or waits for it.
+func (e *entry) info() (info LockInfo, ok bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	info = LockInfo{Name: e.name, Waiters: len(e.waiters)}
+	for _, w := range e.waiters {
+		info.Waiting = append(info.Waiting, w.owner)
+	}
+	if g := e.group; g != nil {
+		info.State = StateHeld
+		info.Mode, info.Holders, info.Token, info.Since = g.mode, g.leases.n, g.token, g.since
+		info.Heartbeat = g.since
+		if hb, ok := g.hold.(HeartbeatReporter); ok {
+			if t := hb.LastHeartbeat(); t.After(info.Heartbeat) {
+				info.Heartbeat = t
+			}
+		}
+		info.Leases = g.leases.infos(info.Leases, false)
+	}
+	for _, g := range e.lost {
+		if info.State == StateNone {
+			info.State, info.Mode, info.Token, info.Since = StateLost, g.mode, g.token, g.since
+			info.LostCause = g.lostErr.Error()
+		}
+		info.Leases = g.leases.infos(info.Leases, true)
+	}
+	if info.State == StateNone && info.Waiters > 0 {
+		info.State = StateWaiting
+	}
+	return info, info.State != StateNone
+}
+
+func (ll *leaseList) infos(dst []LeaseInfo, lost bool) []LeaseInfo {
+	for l := ll.head; l != nil; l = l.next {
+		dst = append(dst, LeaseInfo{Owner: l.owner, Mode: l.mode, Token: l.g.token, Granted: l.granted, Lost: lost})
+	}
+	return dst
+}
+
+// Break implements Engine.
+func (q *Queue) Break(ctx context.Context, name string, by Owner) error {
+	if err := ValidateName(name); err != nil {
+		return err
+	}
+	q.mu.Lock()
+	e := q.entries[name]
+	if e != nil && !q.closed {
+		e.refs.Add(1)
+	}
+	q.mu.Unlock()
+	if e == nil {
+		return fmt.Errorf("lock %q: %w", name, ErrNotHeld)
+	}
+	defer q.unref(e)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	g := e.group
+	if g == nil || e.closed {
+		return fmt.Errorf("lock %q: %w", name, ErrNotHeld)
+	}
+	allowed := by.UID == 0
+	for l := g.leases.head; l != nil && !allowed; l = l.next {
+		allowed = l.owner.UID == by.UID
+	}
+	if !allowed {
+		q.log.Warn("lock break refused", "lock", name, "uid", by.UID, "pid", by.PID)
+		return fmt.Errorf("lock %q: %w: uid %d is neither root nor a holder", name, ErrPermission, by.UID)
+	}
+	cause := fmt.Errorf("%w: %w by uid %d pid %d", ErrLost, ErrBroken, by.UID, by.PID)
+	q.log.Warn("lock broken", "lock", name, "mode", g.mode, "token", g.token,
+		"uid", by.UID, "pid", by.PID, "lock_delay", q.lockDelay)
+	now := time.Now()
+	if b, ok := g.hold.(Bumper); ok && g.mode == Exclusive {
+		// Keep the backend hold across the break, so no other process
+		// gets in before the delay: end the leases, bump the token, and
+		// hand the hold to a lease of the engine's own.
+		g.lostErr = cause
+		e.group = nil
+		e.lost = append(e.lost, g)
+		for l := g.leases.head; l != nil; l = l.next {
+			q.obs.Lost(e.name, l.mode, cause)
+		}
+		g.leases.endAll(cause)
+		tok, err := b.Bump()
+		if err == nil {
+			ng := &group{mode: Exclusive, hold: g.hold, token: tok, since: now}
+			e.group = ng
+			q.delayRelease(e, q.grant(e, ng, Exclusive, by, now))
+			return nil
+		}
+		q.log.Warn("lock break: bump token", "lock", name, "err", err)
+		_ = q.unlockHold(e, g.hold)
+	} else {
+		q.loseGroup(e, g, cause)
+	}
+	if e.closed {
+		return nil
+	}
+	// Take the name exclusively ahead of every waiter: this bumps the
+	// token, and keeps this engine's waiters out for the lock-delay.
+	// (Another process may get the name first in between.)
+	w := newWaiter(Exclusive, by, now)
+	e.waiters = append([]*waiter{w}, e.waiters...)
+	e.refs.Add(1)
+	q.inflight.Add(1)
+	go func() {
+		defer q.inflight.Done()
+		defer q.unref(e)
+		<-w.ready
+		if w.lease != nil {
+			q.holdFor(w.lease, q.lockDelay)
+		}
+	}()
+	q.dispatch(e)
+	return nil
+}
+
+// delayRelease releases l after the lock-delay, in the background. Called
+// with e.mu held.
+func (q *Queue) delayRelease(e *entry, l *Lease) {
+	q.inflight.Add(1)
+	go func() {
+		defer q.inflight.Done()
+		q.holdFor(l, q.lockDelay)
+	}()
+}
+
+// holdFor releases l after d, or as soon as it ends otherwise.
+func (q *Queue) holdFor(l *Lease, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-l.Done():
+	}
+	_ = l.Release()
 }
 
 // Close implements Engine. It is idempotent.

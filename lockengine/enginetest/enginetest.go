@@ -21,7 +21,7 @@ import (
 
 // Factory returns two engines that share one backing store, as two daemons
 // sharing a state directory or an etcd cluster would. The factory registers
-// their Close with t.Cleanup.
+// their Close with t.Cleanup and creates them with WithLockDelay(LockDelay).
 type Factory func(t *testing.T) (a, b lockengine.Engine)
 
 // Cases is the suite, by name. Run runs all of them.
@@ -40,7 +40,13 @@ var Cases = map[string]func(t *testing.T, f Factory){
 	"CrossEngineCounter":     testCrossEngineCounter,
 	"CloseEndsEverything":    testClose,
 	"Snapshot":               testSnapshot,
+	"InspectOwners":          testInspectOwners,
+	"BreakPermission":        testBreakPermission,
+	"BreakLockDelay":         testBreakLockDelay,
 }
+
+// LockDelay is the lock-delay factories configure.
+const LockDelay = 300 * time.Millisecond
 
 // Run runs every case as a subtest.
 func Run(t *testing.T, f Factory) {
@@ -453,4 +459,75 @@ func testSnapshot(t *testing.T, f Factory) {
 	require.NoError(t, s1.Release())
 	require.NoError(t, s2.Release())
 	waitFor(t, "snapshot empty", func() bool { return len(a.Snapshot()) == 0 })
+}
+
+func testInspectOwners(t *testing.T, f Factory) {
+	a, _ := f(t)
+	alice := lockengine.Owner{UID: 1000, GID: 1000, PID: 42}
+	bob := lockengine.Owner{UID: 1001, GID: 1001, PID: 43}
+	_, ok := a.Inspect("own")
+	require.False(t, ok)
+	l, err := a.Acquire(lockengine.WithOwner(ctxT(t), alice), "own", lockengine.Exclusive)
+	require.NoError(t, err)
+	require.Equal(t, alice, l.Owner())
+	ch := acquireAsync(lockengine.WithOwner(ctxT(t), bob), a, "own", lockengine.Shared)
+	waitFor(t, "waiter queued", func() bool { return waiters(a, "own") == 1 })
+	info, ok := a.Inspect("own")
+	require.True(t, ok)
+	require.Equal(t, lockengine.StateHeld, info.State)
+	require.Len(t, info.Leases, 1)
+	require.Equal(t, alice, info.Leases[0].Owner)
+	require.Equal(t, l.Token(), info.Leases[0].Token)
+	require.Equal(t, []lockengine.Owner{bob}, info.Waiting)
+	require.False(t, info.Heartbeat.IsZero())
+	require.NoError(t, l.Release())
+	s := get(t, ch)
+	require.Equal(t, bob, s.Owner())
+	require.NoError(t, s.Release())
+}
+
+func testBreakPermission(t *testing.T, f Factory) {
+	a, _ := f(t)
+	ctx := ctxT(t)
+	alice := lockengine.Owner{UID: 1000, GID: 1000, PID: 42}
+	require.ErrorIs(t, a.Break(ctx, "brk", alice), lockengine.ErrNotHeld)
+	l, err := a.Acquire(lockengine.WithOwner(ctx, alice), "brk", lockengine.Exclusive)
+	require.NoError(t, err)
+	err = a.Break(ctx, "brk", lockengine.Owner{UID: 1001})
+	require.ErrorIs(t, err, lockengine.ErrPermission)
+	require.NoError(t, l.Err(), "a refused break leaves the lease alone")
+	require.NoError(t, a.Break(ctx, "brk", alice), "the holder's uid may break")
+	<-l.Done()
+	require.ErrorIs(t, l.Err(), lockengine.ErrLost)
+	require.ErrorIs(t, l.Err(), lockengine.ErrBroken)
+	info, ok := a.Inspect("brk")
+	require.True(t, ok)
+	var lost []lockengine.LeaseInfo
+	for _, li := range info.Leases {
+		if li.Lost {
+			lost = append(lost, li)
+		}
+	}
+	require.Len(t, lost, 1, "the broken lease shows as lost until its holder releases it")
+	require.Equal(t, alice, lost[0].Owner)
+	require.NoError(t, l.Release())
+}
+
+func testBreakLockDelay(t *testing.T, f Factory) {
+	a, b := f(t)
+	ctx := ctxT(t)
+	l := mustAcquire(t, a, "delay", lockengine.Exclusive)
+	local := acquireAsync(ctx, a, "delay", lockengine.Exclusive)
+	waitFor(t, "waiter queued", func() bool { return waiters(a, "delay") == 1 })
+	broken := time.Now()
+	require.NoError(t, a.Break(ctx, "delay", lockengine.Owner{UID: 0}))
+	<-l.Done()
+	require.ErrorIs(t, l.Err(), lockengine.ErrBroken)
+	_, err := b.TryAcquire(ctx, "delay", lockengine.Exclusive)
+	require.ErrorIs(t, err, lockengine.ErrWouldBlock, "other engines wait for the lock-delay too")
+	next := get(t, local)
+	require.GreaterOrEqual(t, time.Since(broken), LockDelay, "the waiter proceeds only after the lock-delay")
+	require.Greater(t, next.Token(), l.Token(), "a break bumps the token")
+	require.NoError(t, next.Release())
+	require.NoError(t, l.Release())
 }

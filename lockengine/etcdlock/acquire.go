@@ -318,7 +318,8 @@ func (b *Backend) waitDelete(ctx context.Context, key string, from int64) error 
 // revision at which the key exists.
 func (b *Backend) grant(ctx context.Context, r *request, token uint64, at int64, lost func(error)) (*hold, error) {
 	s := r.s
-	h := &hold{r: r, token: token, lost: lost}
+	h := &hold{r: r, lost: lost}
+	h.token.Store(token)
 	wctx, cancel := context.WithCancel(s.ctx)
 	h.stopWatch = cancel
 	if !s.add(h) {

@@ -24,7 +24,7 @@ const (
 // session's end, or someone else deletes it.
 type hold struct {
 	r     *request
-	token uint64
+	token atomic.Uint64
 	lost  func(error)
 
 	state     atomic.Int32
@@ -38,7 +38,33 @@ var _ lockengine.Hold = (*hold)(nil)
 
 // Token implements lockengine.Hold: the fencing token of the grant (see
 // the package documentation).
-func (h *hold) Token() uint64 { return h.token }
+func (h *hold) Token() uint64 { return h.token.Load() }
+
+var _ lockengine.Bumper = (*hold)(nil)
+
+// Bump implements lockengine.Bumper for exclusive grants: it rewrites the
+// generation key while the grant's key still exists, and the revision of
+// that write is the new token.
+func (h *hold) Bump() (uint64, error) {
+	r := h.r
+	if r.mode != lockengine.Exclusive || !h.Valid() {
+		return 0, fmt.Errorf("etcdlock: bump %q: %w", r.k.name, lockengine.ErrNotHeld)
+	}
+	b := r.s.b
+	ctx, cancel := b.opCtx(b.root)
+	defer cancel()
+	resp, err := b.client.Txn(ctx).If(r.mine()).
+		Then(clientv3.OpPut(r.k.gen, b.opts.Owner, clientv3.WithLease(r.s.id))).Commit()
+	if err != nil {
+		return 0, fmt.Errorf("etcdlock: bump %q: %w", r.k.name, err)
+	}
+	if !resp.Succeeded {
+		return 0, fmt.Errorf("etcdlock: bump %q: %w", r.k.name, lockengine.ErrNotHeld)
+	}
+	tok := uint64(resp.Header.Revision)
+	h.token.Store(tok)
+	return tok, nil
+}
 
 // Valid reports whether the grant still stands as far as this process can
 // prove: not unlocked, not reported lost, and the session lease renewed
@@ -91,7 +117,7 @@ func (h *hold) unlock() error {
 		return fmt.Errorf("etcdlock: unlock %q: %w", r.k.name, b.classify(err))
 	}
 	r.release()
-	b.log.Debug("lock released", "lock", r.k.name, "mode", r.mode, "token", h.token)
+	b.log.Debug("lock released", "lock", r.k.name, "mode", r.mode, "token", h.token.Load())
 	return nil
 }
 
@@ -106,7 +132,7 @@ func (h *hold) lose(cause error) {
 	h.stopWatch()
 	r.release() // the key is gone (or goes with the lease)
 	err := fmt.Errorf("etcdlock: %q: %w: %w", r.k.name, lockengine.ErrLost, cause)
-	r.s.b.log.Warn("lock lost", "lock", r.k.name, "mode", r.mode, "token", h.token, "err", err)
+	r.s.b.log.Warn("lock lost", "lock", r.k.name, "mode", r.mode, "token", h.token.Load(), "err", err)
 	h.lost(err)
 }
 
