@@ -365,6 +365,14 @@ func (b *DirBackend) tryFile(name string, lf lockFile, mode Mode, waitGuard bool
 	switch err := flock(lf.fd, flockHow(mode)|unix.LOCK_NB); err {
 	case nil:
 	case unix.EWOULDBLOCK:
+		// Held; but is lf still the file at the path? A descriptor of
+		// a replaced or removed file may be held by a stuck holder
+		// forever while the name itself is free.
+		var st unix.Stat_t
+		if err := fstatat(b.locksFd, name, &st); err == unix.ENOENT ||
+			(err == nil && (st.Dev != lf.dev || st.Ino != lf.ino)) {
+			return 0, errReplaced
+		}
 		return 0, ErrWouldBlock
 	default:
 		return 0, fmt.Errorf("lock %q: flock: %w", name, err)
@@ -388,7 +396,7 @@ func (b *DirBackend) verifyAndRecord(name string, lf lockFile, mode Mode, waitGu
 		}
 		defer b.guard.unlockShared()
 	}
-	tok, err := b.verifyAndRecordLocked(name, lf, mode)
+	tok, err := b.verifyAndRecordLocked(name, lf, mode, guarded)
 	if err == nil && !guarded && b.sinceEpoch()-checked > int64(b.opts.Heartbeat) {
 		// This attempt took so long (the process may have been stopped)
 		// that a takeover could have been armed meanwhile: retry, under
@@ -401,7 +409,26 @@ func (b *DirBackend) verifyAndRecord(name string, lf lockFile, mode Mode, waitGu
 	return tok, err
 }
 
-func (b *DirBackend) verifyAndRecordLocked(name string, lf lockFile, mode Mode) (uint64, error) {
+// readFloor reads the token floor. A sweeper may be rewriting it (under
+// the guard held exclusively); an attempt that does not hold the guard
+// reads until two consecutive reads agree, so a read torn by a concurrent
+// write is never used, and a stopped sweeper cannot block new names.
+func (b *DirBackend) readFloor(guarded bool) (uint64, error) {
+	prev, err := b.guard.floor()
+	if guarded || err != nil {
+		return prev, err
+	}
+	for range 100 {
+		cur, err := b.guard.floor()
+		if err != nil || cur == prev {
+			return cur, err
+		}
+		prev = cur
+	}
+	return 0, fmt.Errorf("guard: token floor keeps changing: %w", ErrWouldBlock)
+}
+
+func (b *DirBackend) verifyAndRecordLocked(name string, lf lockFile, mode Mode, guarded bool) (uint64, error) {
 	var st unix.Stat_t
 	switch err := fstatat(b.locksFd, name, &st); {
 	case err == unix.ENOENT:
@@ -419,7 +446,7 @@ func (b *DirBackend) verifyAndRecordLocked(name string, lf lockFile, mode Mode) 
 	}
 	if empty {
 		// A new file: continue from the highest token of any removed one.
-		if tok, err = b.guard.floor(); err != nil {
+		if tok, err = b.readFloor(guarded); err != nil {
 			return 0, fmt.Errorf("lock %q: %w", name, err)
 		}
 	}

@@ -214,6 +214,13 @@ func (b *DirBackend) removeIfUnused(name string) bool {
 	lf, cached := b.idle[name]
 	delete(b.idle, name)
 	b.mu.Unlock()
+	if cached {
+		var st unix.Stat_t
+		if fstatat(b.locksFd, name, &st) != nil || st.Dev != lf.dev || st.Ino != lf.ino {
+			closeFd(lf.fd) // stale: the file was removed or replaced
+			cached = false
+		}
+	}
 	if !cached {
 		fd, err := unix.Openat(b.locksFd, name, unix.O_RDWR|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
 		if err != nil {

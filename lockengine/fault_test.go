@@ -1,0 +1,577 @@
+package lockengine
+
+// Faults of the backing directory: read-only, removed, something other
+// than a lock file at the lock path, the lock file removed while held, the
+// refresh failing, the guard held by a stopped process, and sweeping.
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+
+	"github.com/lockfs/lockfs/heartbeat"
+)
+
+// fxBindReadOnly makes path read-only with a read-only bind mount of path
+// onto itself (chmod does not stop root). Cleanup unmounts it; register it
+// before opening anything under path, so that it runs last.
+func fxBindReadOnly(t *testing.T, path string) {
+	t.Helper()
+	require.NoError(t, unix.Mount(path, path, "", unix.MS_BIND, ""), "bind mount %s", path)
+	t.Cleanup(func() {
+		var err error
+		for range 100 {
+			if err = unix.Unmount(path, 0); err != unix.EBUSY {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if err == unix.EBUSY {
+			err = unix.Unmount(path, unix.MNT_DETACH)
+		}
+		assert.NoError(t, err, "unmount %s", path)
+	})
+	require.NoError(t, unix.Mount("", path, "", unix.MS_PRIVATE, ""))
+	require.NoError(t, unix.Mount("", path, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY, ""), "remount %s read-only", path)
+	require.ErrorIs(t, unix.Access(path, unix.W_OK), unix.EROFS)
+}
+
+// fxPrepareDir creates a backing directory in which name has been locked
+// and released once (so its lock file exists with a token).
+func fxPrepareDir(t *testing.T, name string) string {
+	t.Helper()
+	dir := t.TempDir()
+	b, err := OpenDir(dir, DirOptions{SweepInterval: -1})
+	require.NoError(t, err)
+	q := NewQueue(b, nil)
+	l, err := q.Acquire(context.Background(), name, Exclusive)
+	require.NoError(t, err)
+	require.NoError(t, l.Release())
+	require.NoError(t, q.Close())
+	return dir
+}
+
+// fxPromptError acquires (or tries) name and requires an error that is not
+// the context's: the call gave up by itself instead of retrying until the
+// deadline. It returns the error.
+func fxPromptError(t *testing.T, q *Queue, name string, mode Mode, try bool) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	var (
+		l   *Lease
+		err error
+	)
+	if try {
+		l, err = q.TryAcquire(ctx, name, mode)
+	} else {
+		l, err = q.Acquire(ctx, name, mode)
+	}
+	if l != nil {
+		_ = l.Release()
+	}
+	require.Error(t, err, "granted %q", name)
+	require.NotErrorIs(t, err, context.DeadlineExceeded, "kept retrying %q until the deadline", name)
+	require.ErrorContains(t, err, name, "the error names the lock")
+	t.Logf("%q (try=%v) failed after %v: %v", name, try, time.Since(start).Round(time.Microsecond), err)
+	return err
+}
+
+// TestFaultReadOnlyDir: a read-only backing directory fails OpenDir, and a
+// read-only locks or tmp directory fails acquisitions, promptly, with
+// EROFS and the lock's name; nothing is granted.
+func TestFaultReadOnlyDir(t *testing.T) {
+	t.Run("state dir", func(t *testing.T) {
+		dir := fxPrepareDir(t, "old")
+		fxBindReadOnly(t, dir)
+		b, err := OpenDir(dir, DirOptions{SweepInterval: -1})
+		if b != nil {
+			_ = b.Close()
+		}
+		require.ErrorIs(t, err, unix.EROFS)
+	})
+	t.Run("locks dir", func(t *testing.T) {
+		dir := fxPrepareDir(t, "old")
+		fxBindReadOnly(t, filepath.Join(dir, "locks"))
+		_, q := fxOpen(t, dir, DirOptions{})
+		for _, name := range []string{"new", "old"} {
+			for _, mode := range []Mode{Exclusive, Shared} {
+				for _, try := range []bool{false, true} {
+					require.ErrorIs(t, fxPromptError(t, q, name, mode, try), unix.EROFS)
+				}
+			}
+		}
+	})
+	t.Run("tmp dir during takeover", func(t *testing.T) {
+		const hb = 10 * time.Millisecond
+		dir := fxPrepareDir(t, "x")
+		fxBindReadOnly(t, filepath.Join(dir, "tmp"))
+		_, q1 := fxOpen(t, dir, DirOptions{Heartbeat: hb})
+		l := fxAcquire(t, q1, "x", Exclusive)
+		fxHold(t, l).reg.Stop() // stuck
+		_, q2 := fxOpen(t, dir, DirOptions{Heartbeat: hb, TakeoverAfter: 3 * hb})
+		require.ErrorIs(t, fxPromptError(t, q2, "x", Exclusive, false), unix.EROFS)
+		assert.NoError(t, l.Err(), "the stuck holder keeps the lock")
+	})
+}
+
+// TestFaultDirRemoved: the backing directory removed after OpenDir. New and
+// previously used names fail promptly; a holder reports the lock lost; a
+// waiter gets an error, not a grant and not an endless wait.
+func TestFaultDirRemoved(t *testing.T) {
+	const hb = 500 * time.Millisecond
+	dir := t.TempDir()
+	_, q1 := fxOpen(t, dir, DirOptions{Heartbeat: hb})
+	_, q2 := fxOpen(t, dir, DirOptions{Heartbeat: hb})
+	l := fxAcquire(t, q1, "used", Exclusive)
+	require.NoError(t, l.Release()) // its descriptor stays cached
+	held := fxAcquire(t, q1, "held", Exclusive)
+	waiter := fxAcquireAsync(fxCtx(t, time.Minute), q2, "held", Exclusive)
+	fxEventually(t, 10*time.Second, "the waiter to queue", func() bool {
+		s := q2.Snapshot()
+		return len(s) == 1 && s[0].Waiters == 1
+	})
+
+	require.NoError(t, os.RemoveAll(dir))
+	t0 := time.Now()
+	for _, name := range []string{"fresh", "used"} {
+		for _, try := range []bool{false, true} {
+			require.ErrorIs(t, fxPromptError(t, q1, name, Exclusive, try), unix.ENOENT)
+		}
+	}
+	select {
+	case <-held.Done():
+		t.Logf("holder lost %v after the directory was removed", time.Since(t0))
+		require.ErrorIs(t, held.Err(), ErrLost)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the holder never learned that its lock file is gone")
+	}
+	assert.LessOrEqual(t, time.Since(t0), fxLostBound(hb)+time.Second)
+	select {
+	case r := <-waiter:
+		require.Error(t, r.err, "a waiter was granted a lock in a removed directory")
+		require.NotErrorIs(t, r.err, context.DeadlineExceeded)
+		t.Logf("waiter: %v", r.err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the waiter still waits in a removed directory")
+	}
+}
+
+// TestFaultNotRegular: anything but a regular lock file with one link at
+// the lock path is refused promptly with ErrNotRegular, for every kind of
+// acquisition, and left exactly as it was (not truncated, not written, not
+// deleted, not followed), also by the sweeper.
+func TestFaultNotRegular(t *testing.T) {
+	const precious = "precious data\n"
+	cases := []struct {
+		name  string
+		setup func(t *testing.T, dir, lock string) (check func(t *testing.T))
+	}{
+		{"directory", func(t *testing.T, dir, lock string) func(t *testing.T) {
+			require.NoError(t, os.Mkdir(lock, 0o755))
+			require.NoError(t, os.WriteFile(filepath.Join(lock, "inner"), []byte(precious), 0o644))
+			return func(t *testing.T) {
+				data, err := os.ReadFile(filepath.Join(lock, "inner"))
+				require.NoError(t, err)
+				assert.Equal(t, precious, string(data))
+			}
+		}},
+		{"symlink to data", func(t *testing.T, dir, lock string) func(t *testing.T) {
+			target := filepath.Join(dir, "data")
+			require.NoError(t, os.WriteFile(target, []byte(precious), 0o644))
+			require.NoError(t, os.Symlink(target, lock))
+			before := fxStat(t, target)
+			return func(t *testing.T) {
+				data, err := os.ReadFile(target)
+				require.NoError(t, err)
+				assert.Equal(t, precious, string(data))
+				after := fxStat(t, target)
+				assert.Equal(t, before.Mtim, after.Mtim, "target's mtime")
+				assert.Equal(t, before.Ctim, after.Ctim, "target's ctime")
+			}
+		}},
+		{"dangling symlink", func(t *testing.T, dir, lock string) func(t *testing.T) {
+			target := filepath.Join(dir, "nothing")
+			require.NoError(t, os.Symlink(target, lock))
+			return func(t *testing.T) { assert.NoFileExists(t, target, "the symlink was followed") }
+		}},
+		{"hard link", func(t *testing.T, dir, lock string) func(t *testing.T) {
+			other := filepath.Join(dir, "data")
+			require.NoError(t, os.WriteFile(other, []byte(precious), 0o644))
+			require.NoError(t, os.Link(other, lock))
+			before := fxStat(t, other)
+			return func(t *testing.T) {
+				data, err := os.ReadFile(other)
+				require.NoError(t, err)
+				assert.Equal(t, precious, string(data))
+				assert.Equal(t, before.Mtim, fxStat(t, other).Mtim)
+			}
+		}},
+		{"fifo", func(t *testing.T, dir, lock string) func(t *testing.T) {
+			require.NoError(t, unix.Mkfifo(lock, 0o644))
+			return func(t *testing.T) {}
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			b, q := fxOpen(t, dir, DirOptions{IdleTTL: time.Nanosecond})
+			lock := fxLockPath(dir, "x")
+			check := c.setup(t, dir, lock)
+			before := fxStat(t, lock)
+			for _, mode := range []Mode{Exclusive, Shared} {
+				for _, try := range []bool{false, true} {
+					require.ErrorIs(t, fxPromptError(t, q, "x", mode, try), ErrNotRegular)
+				}
+			}
+			assert.Zero(t, b.Sweep())
+			after := fxStat(t, lock)
+			assert.Equal(t, before.Ino, after.Ino, "the thing at the lock path was replaced or removed")
+			assert.Equal(t, before.Mode, after.Mode)
+			check(t)
+		})
+	}
+
+	// A lock file that was hard-linked after this process opened it (its
+	// descriptor is cached) is refused too, and its record is not written.
+	t.Run("hard link after use", func(t *testing.T) {
+		dir := t.TempDir()
+		_, q := fxOpen(t, dir, DirOptions{})
+		l := fxAcquire(t, q, "x", Exclusive)
+		require.NoError(t, l.Release())
+		lock := fxLockPath(dir, "x")
+		require.NoError(t, os.Link(lock, filepath.Join(dir, "other")))
+		before, err := os.ReadFile(lock)
+		require.NoError(t, err)
+		for _, mode := range []Mode{Exclusive, Shared} {
+			for _, try := range []bool{false, true} {
+				require.ErrorIs(t, fxPromptError(t, q, "x", mode, try), ErrNotRegular)
+			}
+		}
+		after, err := os.ReadFile(lock)
+		require.NoError(t, err)
+		assert.Equal(t, string(before), string(after), "the record of a hard-linked file was written")
+	})
+}
+
+// TestFaultLockFileRemovedWhileHeld: removing the lock file by hand while it
+// is held makes the holder report the lock lost within about one interval;
+// a waiter in another process then gets the name, and the old holder's
+// engine can take it again afterwards.
+func TestFaultLockFileRemovedWhileHeld(t *testing.T) {
+	const hb = 500 * time.Millisecond
+	dir := t.TempDir()
+	_, q1 := fxOpen(t, dir, DirOptions{Heartbeat: hb})
+	_, q2 := fxOpen(t, dir, DirOptions{Heartbeat: hb})
+	l := fxAcquire(t, q1, "x", Exclusive)
+	waiter := fxAcquireAsync(fxCtx(t, time.Minute), q2, "x", Exclusive)
+	fxEventually(t, 10*time.Second, "the waiter to queue", func() bool {
+		s := q2.Snapshot()
+		return len(s) == 1 && s[0].Waiters == 1
+	})
+
+	require.NoError(t, os.Remove(fxLockPath(dir, "x")))
+	t0 := time.Now()
+	select {
+	case <-l.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the holder never learned that its lock file was removed")
+	}
+	d := time.Since(t0)
+	t.Logf("removed -> holder lost after %v (heartbeat %v): %v", d, hb, l.Err())
+	require.ErrorIs(t, l.Err(), ErrLost)
+	assert.LessOrEqual(t, d, fxLostBound(hb))
+	require.NoError(t, l.Release(), "releasing a lost lease")
+
+	var l2 *Lease
+	select {
+	case r := <-waiter:
+		require.NoError(t, r.err)
+		l2 = r.l
+	case <-time.After(30 * time.Second):
+		t.Fatal("the waiter did not get the name after the holder lost it")
+	}
+	_, err := q1.TryAcquire(context.Background(), "x", Exclusive)
+	require.ErrorIs(t, err, ErrWouldBlock, "the new holder must exclude the old holder's engine")
+	require.NoError(t, l2.Release())
+	l3 := fxAcquire(t, q1, "x", Exclusive)
+	require.NoError(t, l3.Release())
+	t.Logf("tokens: removed holder %d, next %d, then %d", l.Token(), l2.Token(), l3.Token())
+}
+
+// TestFaultRefreshFailing: when the heartbeat's refresh of a held lock file
+// keeps failing, the holder reports the lock lost (ErrLost wrapping
+// heartbeat.ErrFailing) within about one interval plus the retries, and
+// the name can be taken again once the stale descriptor is gone.
+func TestFaultRefreshFailing(t *testing.T) {
+	const hb = 500 * time.Millisecond
+	bound := hb + hb/2 + 500*time.Millisecond // first failed beat, two retries at hb/4, slack
+
+	expectLost := func(t *testing.T, l *Lease, t0 time.Time) {
+		t.Helper()
+		select {
+		case <-l.Done():
+		case <-time.After(30 * time.Second):
+			t.Fatal("a holder whose refresh keeps failing never reported the lock lost")
+		}
+		d := time.Since(t0)
+		t.Logf("refresh failing -> lost after %v (heartbeat %v): %v", d, hb, l.Err())
+		require.ErrorIs(t, l.Err(), ErrLost)
+		require.ErrorIs(t, l.Err(), heartbeat.ErrFailing)
+		assert.LessOrEqual(t, d, bound)
+	}
+
+	// White-box: the hold's descriptor is swapped for an invalid one, so
+	// futimens fails with EBADF while the path still verifies.
+	t.Run("bad descriptor", func(t *testing.T) {
+		dir := t.TempDir()
+		_, q := fxOpen(t, dir, DirOptions{Heartbeat: hb})
+		l := fxAcquire(t, q, "x", Exclusive)
+		h := fxHold(t, l)
+		h.mu.Lock()
+		realFd := h.lf.fd
+		h.lf.fd = -1
+		h.mu.Unlock()
+		t.Cleanup(func() { closeFd(realFd) })
+		expectLost(t, l, time.Now())
+		require.ErrorIs(t, l.Err(), unix.EBADF)
+
+		// The real descriptor still holds the flock: nobody gets the name
+		// until it is closed.
+		_, q2 := fxOpen(t, dir, DirOptions{Heartbeat: hb})
+		_, err := q2.TryAcquire(context.Background(), "x", Exclusive)
+		require.ErrorIs(t, err, ErrWouldBlock)
+		closeFd(realFd)
+		realFd = -1
+		l2 := fxAcquire(t, q2, "x", Exclusive)
+		assert.Greater(t, l2.Token(), l.Token())
+		require.NoError(t, l2.Release())
+	})
+
+	// The lock file made immutable (chattr +i): futimens fails with EPERM,
+	// even for root.
+	t.Run("immutable file", func(t *testing.T) {
+		dir := t.TempDir()
+		_, q := fxOpen(t, dir, DirOptions{Heartbeat: hb})
+		l := fxAcquire(t, q, "x", Exclusive)
+		fd, err := unix.Open(fxLockPath(dir, "x"), unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+		require.NoError(t, err)
+		t.Cleanup(func() { closeFd(fd) })
+		flags, err := unix.IoctlGetUint32(fd, unix.FS_IOC_GETFLAGS)
+		require.NoError(t, err)
+		require.NoError(t, unix.IoctlSetPointerInt(fd, unix.FS_IOC_SETFLAGS, int(flags|fsImmutableFL)))
+		t.Cleanup(func() { // before the directory is removed
+			assert.NoError(t, unix.IoctlSetPointerInt(fd, unix.FS_IOC_SETFLAGS, int(flags)))
+		})
+		expectLost(t, l, time.Now())
+		require.ErrorIs(t, l.Err(), unix.EPERM)
+	})
+}
+
+// fsImmutableFL is FS_IMMUTABLE_FL from linux/fs.h (chattr +i).
+const fsImmutableFL = 0x10
+
+// TestFaultGuardHeldByStoppedProcess: a stopped process holding the guard
+// exclusively costs liveness only, never a false grant.
+//
+// Armed (some backend on the directory may take over): TryAcquire
+// would-blocks, Acquire waits, a takeover of a stuck holder that is due
+// waits too, a sweep gives up without removing anything, and locks already
+// held stay held; once the process dies the waiters are granted.
+//
+// Not armed (no takeover anywhere): acquirers do not need the guard and
+// proceed; only the sweep gives up.
+func TestFaultGuardHeldByStoppedProcess(t *testing.T) {
+	const hb = 20 * time.Millisecond
+	type setup struct {
+		dir       string
+		b         *DirBackend
+		q         *Queue
+		held      *Lease
+		guardProc *mpProc
+	}
+	// start opens a backend, holds "held", leaves "idle" unused, runs
+	// before and then has a stopped process hold the guard.
+	start := func(t *testing.T, opts DirOptions, before func(dir string)) setup {
+		dir := t.TempDir()
+		opts.Heartbeat, opts.GuardWait, opts.IdleTTL = hb, 50*time.Millisecond, time.Nanosecond
+		b, q := fxOpen(t, dir, opts)
+		held := fxAcquire(t, q, "held", Exclusive)
+		idle := fxAcquire(t, q, "idle", Exclusive)
+		require.NoError(t, idle.Release())
+		if before != nil {
+			before(dir)
+		}
+		p := mpStart(t, "flock", mpArgs{Path: filepath.Join(dir, "guard")})
+		p.expect(t, "ready", 30*time.Second)
+		p.signal(t, unix.SIGSTOP)
+		p.waitStopped(t)
+		return setup{dir, b, q, held, p}
+	}
+	sweepGivesUp := func(t *testing.T, s setup) {
+		assert.Zero(t, s.b.Sweep(), "swept while the guard was held")
+		assert.FileExists(t, fxLockPath(s.dir, "idle"))
+	}
+
+	t.Run("armed", func(t *testing.T) {
+		// A stuck holder whose takeover falls due while the guard is busy.
+		var stuck *Lease
+		s := start(t, DirOptions{TakeoverAfter: 3 * hb}, func(dir string) {
+			_, qs := fxOpen(t, dir, DirOptions{Heartbeat: hb})
+			stuck = fxAcquire(t, qs, "stuck", Exclusive)
+			fxHold(t, stuck).reg.Stop()
+		})
+
+		_, err := s.q.TryAcquire(context.Background(), "a", Exclusive)
+		require.ErrorIs(t, err, ErrWouldBlock)
+		ctx := fxCtx(t, time.Minute)
+		waitA := fxAcquireAsync(ctx, s.q, "a", Exclusive)
+		waitStuck := fxAcquireAsync(ctx, s.q, "stuck", Exclusive)
+		sweepGivesUp(t, s)
+		// Observe for a while (many guard waits, many TakeoverAfters):
+		// nothing may be granted.
+		select {
+		case r := <-waitA:
+			t.Fatalf("granted a new name while the guard was held (err %v)", r.err)
+		case r := <-waitStuck:
+			t.Fatalf("took over while the guard was held (err %v)", r.err)
+		case <-time.After(500 * time.Millisecond):
+		}
+		assert.NoError(t, s.held.Err(), "a held lock was lost because the guard was busy")
+		assert.NoError(t, stuck.Err())
+
+		s.guardProc.signal(t, unix.SIGKILL)
+		for _, c := range []<-chan fxResult{waitA, waitStuck} {
+			select {
+			case r := <-c:
+				require.NoError(t, r.err)
+				require.NoError(t, r.l.Release())
+			case <-time.After(30 * time.Second):
+				t.Fatal("not granted after the guard holder died")
+			}
+		}
+		require.NoError(t, s.held.Release())
+	})
+
+	t.Run("not armed", func(t *testing.T) {
+		s := start(t, DirOptions{}, nil)
+		l, err := s.q.TryAcquire(context.Background(), "a", Exclusive)
+		require.NoError(t, err, "without takeover, acquirers do not need the guard")
+		require.NoError(t, l.Release())
+		sweepGivesUp(t, s)
+		assert.NoError(t, s.held.Err())
+		require.NoError(t, s.held.Release())
+	})
+}
+
+// TestFaultSweep: Sweep removes lock files nobody uses, never one that is
+// held (by this backend, another one, exclusively or shared), and tokens of
+// a swept and recreated name keep increasing (the floor), in this backend
+// and others; shared grants of a recreated file carry the last exclusive
+// token.
+func TestFaultSweep(t *testing.T) {
+	const hb = 50 * time.Millisecond
+	dir := t.TempDir()
+	b1, q1 := fxOpen(t, dir, DirOptions{Heartbeat: hb, IdleTTL: time.Nanosecond})
+	b2, q2 := fxOpen(t, dir, DirOptions{Heartbeat: hb, IdleTTL: time.Nanosecond})
+
+	l := fxAcquire(t, q1, "swept", Exclusive)
+	last := l.Token()
+	require.NoError(t, l.Release())
+	heldHere := fxAcquire(t, q1, "held-here", Exclusive)
+	heldThere := fxAcquire(t, q2, "held-there", Exclusive)
+	heldShared := fxAcquire(t, q2, "held-shared", Shared)
+	heldNames := []string{"held-here", "held-there", "held-shared"}
+	inos := map[string]uint64{}
+	for _, n := range heldNames {
+		inos[n] = fxStat(t, fxLockPath(dir, n)).Ino
+	}
+
+	swept := time.Now()
+	assert.Equal(t, 1, b1.Sweep(), "swept files")
+	assert.NoFileExists(t, fxLockPath(dir, "swept"))
+	assert.Zero(t, b2.Sweep())
+	for _, n := range heldNames {
+		assert.Equal(t, inos[n], fxStat(t, fxLockPath(dir, n)).Ino, "held lock file %s was removed", n)
+	}
+	// Once every held file has been refreshed after the sweep (a beat
+	// verified it), none of the holders may have lost its lock.
+	fxEventually(t, 30*time.Second, "the held files to be refreshed", func() bool {
+		for _, n := range heldNames {
+			st := fxStat(t, fxLockPath(dir, n))
+			if !time.Unix(st.Mtim.Unix()).After(swept) {
+				return false
+			}
+		}
+		return true
+	})
+	for _, l := range []*Lease{heldHere, heldThere, heldShared} {
+		assert.NoError(t, l.Err(), "%s", l.Name())
+	}
+
+	// Swept and recreated, again and again, from both backends: tokens
+	// keep increasing; a shared grant carries the last exclusive token.
+	qs, bs := []*Queue{q1, q2}, []*DirBackend{b1, b2}
+	for i := range 20 {
+		q := qs[i%2]
+		if i%5 == 4 {
+			s := fxAcquire(t, q, "swept", Shared)
+			assert.Equal(t, last, s.Token(), "round %d: shared token of a recreated file", i)
+			require.NoError(t, s.Release())
+		} else {
+			l := fxAcquire(t, q, "swept", Exclusive)
+			require.Greater(t, l.Token(), last, "round %d: token after the file was swept", i)
+			last = l.Token()
+			require.NoError(t, l.Release())
+		}
+		fxSweepGone(t, bs[(i+1)%2], fxLockPath(dir, "swept"))
+	}
+	for _, l := range []*Lease{heldHere, heldThere, heldShared} {
+		require.NoError(t, l.Release())
+	}
+	for _, n := range heldNames {
+		fxSweepGone(t, b1, fxLockPath(dir, n))
+	}
+	entries, err := os.ReadDir(filepath.Join(dir, "locks"))
+	require.NoError(t, err)
+	assert.Empty(t, entries)
+	assert.FileExists(t, filepath.Join(dir, "guard"), "the guard is never removed")
+}
+
+// fxSweepGone sweeps until the lock file at path is gone, at most twice (a
+// first sweep may only discard a stale cached descriptor; see
+// TestFaultSweepStaleCachedDescriptor).
+func fxSweepGone(t *testing.T, b *DirBackend, path string) {
+	t.Helper()
+	for range 2 {
+		b.Sweep()
+		if _, err := os.Lstat(path); errors.Is(err, os.ErrNotExist) {
+			return
+		}
+	}
+	t.Fatalf("two sweeps did not remove the unused lock file %s", path)
+}
+
+// TestFaultSweepStaleCachedDescriptor: a backend whose cached descriptor of
+// a name is stale (another backend swept the file and it was recreated)
+// must still remove the unused file in one sweep.
+func TestFaultSweepStaleCachedDescriptor(t *testing.T) {
+	dir := t.TempDir()
+	b1, q1 := fxOpen(t, dir, DirOptions{IdleTTL: time.Nanosecond})
+	b2, q2 := fxOpen(t, dir, DirOptions{IdleTTL: time.Nanosecond})
+	l := fxAcquire(t, q1, "x", Exclusive)
+	require.NoError(t, l.Release()) // b1 caches a descriptor of file 1
+	require.Equal(t, 1, b2.Sweep())
+	l = fxAcquire(t, q2, "x", Exclusive) // file 2
+	require.NoError(t, l.Release())
+	assert.Equal(t, 1, b1.Sweep(), "BUG: the sweep tried its stale cached descriptor of the removed file and kept the unused one")
+	assert.NoFileExists(t, fxLockPath(dir, "x"))
+}
