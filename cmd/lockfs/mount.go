@@ -1,0 +1,352 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/lockfs/lockfs/fsnode"
+	"github.com/lockfs/lockfs/lockengine"
+)
+
+// mountConfig is the parsed command line of 'lockfs mount'.
+type mountConfig struct {
+	mountpoint    string
+	stateDir      string
+	heartbeat     time.Duration
+	takeoverAfter time.Duration
+	logLevel      slog.Level
+	readyFd       int // -1: none
+	debugFUSE     bool
+}
+
+func newMountFlags(cfg *mountConfig, logLevel *string) *flag.FlagSet {
+	fl := flag.NewFlagSet("mount", flag.ContinueOnError)
+	fl.SetOutput(io.Discard)
+	fl.StringVar(&cfg.stateDir, "state-dir", "",
+		"backing directory of the local lock engine (default "+defaultStateDirHelp()+"); created if missing")
+	fl.DurationVar(&cfg.heartbeat, "heartbeat", 10*time.Second, "heartbeat interval of held locks")
+	fl.DurationVar(&cfg.takeoverAfter, "takeover-after", 0,
+		"take a name from a holder whose heartbeat stopped this long ago; 0 = never (else >= 3x heartbeat)")
+	fl.StringVar(logLevel, "log-level", "info", "log level: debug, info, warn or error (slog text on stderr)")
+	fl.IntVar(&cfg.readyFd, "ready-fd", -1, "when mounted, write \"ready\\n\" to this file descriptor and close it")
+	fl.BoolVar(&cfg.debugFUSE, "debug-fuse", false, "print every FUSE request and reply (go-fuse debug) on stderr")
+	return fl
+}
+
+func mountUsage() string {
+	var cfg mountConfig
+	var lvl string
+	fl := newMountFlags(&cfg, &lvl)
+	var b strings.Builder
+	b.WriteString(`Usage: lockfs mount [flags] MOUNTPOINT
+
+Mounts lockfs on the existing directory MOUNTPOINT and serves it in the
+foreground until SIGINT or SIGTERM, then unmounts (lazily if locks are still
+open) and exits 0. The mount is ready when MOUNTPOINT shows in
+/proc/self/mountinfo with type fuse.lockfs (the daemon also logs msg=mounted).
+A stale lockfs mount left at MOUNTPOINT by a killed daemon is removed first.
+
+  MOUNTPOINT/NAME                 open waits for the lock NAME
+  MOUNTPOINT/.try/NAME            open fails with EAGAIN unless NAME is free
+  MOUNTPOINT/.timeout/SECS/NAME   open waits at most SECS (2, 0.5, 500ms)
+Write opens lock exclusively, read-only opens shared.
+
+Flags:
+`)
+	fl.VisitAll(func(f *flag.Flag) {
+		typ, usage := flag.UnquoteUsage(f)
+		fmt.Fprintf(&b, "  --%s", f.Name)
+		if typ != "" {
+			fmt.Fprintf(&b, " %s", typ)
+		}
+		fmt.Fprintf(&b, "\n        %s", usage)
+		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0s" {
+			fmt.Fprintf(&b, " (default %s)", f.DefValue)
+		}
+		b.WriteString("\n")
+	})
+	return b.String()
+}
+
+// parseMountArgs parses the flags and the MOUNTPOINT; flags may come before
+// or after it.
+func parseMountArgs(args []string) (mountConfig, error) {
+	var cfg mountConfig
+	var lvl string
+	fl := newMountFlags(&cfg, &lvl)
+	var pos []string
+	for {
+		if err := fl.Parse(args); err != nil {
+			return cfg, err
+		}
+		rest := fl.Args()
+		if len(rest) == 0 {
+			break
+		}
+		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
+			pos = append(pos, rest...) // everything after "--" is positional
+			break
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+	switch len(pos) {
+	case 0:
+		return cfg, usageErrorf("mount: missing MOUNTPOINT (see 'lockfs mount --help')")
+	case 1:
+		cfg.mountpoint = pos[0]
+	default:
+		return cfg, usageErrorf("mount: want one MOUNTPOINT, got %d arguments: %q", len(pos), pos)
+	}
+	if err := cfg.logLevel.UnmarshalText([]byte(lvl)); err != nil {
+		return cfg, usageErrorf("mount: --log-level %q: want debug, info, warn or error", lvl)
+	}
+	if cfg.heartbeat <= 0 {
+		return cfg, usageErrorf("mount: --heartbeat must be positive, got %v", cfg.heartbeat)
+	}
+	if cfg.takeoverAfter < 0 || (cfg.takeoverAfter > 0 && cfg.takeoverAfter < 3*cfg.heartbeat) {
+		return cfg, usageErrorf("mount: --takeover-after must be 0 or at least 3x --heartbeat (%v), got %v",
+			3*cfg.heartbeat, cfg.takeoverAfter)
+	}
+	if cfg.readyFd != -1 {
+		if cfg.readyFd < 0 {
+			return cfg, usageErrorf("mount: --ready-fd %d is not a file descriptor", cfg.readyFd)
+		}
+		if _, err := unix.FcntlInt(uintptr(cfg.readyFd), unix.F_GETFD, 0); err != nil {
+			return cfg, usageErrorf("mount: --ready-fd %d: %w", cfg.readyFd, err)
+		}
+	}
+	if cfg.stateDir == "" {
+		dir, err := defaultStateDir()
+		if err != nil {
+			return cfg, usageErrorf("mount: %w; pass --state-dir", err)
+		}
+		cfg.stateDir = dir
+	}
+	return cfg, nil
+}
+
+// defaultStateDir is /var/lib/lockfs as root, else $XDG_RUNTIME_DIR/lockfs
+// or $HOME/.local/state/lockfs.
+func defaultStateDir() (string, error) {
+	if os.Geteuid() == 0 {
+		return "/var/lib/lockfs", nil
+	}
+	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
+		return filepath.Join(d, "lockfs"), nil
+	}
+	if h := os.Getenv("HOME"); h != "" {
+		return filepath.Join(h, ".local", "state", "lockfs"), nil
+	}
+	return "", errors.New("no default state directory: neither XDG_RUNTIME_DIR nor HOME is set")
+}
+
+func defaultStateDirHelp() string {
+	return "/var/lib/lockfs as root, else $XDG_RUNTIME_DIR/lockfs or $HOME/.local/state/lockfs"
+}
+
+// runMount implements 'lockfs mount'.
+func runMount(args []string, stdout, stderr io.Writer) error {
+	cfg, err := parseMountArgs(args)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprint(stdout, mountUsage())
+		return nil
+	}
+	if err != nil {
+		var ue usageError
+		if !errors.As(err, &ue) {
+			err = usageErrorf("mount: %w (see 'lockfs mount --help')", err)
+		}
+		return err
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.logLevel}))
+	root := os.Geteuid() == 0
+
+	mnt, err := filepath.Abs(cfg.mountpoint)
+	if err != nil {
+		return usageErrorf("mount: %w", err)
+	}
+	mnt = filepath.Clean(mnt)
+	if err := removeStaleMounts(mnt, root, logger); err != nil {
+		return err
+	}
+	if err := checkMountpoint(mnt); err != nil {
+		return err
+	}
+
+	allowOther := true
+	if root {
+		if _, err := os.Stat("/dev/fuse"); err != nil {
+			return fmt.Errorf("mount: /dev/fuse is not available (%w): load the fuse module (modprobe fuse), "+
+				"or in a container pass --device /dev/fuse and CAP_SYS_ADMIN", err)
+		}
+	} else {
+		if _, err := fusermountPath(); err != nil {
+			return fmt.Errorf("mount: mounting as a non-root user needs fusermount3, which is not installed " +
+				"(Debian/Ubuntu: apt-get install fuse3); or run lockfs mount as root")
+		}
+		if !userAllowOther() {
+			allowOther = false
+			logger.Warn("user_allow_other is not set in /etc/fuse.conf: mounting without allow_other, " +
+				"only this user can use the mount")
+		}
+	}
+
+	if err := os.MkdirAll(cfg.stateDir, stateDirPerm(root)); err != nil {
+		return fmt.Errorf("mount: state dir: %w", err)
+	}
+	backend, err := lockengine.OpenDir(cfg.stateDir, lockengine.DirOptions{
+		Heartbeat:     cfg.heartbeat,
+		TakeoverAfter: cfg.takeoverAfter,
+		Logger:        logger,
+	})
+	if err != nil {
+		return fmt.Errorf("mount: %w", err)
+	}
+	eng := lockengine.NewQueue(backend, logger)
+
+	// Catch signals before mounting so that none is lost in between.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+
+	srv, err := fsnode.Mount(mnt, eng, fsnode.Options{
+		Logger:      logger,
+		AllowOther:  allowOther,
+		DirectMount: root,
+		DebugFUSE:   cfg.debugFUSE,
+		DebugLog:    log.New(stderr, "fuse: ", log.Lmicroseconds),
+	})
+	if err != nil {
+		_ = eng.Close()
+		msg := strings.TrimSpace(err.Error())
+		if !root {
+			return fmt.Errorf("%s (non-root mounts go through fusermount3, which must be installed setuid root "+
+				"with /dev/fuse accessible; see its message above)", msg)
+		}
+		return errors.New(msg)
+	}
+	logger.Info("mounted", "mountpoint", mnt, "state_dir", cfg.stateDir, "pid", os.Getpid(),
+		"allow_other", allowOther)
+	if cfg.readyFd >= 0 {
+		signalReady(cfg.readyFd, logger)
+	}
+
+	served := make(chan struct{})
+	go func() {
+		srv.Wait()
+		close(served)
+	}()
+
+	var runErr error
+	select {
+	case sig := <-sigs:
+		logger.Info("shutting down", "signal", sig.String())
+		runErr = unmount(srv, mnt, root, logger)
+	case <-served:
+		logger.Info("unmounted from outside; shutting down", "mountpoint", mnt)
+	}
+	// Waiters still blocked in open fail with EIO, holders of a lazily
+	// detached mount see EIO and, once this process exits, ENOTCONN.
+	if err := eng.Close(); err != nil {
+		logger.Error("closing the lock engine", "err", err)
+	}
+	if runErr == nil {
+		logger.Info("stopped", "mountpoint", mnt)
+	}
+	return runErr
+}
+
+func stateDirPerm(root bool) os.FileMode {
+	if root {
+		return 0o755
+	}
+	return 0o700
+}
+
+// checkMountpoint returns a usage error unless mnt is an existing directory.
+func checkMountpoint(mnt string) error {
+	fi, err := os.Stat(mnt)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return usageErrorf("mount: mountpoint %s does not exist", mnt)
+	case err != nil:
+		return fmt.Errorf("mount: mountpoint: %w", err)
+	case !fi.IsDir():
+		return usageErrorf("mount: mountpoint %s is not a directory", mnt)
+	}
+	return nil
+}
+
+// unmount unmounts srv, lazily (MNT_DETACH) when files are still open.
+func unmount(srv *fsnode.Server, mnt string, root bool, logger *slog.Logger) error {
+	err := srv.Unmount()
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, syscall.EBUSY) {
+		logger.Warn("unmount failed; detaching lazily", "mountpoint", mnt, "err", err)
+	} else {
+		logger.Info("locks still open; detaching lazily", "mountpoint", mnt)
+	}
+	if err := lazyUnmount(mnt, root); err != nil {
+		logger.Error("lazy unmount failed", "mountpoint", mnt, "err", err)
+		return fmt.Errorf("unmount %s: %w", mnt, err)
+	}
+	return nil
+}
+
+// signalReady writes "ready\n" to fd and closes it.
+func signalReady(fd int, logger *slog.Logger) {
+	f := os.NewFile(uintptr(fd), "ready-fd")
+	if _, err := f.WriteString("ready\n"); err != nil {
+		logger.Warn("writing to --ready-fd failed", "fd", fd, "err", err)
+	}
+	if err := f.Close(); err != nil {
+		logger.Warn("closing --ready-fd failed", "fd", fd, "err", err)
+	}
+}
+
+// fusermountPath finds fusermount3 (or the older fusermount) as go-fuse does.
+func fusermountPath() (string, error) {
+	for _, name := range []string{"fusermount3", "fusermount"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p, nil
+		}
+		if p, err := exec.LookPath("/bin/" + name); err == nil {
+			return p, nil
+		}
+	}
+	return "", errors.New("fusermount3 not found")
+}
+
+// userAllowOther reports whether /etc/fuse.conf lets non-root users mount
+// with allow_other.
+func userAllowOther() bool {
+	f, err := os.Open("/etc/fuse.conf")
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if strings.TrimSpace(sc.Text()) == "user_allow_other" {
+			return true
+		}
+	}
+	return false
+}

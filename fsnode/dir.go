@@ -1,0 +1,249 @@
+package fsnode
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/lockfs/lockfs/lockengine"
+)
+
+// Fixed inode numbers of the reserved directories. Automatic inode numbers
+// (lock files, .timeout/SECS) start at 2^63, so these never collide.
+const (
+	tryDirIno     = 2
+	timeoutDirIno = 3
+)
+
+// filesystem is the state shared by every node of one mount.
+type filesystem struct {
+	eng   lockengine.Engine
+	log   *slog.Logger
+	uid   uint32
+	gid   uint32
+	start time.Time // reported as atime, mtime and ctime of every node
+}
+
+func (f *filesystem) setTimes(a *fuse.Attr) {
+	a.SetTimes(&f.start, &f.start, &f.start)
+	a.Uid, a.Gid = f.uid, f.gid
+	a.Blksize = 4096
+}
+
+// fileAttr fills the attributes of a lock file: an empty regular file that
+// everybody may open.
+func (f *filesystem) fileAttr(a *fuse.Attr) {
+	a.Mode = syscall.S_IFREG | 0o666
+	a.Nlink = 1
+	a.Size = 0
+	a.Blocks = 0
+	f.setTimes(a)
+}
+
+// dirAttr fills the attributes of a directory with permission bits perm.
+func (f *filesystem) dirAttr(a *fuse.Attr, perm uint32) {
+	a.Mode = syscall.S_IFDIR | perm
+	a.Nlink = 2
+	a.Size = 0
+	f.setTimes(a)
+}
+
+// Permission bits of the directories. The root is like /run/lock: everybody
+// may lock any name. (The mount runs without default_permissions; the bits
+// are informational, lockfs grants every open.)
+const (
+	rootPerm     = 0o1777
+	reservedPerm = 0o555
+)
+
+func newRoot(eng lockengine.Engine, lg *slog.Logger) *lockDir {
+	fsys := &filesystem{
+		eng:   eng,
+		log:   lg,
+		uid:   uint32(os.Getuid()),
+		gid:   uint32(os.Getgid()),
+		start: time.Now(),
+	}
+	return &lockDir{dirBase: dirBase{fsys: fsys}, root: true, perm: rootPerm}
+}
+
+// dirBase gives every directory the operations that lockfs refuses (EPERM)
+// and statfs.
+type dirBase struct {
+	fsys *filesystem
+}
+
+var errNotPermitted = fmt.Errorf("lockfs has only lock files: %w", syscall.EPERM)
+
+// Mkdir refuses: EPERM.
+func (d *dirBase) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	return nil, d.fsys.fail("mkdir", name, 0, errNotPermitted)
+}
+
+// Rmdir refuses: EPERM.
+func (d *dirBase) Rmdir(ctx context.Context, name string) syscall.Errno {
+	return d.fsys.fail("rmdir", name, 0, errNotPermitted)
+}
+
+// Unlink refuses: EPERM. Lock files cannot be removed; they exist as long
+// as the name is valid.
+func (d *dirBase) Unlink(ctx context.Context, name string) syscall.Errno {
+	return d.fsys.fail("unlink", name, 0, errNotPermitted)
+}
+
+// Rename refuses: EPERM.
+func (d *dirBase) Rename(ctx context.Context, name string, newParent fs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	return d.fsys.fail("rename", name, 0, errNotPermitted)
+}
+
+// Link refuses: EPERM.
+func (d *dirBase) Link(ctx context.Context, target fs.InodeEmbedder, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	return nil, d.fsys.fail("link", name, 0, errNotPermitted)
+}
+
+// Symlink refuses: EPERM.
+func (d *dirBase) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	return nil, d.fsys.fail("symlink", name, 0, errNotPermitted)
+}
+
+// Mknod refuses: EPERM.
+func (d *dirBase) Mknod(ctx context.Context, name string, mode uint32, dev uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	return nil, d.fsys.fail("mknod", name, 0, errNotPermitted)
+}
+
+// Create refuses: EPERM. The kernel sends CREATE only for a negative
+// dentry, and lookups of valid names are always positive, so this is
+// reached only through a bug; it must never block (a blocked CREATE holds
+// the directory's lock).
+func (d *dirBase) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
+	return nil, nil, 0, d.fsys.fail("create", name, 0, errNotPermitted)
+}
+
+// Statfs reports NAME_MAX and otherwise an empty filesystem.
+func (d *dirBase) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	statfs(out)
+	return 0
+}
+
+func statfs(out *fuse.StatfsOut) {
+	*out = fuse.StatfsOut{Bsize: 4096, Frsize: 4096, NameLen: lockengine.MaxNameLen}
+}
+
+// lockDir is a directory whose entries are lock files: the root (policy
+// block), .try (policy try) and .timeout/SECS (policy timeout).
+type lockDir struct {
+	fs.Inode
+	dirBase
+	policy policy
+	perm   uint32
+	root   bool
+	// Set once in OnAdd of the root, read-only afterwards:
+	try     *fs.Inode
+	timeout *fs.Inode
+}
+
+// OnAdd creates the reserved directories under the root.
+func (d *lockDir) OnAdd(ctx context.Context) {
+	if !d.root {
+		return
+	}
+	d.try = d.NewPersistentInode(ctx,
+		&lockDir{dirBase: d.dirBase, policy: policy{kind: waitTry}, perm: reservedPerm},
+		fs.StableAttr{Mode: syscall.S_IFDIR, Ino: tryDirIno})
+	d.timeout = d.NewPersistentInode(ctx, &timeoutDir{dirBase: d.dirBase},
+		fs.StableAttr{Mode: syscall.S_IFDIR, Ino: timeoutDirIno})
+	d.AddChild(TryDir, d.try, true)
+	d.AddChild(TimeoutDir, d.timeout, true)
+}
+
+// Getattr reports a directory.
+func (d *lockDir) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	d.fsys.dirAttr(&out.Attr, d.perm)
+	return 0
+}
+
+// Lookup never blocks and succeeds for every valid lock name, returning the
+// same inode for a name as long as the kernel remembers it.
+func (d *lockDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if d.root {
+		switch name {
+		case TryDir:
+			d.fsys.dirAttr(&out.Attr, reservedPerm)
+			return d.try, 0
+		case TimeoutDir:
+			d.fsys.dirAttr(&out.Attr, reservedPerm)
+			return d.timeout, 0
+		}
+	}
+	if err := validLockName(name); err != nil {
+		return nil, d.fsys.fail("lookup", name, 0, err)
+	}
+	ch := d.GetChild(name)
+	if ch == nil {
+		ch = d.NewInode(ctx, &lockNode{fsys: d.fsys, name: name, policy: d.policy},
+			fs.StableAttr{Mode: syscall.S_IFREG})
+	}
+	d.fsys.fileAttr(&out.Attr)
+	return ch, 0
+}
+
+// Readdir lists, in the root, the names held or waited on in the engine, and
+// nothing elsewhere. It is computed on every opendir: the kernel does not
+// cache directory contents (no FOPEN_CACHE_DIR).
+func (d *lockDir) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+	if !d.root {
+		return fs.NewListDirStream(nil), 0
+	}
+	infos := d.fsys.eng.Snapshot()
+	list := make([]fuse.DirEntry, 0, len(infos))
+	for _, info := range infos {
+		e := fuse.DirEntry{Name: info.Name, Mode: syscall.S_IFREG}
+		// A name opened through the root has a live inode: report its
+		// number. Otherwise leave it unknown; lookup assigns one.
+		if ch := d.GetChild(info.Name); ch != nil {
+			e.Ino = ch.StableAttr().Ino
+		}
+		list = append(list, e)
+	}
+	return fs.NewListDirStream(list), 0
+}
+
+// timeoutDir is .timeout: its entries are directories named by a timeout.
+type timeoutDir struct {
+	fs.Inode
+	dirBase
+}
+
+// Getattr reports a read-only directory.
+func (d *timeoutDir) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	d.fsys.dirAttr(&out.Attr, reservedPerm)
+	return 0
+}
+
+// Lookup parses name as a timeout (see ParseTimeout) and returns the
+// directory of lock files that wait at most that long.
+func (d *timeoutDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	timeout, err := ParseTimeout(name)
+	if err != nil {
+		return nil, d.fsys.fail("lookup", TimeoutDir+"/"+name, 0, err)
+	}
+	ch := d.GetChild(name)
+	if ch == nil {
+		ch = d.NewInode(ctx,
+			&lockDir{dirBase: d.dirBase, policy: timeoutPolicy(timeout), perm: reservedPerm},
+			fs.StableAttr{Mode: syscall.S_IFDIR})
+	}
+	d.fsys.dirAttr(&out.Attr, reservedPerm)
+	return ch, 0
+}
+
+// Readdir lists nothing: any timeout can be looked up.
+func (d *timeoutDir) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+	return fs.NewListDirStream(nil), 0
+}

@@ -1,0 +1,146 @@
+// Package fsnode is the lockfs filesystem: go-fuse nodes that turn open(2)
+// into a lock and the last close(2) of the open file description into its
+// release. It holds no lock logic of its own; every decision is made by a
+// [lockengine.Engine]. It is the only package of lockfs that imports go-fuse.
+//
+// Layout of a mount M:
+//
+//	M/NAME               open blocks until the lock NAME is granted
+//	M/.try/NAME          open fails at once with EAGAIN if NAME is not free
+//	M/.timeout/SECS/NAME open waits at most SECS, then fails with EAGAIN
+//
+// Opening for writing (O_WRONLY, O_RDWR) takes the exclusive lock; opening
+// read-only takes the shared lock; O_NONBLOCK behaves like .try. All three
+// forms lock the same name. Lookup never blocks and succeeds for every valid
+// name; only Open waits. A signal to a waiting opener ends the wait with
+// EINTR. The lock is released on FUSE RELEASE, i.e. when the last descriptor
+// of the open file description is closed (dup and fork keep it), never on
+// FLUSH. Writes are accepted and discarded; reads return EOF; once the lock is
+// lost, read, write and fsync on its descriptor fail with EIO.
+package fsnode
+
+import (
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/lockfs/lockfs/lockengine"
+)
+
+// FSType is the filesystem type a lockfs mount shows in /proc/self/mountinfo.
+const FSType = "fuse.lockfs"
+
+// cacheTimeout is the entry and attribute timeout handed to the kernel. Names
+// always exist and attributes never change, so the kernel may cache them for
+// as long as it likes; a lookup per open would cost a FUSE round trip.
+const cacheTimeout = time.Hour
+
+// Options configures Mount. The zero value mounts without allow_other
+// through fusermount3 and discards logs.
+type Options struct {
+	// Logger receives one record per failed operation (keys lock, mode,
+	// err) and lifecycle messages. Nil discards.
+	Logger *slog.Logger
+	// AllowOther lets every user (and container) on the machine use the
+	// mount. Non-root mounts need user_allow_other in /etc/fuse.conf.
+	AllowOther bool
+	// DirectMount mounts with mount(2) instead of fusermount3 (needs
+	// root / CAP_SYS_ADMIN). There is no fallback to fusermount3.
+	DirectMount bool
+	// DebugFUSE writes go-fuse's per-request debug trace to DebugLog (or
+	// stderr when nil).
+	DebugFUSE bool
+	// DebugLog is where the go-fuse debug trace goes; nil means stderr.
+	DebugLog *log.Logger
+}
+
+// Server is a mounted lockfs filesystem.
+type Server struct {
+	srv        *fuse.Server
+	mountpoint string
+}
+
+// Mount mounts a lockfs filesystem backed by eng at mountpoint (an existing
+// directory) and serves it in background goroutines. It returns once the
+// kernel has initialised the mount, i.e. once mountpoint shows in
+// /proc/self/mountinfo with type FSType. The caller keeps ownership of eng
+// and must close it only after the mount is gone or detached.
+func Mount(mountpoint string, eng lockengine.Engine, opts Options) (*Server, error) {
+	lg := opts.Logger
+	if lg == nil {
+		lg = slog.New(slog.DiscardHandler)
+	}
+	root := newRoot(eng, lg)
+	timeout := cacheTimeout
+	debugLog := opts.DebugLog
+	if debugLog == nil {
+		debugLog = log.New(os.Stderr, "fuse: ", log.Lmicroseconds)
+	}
+	fo := &fs.Options{
+		// Every valid name exists and no attribute ever changes, so
+		// the kernel may keep entries and attributes: an open then
+		// costs OPEN and RELEASE only, no LOOKUP or GETATTR. Directory
+		// listings are not cached (no FOPEN_CACHE_DIR), so ls always
+		// shows the current names.
+		EntryTimeout:   &timeout,
+		AttrTimeout:    &timeout,
+		Logger:         slog.NewLogLogger(lg.Handler(), slog.LevelWarn),
+		RootStableAttr: &fs.StableAttr{Ino: fuse.FUSE_ROOT_ID},
+		MountOptions: fuse.MountOptions{
+			FsName:     "lockfs",
+			Name:       "lockfs",
+			AllowOther: opts.AllowOther,
+			// The kernel asks for security.capability on every
+			// write-open; we have no xattrs, so tell it once.
+			DisableXAttrs: true,
+			// O_TRUNC arrives in OPEN instead of as an extra SETATTR.
+			ExtraCapabilities: fuse.CAP_ATOMIC_O_TRUNC,
+			// RELEASE is a background request; keep the kernel from
+			// queueing them behind a burst (e.g. many holders killed
+			// at once).
+			MaxBackground:     64,
+			DirectMountStrict: opts.DirectMount,
+			Debug:             opts.DebugFUSE,
+			Logger:            debugLog,
+		},
+	}
+	if !opts.DebugFUSE {
+		// Non-debug messages of the fuse package (panics, protocol
+		// oddities) go to slog at error level.
+		fo.MountOptions.Logger = slog.NewLogLogger(lg.Handler(), slog.LevelError)
+	}
+	srv, err := fs.Mount(mountpoint, root, fo)
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+	}
+	return &Server{srv: srv, mountpoint: mountpoint}, nil
+}
+
+// Unmount unmounts the filesystem and waits for the serve loops to end. It
+// fails with an error wrapping syscall.EBUSY while lock files are still
+// open (or openers still wait); the mount then stays fully served, and the
+// caller may detach it lazily (umount -l) instead.
+func (s *Server) Unmount() error {
+	err := s.srv.Unmount()
+	switch {
+	case err == nil:
+		return nil
+	case !errors.Is(err, syscall.EBUSY) && strings.Contains(strings.ToLower(err.Error()), "busy"):
+		// fusermount3 reports EBUSY only as text.
+		return fmt.Errorf("unmount %s: %w: %v", s.mountpoint, syscall.EBUSY, err)
+	}
+	return fmt.Errorf("unmount %s: %w", s.mountpoint, err)
+}
+
+// Wait blocks until the mount is gone: unmounted by Unmount or from outside
+// (umount, fusermount3 -u), or, after a lazy unmount, until the last open
+// descriptor of the mount is closed.
+func (s *Server) Wait() { s.srv.Wait() }
