@@ -117,10 +117,18 @@ func Mount(mountpoint string, eng lockengine.Engine, opts Options) (*Server, err
 		// oddities) go to slog at error level.
 		fo.MountOptions.Logger = slog.NewLogLogger(lg.Handler(), slog.LevelError)
 	}
-	srv, err := fs.Mount(mountpoint, root, fo)
+	// Not fs.Mount: its WaitMount opens a file in the new mount from this
+	// process (go-fuse's epoll workaround for daemons that use their own
+	// mount). A daemon killed during that open hangs in D state for good,
+	// since the thread waiting for the answer keeps /dev/fuse open. lockfs
+	// never opens its own files, so it does not need the workaround; the
+	// mount is usable once NewServer returns (requests sent before INIT
+	// is answered wait for it).
+	srv, err := fuse.NewServer(fs.NewNodeFS(root, fo), mountpoint, &fo.MountOptions)
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
+	go srv.Serve()
 	return &Server{srv: srv, mountpoint: mountpoint}, nil
 }
 
