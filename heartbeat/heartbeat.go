@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -52,9 +53,14 @@ type Loop struct {
 	targets map[*Registration]struct{} // guarded by mu
 	closed  bool                       // guarded by mu
 
+	failures atomic.Uint64 // failed beats, ever
+
 	wake  chan struct{}
 	donec chan struct{}
 }
+
+// Failures returns how many beats have failed since the loop started.
+func (l *Loop) Failures() uint64 { return l.failures.Load() }
 
 // Registration is a target's membership in a Loop.
 type Registration struct {
@@ -174,8 +180,10 @@ func (l *Loop) beatOne(r *Registration) {
 		r.failures = 0
 		r.next = now.Add(l.period())
 	case errors.Is(err, ErrGone):
+		l.failures.Add(1)
 		lostErr = err
 	default:
+		l.failures.Add(1)
 		r.failures++
 		r.lastErr = err
 		r.next = now.Add(l.retryDelay())

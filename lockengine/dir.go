@@ -212,6 +212,10 @@ func OpenDir(dir string, opts DirOptions) (*DirBackend, error) {
 	return b, nil
 }
 
+// HeartbeatFailures returns how many heartbeat refreshes or verifications
+// have failed since OpenDir.
+func (b *DirBackend) HeartbeatFailures() uint64 { return b.hb.Failures() }
+
 // Dir returns the absolute path of the backing directory.
 func (b *DirBackend) Dir() string { return b.dir }
 
