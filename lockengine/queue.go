@@ -300,6 +300,34 @@ func (q *Queue) tryInline(ctx context.Context, e *entry, mode Mode, owner Owner,
 	return nil, err
 }
 
+// handoff grants the head waiter at once when the backend can grant it
+// without waiting, instead of waking a worker goroutine: a release hands
+// the name over in the releasing call. Called and returns with e.mu held,
+// releasing it during the backend call; the caller dispatches afterwards.
+func (q *Queue) handoff(e *entry) {
+	if e.closed || e.group != nil || e.busy != notBusy || len(e.waiters) == 0 {
+		return
+	}
+	w := e.waiters[0]
+	g := &group{mode: w.mode}
+	e.busy = busyInline
+	q.inflight.Add(1)
+	e.mu.Unlock()
+	hold, err := q.b.TryLock(context.Background(), e.name, w.mode, q.lostFunc(e, g))
+	e.mu.Lock()
+	q.inflight.Done()
+	e.busy = notBusy
+	if err != nil {
+		return // held elsewhere, or failing: the worker retries and reports
+	}
+	if e.closed || len(e.waiters) == 0 || e.waiters[0] != w || !q.install(e, g, hold) {
+		_ = q.unlockHold(e, hold)
+		return
+	}
+	e.waiters = e.waiters[1:]
+	q.grantWaiter(e, g, w, g.since)
+}
+
 // unlockHold gives a hold back to the backend. Called and returns with
 // e.mu held, releasing it during the call; the caller re-checks state.
 func (q *Queue) unlockHold(e *entry, hold Hold) error {
@@ -476,6 +504,7 @@ func (q *Queue) release(l *Lease) error {
 			e.group = nil
 			err = q.unlockHold(e, g.hold)
 			if !e.closed {
+				q.handoff(e)
 				q.dispatch(e)
 			}
 		case g.leases.n == 0 && g.lostErr != nil:
