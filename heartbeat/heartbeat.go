@@ -54,6 +54,8 @@ type Loop struct {
 	closed  bool                       // guarded by mu
 
 	failures atomic.Uint64 // failed beats, ever
+	epoch    time.Time     // base of the monotonic readings below
+	coarse   atomic.Int64  // ns since epoch, updated every tick
 
 	wake  chan struct{}
 	donec chan struct{}
@@ -67,7 +69,7 @@ type Registration struct {
 	loop   *Loop
 	target Target
 	// guarded by loop.mu:
-	next     time.Time
+	next     int64 // ns since the loop's epoch
 	failures int
 	lastErr  error
 }
@@ -84,9 +86,14 @@ func New(interval time.Duration) *Loop {
 		wake:     make(chan struct{}, 1),
 		donec:    make(chan struct{}),
 	}
+	l.epoch = time.Now()
 	go l.beatLoop()
 	return l
 }
+
+// since reads the monotonic clock, in ns since the loop started, so wall
+// clock jumps never delay a beat.
+func (l *Loop) since() int64 { return int64(time.Since(l.epoch)) }
 
 // Interval returns the loop's beat interval.
 func (l *Loop) Interval() time.Duration { return l.interval }
@@ -94,13 +101,22 @@ func (l *Loop) Interval() time.Duration { return l.interval }
 // Add registers t; its first beat comes within one interval. Add on a
 // closed loop returns a registration that is never beaten.
 func (l *Loop) Add(t Target) *Registration {
-	r := &Registration{loop: l, target: t, next: time.Now().Add(l.period())}
+	r := new(Registration)
+	l.Register(r, t)
+	return r
+}
+
+// Register is Add with a Registration the caller allocated (for example
+// embedded in the target), which must not be copied or reused afterwards.
+func (l *Loop) Register(r *Registration, t Target) {
+	// The loop's coarse clock is at most one tick old, so the first beat
+	// comes early rather than late.
+	*r = Registration{loop: l, target: t, next: l.coarse.Load() + int64(l.period())}
 	l.mu.Lock()
 	if !l.closed {
 		l.targets[r] = struct{}{}
 	}
 	l.mu.Unlock()
-	return r
 }
 
 // Stop removes the registration. It is idempotent. A beat already in
@@ -151,11 +167,12 @@ func (l *Loop) beatLoop() {
 				return
 			}
 		}
-		now := time.Now()
+		now := l.since()
+		l.coarse.Store(now)
 		due = due[:0]
 		l.mu.Lock()
 		for r := range l.targets {
-			if !now.Before(r.next) {
+			if now >= r.next {
 				due = append(due, r)
 			}
 		}
@@ -168,7 +185,7 @@ func (l *Loop) beatLoop() {
 
 func (l *Loop) beatOne(r *Registration) {
 	err := r.target.Beat()
-	now := time.Now()
+	now := l.since()
 	l.mu.Lock()
 	if _, ok := l.targets[r]; !ok {
 		l.mu.Unlock()
@@ -178,7 +195,7 @@ func (l *Loop) beatOne(r *Registration) {
 	switch {
 	case err == nil:
 		r.failures = 0
-		r.next = now.Add(l.period())
+		r.next = now + int64(l.period())
 	case errors.Is(err, ErrGone):
 		l.failures.Add(1)
 		lostErr = err
@@ -186,7 +203,7 @@ func (l *Loop) beatOne(r *Registration) {
 		l.failures.Add(1)
 		r.failures++
 		r.lastErr = err
-		r.next = now.Add(l.retryDelay())
+		r.next = now + int64(l.retryDelay())
 		if r.failures >= MaxFailures {
 			lostErr = fmt.Errorf("%w: %d consecutive failures, last: %w", ErrFailing, r.failures, err)
 		}

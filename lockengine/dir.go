@@ -115,7 +115,7 @@ type DirBackend struct {
 	closed bool                // guarded by mu
 
 	// Whether some backend on this directory may take over locks: the
-	// marker file "takeover" exists. Sticky once seen. See armedFor.
+	// marker file "takeover" exists. Sticky once seen. See takeoverMarker.
 	epoch     time.Time    // base of the monotonic clock readings below
 	armed     atomic.Bool  // the marker was seen
 	checkedAt atomic.Int64 // when the marker was last looked for, ns since epoch
@@ -195,7 +195,7 @@ func OpenDir(dir string, opts DirOptions) (*DirBackend, error) {
 	}
 	if opts.TakeoverAfter > 0 {
 		// Arm the guard for every backend on this directory before this
-		// one can take anything over: see armedFor.
+		// one can take anything over: see takeoverMarker.
 		fd, err := unix.Openat(b.dirFd, takeoverMarker, unix.O_RDONLY|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
 		if err != nil {
 			return fail(fmt.Errorf("create takeover marker: %w", err))
@@ -390,7 +390,7 @@ func (b *DirBackend) tryFile(name string, lf lockFile, mode Mode, waitGuard bool
 }
 
 func (b *DirBackend) verifyAndRecord(name string, lf lockFile, mode Mode, waitGuard bool) (uint64, error) {
-	checked, guarded := b.armedFor()
+	guarded := b.armed.Load()
 	if guarded {
 		if err := b.guard.lockShared(waitGuard); err != nil {
 			if errors.Is(err, ErrWouldBlock) {
@@ -401,16 +401,23 @@ func (b *DirBackend) verifyAndRecord(name string, lf lockFile, mode Mode, waitGu
 		defer b.guard.unlockShared()
 	}
 	tok, err := b.verifyAndRecordLocked(name, lf, mode, guarded)
-	if err == nil && !guarded && b.sinceEpoch()-checked > int64(b.opts.Heartbeat) {
-		// This attempt took so long (the process may have been stopped)
-		// that a takeover could have been armed meanwhile: retry, under
-		// the guard if it was.
-		b.refreshArmed()
-		if b.armed.Load() {
-			return 0, errReplaced
-		}
+	if err == nil && !guarded && !b.unarmedRecently() {
+		// A takeover may have been armed meanwhile: retry, under the
+		// guard.
+		return 0, errReplaced
 	}
 	return tok, err
+}
+
+// unarmedRecently reports whether the takeover marker was seen absent at
+// most half a heartbeat ago (or is absent now). An unguarded attempt calls
+// it after its record write: see takeoverMarker.
+func (b *DirBackend) unarmedRecently() bool {
+	if b.sinceEpoch()-b.checkedAt.Load() <= int64(b.opts.Heartbeat)/2 && !b.armed.Load() {
+		return true
+	}
+	b.refreshArmed()
+	return !b.armed.Load()
 }
 
 // readFloor reads the token floor. A sweeper may be rewriting it (under
@@ -469,10 +476,6 @@ func (b *DirBackend) verifyAndRecordLocked(name string, lf lockFile, mode Mode, 
 // takeoverMarker is the file whose existence says that some backend on the
 // directory may take over locks (TakeoverAfter > 0). It is never removed by
 // lockfs.
-const takeoverMarker = "takeover"
-
-// armedFor reports whether verification must take the guard, and when the
-// marker was last looked for (ns since epoch).
 //
 // The guard only protects acquirers against takeovers: removal of unused
 // files is done by a process holding the file's flock exclusively, which no
@@ -480,21 +483,13 @@ const takeoverMarker = "takeover"
 // has takeover enabled, acquirers skip the guard. This is safe because a
 // takeover backend creates the marker before it starts watching any file,
 // and takes over only after watching an unchanged file for TakeoverAfter
-// (at least 3 heartbeats); an unguarded acquirer looked for the marker at
-// most one heartbeat before its attempt and re-checks if its attempt
-// spanned more than a heartbeat, so its record write lands before that
-// watch ends and resets it.
-func (b *DirBackend) armedFor() (checkedAt int64, guarded bool) {
-	if b.armed.Load() {
-		return 0, true
-	}
-	checked := b.checkedAt.Load()
-	if b.sinceEpoch()-checked > int64(b.opts.Heartbeat)/2 {
-		b.refreshArmed()
-		checked = b.checkedAt.Load()
-	}
-	return checked, b.armed.Load()
-}
+// (at least 3 heartbeats). An unguarded acquirer, right after writing its
+// record, confirms that the marker was absent at most half a heartbeat
+// earlier (or is absent now), else it gives the grant up and retries under
+// the guard. So its write either lands inside any takeover's watch window,
+// which it resets, or precedes the window, in which case its verification
+// also preceded the takeover's replacement of the file.
+const takeoverMarker = "takeover"
 
 // refreshArmed looks for the takeover marker.
 func (b *DirBackend) refreshArmed() {
@@ -511,13 +506,21 @@ func (b *DirBackend) sinceEpoch() int64 { return int64(time.Since(b.epoch)) }
 // putIdle keeps an unlocked descriptor for the next attempt on name.
 func (b *DirBackend) putIdle(name string, lf lockFile) {
 	b.mu.Lock()
-	if _, dup := b.idle[name]; dup || b.closed || len(b.idle) >= b.opts.IdleFiles {
-		b.mu.Unlock()
+	keep := b.keepIdleLocked(name, lf)
+	b.mu.Unlock()
+	if !keep {
 		closeFd(lf.fd)
-		return
+	}
+}
+
+// keepIdleLocked adds lf to the idle cache unless it is full or closed,
+// and reports whether it did. Called with b.mu held.
+func (b *DirBackend) keepIdleLocked(name string, lf lockFile) bool {
+	if _, dup := b.idle[name]; dup || b.closed || len(b.idle) >= b.opts.IdleFiles {
+		return false
 	}
 	b.idle[name] = lf
-	b.mu.Unlock()
+	return true
 }
 
 func closeFd(fd int) {

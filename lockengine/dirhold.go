@@ -19,7 +19,7 @@ type dirHold struct {
 	name  string
 	mode  Mode
 	token atomic.Uint64
-	reg   *heartbeat.Registration
+	reg   heartbeat.Registration
 	lost  func(error) // the Queue's callback
 
 	lastBeat atomic.Int64 // unix ns of the last successful refresh
@@ -38,7 +38,7 @@ func (b *DirBackend) newHold(name string, lf lockFile, mode Mode, tok uint64, lo
 	b.mu.Lock()
 	b.holds[name] = h
 	b.mu.Unlock()
-	h.reg = b.hb.Add(h)
+	b.hb.Register(&h.reg, h)
 	return h
 }
 
@@ -131,20 +131,23 @@ func (h *dirHold) Unlock() error {
 	h.mu.Unlock()
 
 	h.reg.Stop()
+	err := flock(lf.fd, unix.LOCK_UN)
+	keep := err == nil && !gone
 	b := h.b
 	b.mu.Lock()
 	if b.holds[h.name] == h {
 		delete(b.holds, h.name)
 	}
-	b.mu.Unlock()
-	if err := flock(lf.fd, unix.LOCK_UN); err != nil || gone {
-		closeFd(lf.fd) // closing drops the flock in any case
-		if err != nil {
-			return fmt.Errorf("lock %q: unlock: %w", h.name, err)
-		}
-		return nil
+	if keep {
+		keep = b.keepIdleLocked(h.name, lf)
 	}
-	b.putIdle(h.name, lf)
+	b.mu.Unlock()
+	if !keep {
+		closeFd(lf.fd) // closing drops the flock in any case
+	}
+	if err != nil {
+		return fmt.Errorf("lock %q: unlock: %w", h.name, err)
+	}
 	return nil
 }
 

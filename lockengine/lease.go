@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -21,10 +22,15 @@ type Lease struct {
 	prev, next *Lease
 	listed     bool
 
-	once sync.Once
-	done chan struct{}
-	err  error // written before done is closed, read only after
+	once   sync.Once
+	ended  atomic.Bool
+	err    error // written before ended is set, read only after
+	doneMu sync.Mutex
+	done   chan struct{} // guarded by doneMu; made on first Done call
 }
+
+// closedChan is the Done channel of leases that ended before anyone asked.
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
 // Name returns the lock's name.
 func (l *Lease) Name() string { return l.e.name }
@@ -46,17 +52,26 @@ func (l *Lease) Granted() time.Time { return l.granted }
 // Done returns a channel that is closed when the lease ends: released, lost
 // or engine closed. A holder that must stop acting on the lock's protection
 // as soon as it is lost selects on it.
-func (l *Lease) Done() <-chan struct{} { return l.done }
+func (l *Lease) Done() <-chan struct{} {
+	l.doneMu.Lock()
+	defer l.doneMu.Unlock()
+	if l.done == nil {
+		if l.ended.Load() {
+			l.done = closedChan
+		} else {
+			l.done = make(chan struct{})
+		}
+	}
+	return l.done
+}
 
 // Err returns nil while the lease is held. Once Done is closed it returns
 // an error wrapping ErrReleased, ErrLost (with the cause) or ErrClosed. It
 // also returns an error wrapping ErrLost when the backend can no longer
 // prove the grant is held, which may be shortly before Done closes.
 func (l *Lease) Err() error {
-	select {
-	case <-l.done:
+	if l.ended.Load() {
 		return l.err
-	default:
 	}
 	if !l.g.hold.Valid() {
 		return fmt.Errorf("lock %q: %w: the backend can no longer prove it is held", l.e.name, ErrLost)
@@ -83,10 +98,16 @@ func (l *Lease) Release() error {
 // end closes the lease with err. Callers hold l.e.mu; it is a no-op when
 // the lease has already ended.
 func (l *Lease) end(err error) {
-	select {
-	case <-l.done:
-	default:
-		l.err = err
-		close(l.done)
+	if l.ended.Load() {
+		return
 	}
+	l.err = err
+	l.ended.Store(true)
+	l.doneMu.Lock()
+	if l.done != nil {
+		close(l.done)
+	} else {
+		l.done = closedChan
+	}
+	l.doneMu.Unlock()
 }

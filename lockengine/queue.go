@@ -27,6 +27,9 @@ type Queue struct {
 	mu      sync.Mutex
 	entries map[string]*entry // guarded by mu
 	closed  bool              // guarded by mu
+	// idleHint counts entries that went idle since idle ones were last
+	// removed (an over-estimate: an entry may go idle several times).
+	idleHint atomic.Int64
 
 	inflight sync.WaitGroup // backend calls made outside entry locks
 }
@@ -34,11 +37,13 @@ type Queue struct {
 var _ Engine = (*Queue)(nil)
 
 // entry is the state of one name. It lives in Queue.entries while anything
-// refers to it (an Acquire in progress, a waiter, a lease or a worker).
+// refers to it (an Acquire in progress, a waiter, a lease or a worker), and
+// a while longer when idle.
 type entry struct {
 	name string
 	// refs counts references. It goes up from zero only under Queue.mu;
-	// an entry whose refs reach zero is idle and is removed from the map.
+	// an entry whose refs are zero is idle and may be removed from the map
+	// (under Queue.mu).
 	refs atomic.Int64
 
 	mu      sync.Mutex
@@ -359,7 +364,7 @@ func (q *Queue) install(e *entry, g *group, hold Hold) bool {
 // grant adds a lease to g. Called with e.mu held by a caller that holds a
 // reference to e (so refs > 0).
 func (q *Queue) grant(e *entry, g *group, mode Mode, owner Owner, now time.Time) *Lease {
-	l := &Lease{q: q, e: e, g: g, mode: mode, owner: owner, granted: now, done: make(chan struct{})}
+	l := &Lease{q: q, e: e, g: g, mode: mode, owner: owner, granted: now}
 	g.leases.add(l)
 	e.refs.Add(1)
 	return l
@@ -543,14 +548,25 @@ func (q *Queue) ref(name string) (*entry, error) {
 	return e, nil
 }
 
+// idleEntries is how many entries may go idle before the idle ones are
+// removed. Keeping recently used entries saves an allocation and two map
+// updates per uncontended acquisition of a name used again.
+const idleEntries = 4096
+
 func (q *Queue) unref(e *entry) {
 	if e.refs.Add(-1) != 0 {
 		return
 	}
-	q.mu.Lock()
-	if e.refs.Load() == 0 && q.entries[e.name] == e {
-		delete(q.entries, e.name)
+	if q.idleHint.Add(1) < idleEntries {
+		return
 	}
+	q.mu.Lock()
+	for name, e := range q.entries {
+		if e.refs.Load() == 0 {
+			delete(q.entries, name)
+		}
+	}
+	q.idleHint.Store(0)
 	q.mu.Unlock()
 }
 
