@@ -36,6 +36,10 @@ var (
 	_ = (fs.NodeSetattrer)((*lockNode)(nil))
 	_ = (fs.NodeOpener)((*lockNode)(nil))
 	_ = (fs.NodeStatfser)((*lockNode)(nil))
+	_ = (fs.NodeGetxattrer)((*lockNode)(nil))
+	_ = (fs.NodeListxattrer)((*lockNode)(nil))
+	_ = (fs.NodeSetxattrer)((*lockNode)(nil))
+	_ = (fs.NodeRemovexattrer)((*lockNode)(nil))
 
 	_ = (fs.FileReader)((*handle)(nil))
 	_ = (fs.FileWriter)((*handle)(nil))

@@ -47,6 +47,7 @@ func (f *filesystem) fileAttr(a *fuse.Attr) {
 }
 
 // dirAttr fills the attributes of a directory with permission bits perm.
+// Callers also set the long attribute timeout of directories.
 func (f *filesystem) dirAttr(a *fuse.Attr, perm uint32) {
 	a.Mode = syscall.S_IFDIR | perm
 	a.Nlink = 2
@@ -91,8 +92,8 @@ func (d *dirBase) Rmdir(ctx context.Context, name string) syscall.Errno {
 	return d.fsys.fail("rmdir", name, 0, errNotPermitted)
 }
 
-// Unlink refuses: EPERM. Lock files cannot be removed; they exist as long
-// as the name is valid.
+// Unlink refuses: EPERM (the entries of .timeout are directories; lock
+// directories override it with a lock break, see lockDir.Unlink).
 func (d *dirBase) Unlink(ctx context.Context, name string) syscall.Errno {
 	return d.fsys.fail("unlink", name, 0, errNotPermitted)
 }
@@ -165,6 +166,7 @@ func (d *lockDir) OnAdd(ctx context.Context) {
 // Getattr reports a directory.
 func (d *lockDir) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	d.fsys.dirAttr(&out.Attr, d.perm)
+	out.SetTimeout(cacheTimeout)
 	return 0
 }
 
@@ -175,9 +177,11 @@ func (d *lockDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 		switch name {
 		case TryDir:
 			d.fsys.dirAttr(&out.Attr, reservedPerm)
+			out.SetAttrTimeout(cacheTimeout)
 			return d.try, 0
 		case TimeoutDir:
 			d.fsys.dirAttr(&out.Attr, reservedPerm)
+			out.SetAttrTimeout(cacheTimeout)
 			return d.timeout, 0
 		}
 	}
@@ -223,6 +227,7 @@ type timeoutDir struct {
 // Getattr reports a read-only directory.
 func (d *timeoutDir) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	d.fsys.dirAttr(&out.Attr, reservedPerm)
+	out.SetTimeout(cacheTimeout)
 	return 0
 }
 
@@ -240,6 +245,7 @@ func (d *timeoutDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut
 			fs.StableAttr{Mode: syscall.S_IFDIR})
 	}
 	d.fsys.dirAttr(&out.Attr, reservedPerm)
+	out.SetAttrTimeout(cacheTimeout)
 	return ch, 0
 }
 

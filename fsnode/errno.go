@@ -22,6 +22,8 @@ var errTimedOut = errors.New("fsnode: lock wait timed out")
 //   - lockengine.ErrWouldBlock (O_NONBLOCK, .try, .timeout expiry): EAGAIN
 //   - lockengine.ErrNameTooLong: ENAMETOOLONG
 //   - lockengine.ErrInvalidName, lockengine.ErrInvalidMode: EINVAL
+//   - lockengine.ErrNotHeld (unlink of a name nobody holds here): ENOENT
+//   - lockengine.ErrPermission (unlink by neither root nor a holder): EPERM
 //   - a syscall.Errno in the chain that names the cause better than EIO
 //     (EACCES, EPERM, EROFS, ENOSPC, EDQUOT, EMFILE, ENFILE, ENOMEM,
 //     ENOLCK): that errno
@@ -38,6 +40,10 @@ func Errno(err error) syscall.Errno {
 		return syscall.ENAMETOOLONG
 	case errors.Is(err, lockengine.ErrInvalidName), errors.Is(err, lockengine.ErrInvalidMode):
 		return syscall.EINVAL
+	case errors.Is(err, lockengine.ErrNotHeld):
+		return syscall.ENOENT
+	case errors.Is(err, lockengine.ErrPermission):
+		return syscall.EPERM
 	case errors.Is(err, lockengine.ErrLost), errors.Is(err, lockengine.ErrClosed),
 		errors.Is(err, lockengine.ErrReleased), errors.Is(err, lockengine.ErrNotRegular):
 		return syscall.EIO
@@ -59,7 +65,7 @@ func logLevel(e syscall.Errno) slog.Level {
 	switch e {
 	case syscall.EAGAIN, syscall.EINTR:
 		return slog.LevelDebug
-	case syscall.ENAMETOOLONG, syscall.EINVAL, syscall.EPERM, syscall.EISDIR:
+	case syscall.ENAMETOOLONG, syscall.EINVAL, syscall.EPERM, syscall.EISDIR, syscall.ENOENT:
 		return slog.LevelInfo
 	}
 	return slog.LevelError

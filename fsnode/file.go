@@ -5,8 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
+	"time"
+	"unicode"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -30,12 +34,6 @@ type lockNode struct {
 	fsys   *filesystem
 	name   string // the lock name
 	policy policy // how Open waits
-}
-
-// Getattr reports an empty regular file, mode 0666.
-func (n *lockNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	n.fsys.fileAttr(&out.Attr)
-	return 0
 }
 
 // Setattr accepts and ignores every change (truncate from O_TRUNC or
@@ -113,6 +111,8 @@ type handle struct {
 	lease *lockengine.Lease
 	// released is set by the first Release; a second one is a bug.
 	released atomic.Bool
+	// rec caches the holder record returned by Read.
+	rec atomic.Pointer[[]byte]
 	// lossLogged is set once the loss of the lease has been logged at
 	// warn level, so a client looping on EIO does not flood the log.
 	lossLogged atomic.Bool
@@ -134,12 +134,47 @@ func (h *handle) check(op string) syscall.Errno {
 	return Errno(err)
 }
 
-// Read returns EOF while the lock is held and EIO once it is lost.
+// Read returns the holder record (see Record) while the lock is held and
+// EIO once it is lost.
 func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	if e := h.check("read"); e != 0 {
 		return nil, e
 	}
-	return fuse.ReadResultData(nil), 0
+	rec := h.record()
+	if off < 0 || off >= int64(len(rec)) {
+		return fuse.ReadResultData(nil), 0
+	}
+	end := min(int64(len(rec)), off+int64(len(dest)))
+	return fuse.ReadResultData(rec[off:end]), 0
+}
+
+// record returns the handle's holder record, formatting it on first use.
+func (h *handle) record() []byte {
+	if r := h.rec.Load(); r != nil {
+		return *r
+	}
+	r := Record(h.lease.Name(), h.lease.Mode(), h.lease.Token(), h.lease.Owner(), h.lease.Granted())
+	h.rec.Store(&r)
+	return r
+}
+
+// Record is what a holder reads from its lock descriptor: the decimal
+// fencing token alone on the first line (so that the shell's
+// "read -r tok <&9" yields the token), then one line
+//
+//	name=NAME mode=MODE token=TOKEN uid=UID gid=GID pid=PID acquired=TIME
+//
+// with TIME in RFC 3339 with nanoseconds (UTC) and NAME quoted as a Go
+// string when it holds spaces, "=", quotes, backslashes or non-printable
+// characters.
+// PID is in the daemon's pid namespace: 0 for a holder not visible from it.
+func Record(name string, mode lockengine.Mode, token uint64, o lockengine.Owner, granted time.Time) []byte {
+	n := name
+	if strings.ContainsAny(n, " \t\n\"\\=") || strings.ContainsFunc(n, func(r rune) bool { return !unicode.IsPrint(r) }) {
+		n = strconv.Quote(n)
+	}
+	return fmt.Appendf(nil, "%d\nname=%s mode=%s token=%d uid=%d gid=%d pid=%d acquired=%s\n",
+		token, n, mode, token, o.UID, o.GID, o.PID, granted.UTC().Format(time.RFC3339Nano))
 }
 
 // Write accepts and discards data while the lock is held; EIO once it is

@@ -15,8 +15,17 @@
 // name; only Open waits. A signal to a waiting opener ends the wait with
 // EINTR. The lock is released on FUSE RELEASE, i.e. when the last descriptor
 // of the open file description is closed (dup and fork keep it), never on
-// FLUSH. Writes are accepted and discarded; reads return EOF; once the lock is
+// FLUSH. Writes are accepted and discarded; reads return the holder record
+// (the fencing token alone on the first line, see [Record]); once the lock is
 // lost, read, write and fsync on its descriptor fail with EIO.
+//
+// Inspection never takes or waits for a lock: stat(2) of a lock file shows
+// the first holder's uid and gid as owner and the grant time as mtime
+// (attributes of lock files are not cached by the kernel), and the extended
+// attributes user.lockfs.* (see [XattrToken] and the others) describe the
+// holders, waiters and state. unlink(2) of a lock file breaks the lock
+// (lockengine.Engine.Break): root or a holder's uid only (else EPERM), ENOENT
+// when nobody holds it here.
 package fsnode
 
 import (
@@ -38,10 +47,17 @@ import (
 // FSType is the filesystem type a lockfs mount shows in /proc/self/mountinfo.
 const FSType = "fuse.lockfs"
 
-// cacheTimeout is the entry and attribute timeout handed to the kernel. Names
-// always exist and attributes never change, so the kernel may cache them for
-// as long as it likes; a lookup per open would cost a FUSE round trip.
+// cacheTimeout is the entry timeout, and the attribute timeout of
+// directories, handed to the kernel. Names always exist and directories
+// never change, so the kernel may cache them for as long as it likes; a
+// lookup per open would cost a FUSE round trip.
 const cacheTimeout = time.Hour
+
+// lockAttrTimeout is the attribute timeout of lock files: zero, because
+// their owner and times show the current holder (ls -l, stat). open(2)
+// and close(2) do not ask for attributes (no default_permissions), so
+// this costs nothing on the locking path; each stat costs a GETATTR.
+const lockAttrTimeout = 0
 
 // Options configures Mount. The zero value mounts without allow_other
 // through fusermount3 and discards logs.
@@ -80,6 +96,7 @@ func Mount(mountpoint string, eng lockengine.Engine, opts Options) (*Server, err
 	}
 	root := newRoot(eng, lg)
 	timeout := cacheTimeout
+	lockTimeout := time.Duration(lockAttrTimeout)
 	debugLog := opts.DebugLog
 	if debugLog == nil {
 		debugLog = log.New(os.Stderr, "fuse: ", log.Lmicroseconds)
@@ -90,17 +107,20 @@ func Mount(mountpoint string, eng lockengine.Engine, opts Options) (*Server, err
 		// costs OPEN and RELEASE only, no LOOKUP or GETATTR. Directory
 		// listings are not cached (no FOPEN_CACHE_DIR), so ls always
 		// shows the current names.
-		EntryTimeout:   &timeout,
-		AttrTimeout:    &timeout,
+		EntryTimeout: &timeout,
+		// Directories set their own (long) attribute timeout; lock
+		// files use this one.
+		AttrTimeout:    &lockTimeout,
 		Logger:         slog.NewLogLogger(lg.Handler(), slog.LevelWarn),
 		RootStableAttr: &fs.StableAttr{Ino: fuse.FUSE_ROOT_ID},
 		MountOptions: fuse.MountOptions{
 			FsName:     "lockfs",
 			Name:       "lockfs",
 			AllowOther: opts.AllowOther,
-			// The kernel asks for security.capability on every
-			// write-open; we have no xattrs, so tell it once.
-			DisableXAttrs: true,
+			// Extended attributes are on for user.lockfs.*. The
+			// kernel then asks for security.capability on every
+			// O_TRUNC open; Getxattr answers it with ENODATA at once.
+			DisableXAttrs: false,
 			// O_TRUNC arrives in OPEN instead of as an extra SETATTR.
 			ExtraCapabilities: fuse.CAP_ATOMIC_O_TRUNC,
 			// RELEASE is a background request; keep the kernel from

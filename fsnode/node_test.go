@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -315,10 +317,16 @@ func TestHandleIOAndLoss(t *testing.T) {
 	n, errno = h.Writev(ctx, [][]byte{[]byte("ab"), []byte("cde")}, 5)
 	assert.Equal(t, syscall.Errno(0), errno)
 	assert.Equal(t, uint32(5), n)
-	rr, errno := h.Read(ctx, make([]byte, 16), 0)
+	rr, errno := h.Read(ctx, make([]byte, 256), 0)
 	require.Equal(t, syscall.Errno(0), errno)
-	data, _ := rr.Bytes(make([]byte, 16))
-	assert.Empty(t, data, "reads are EOF")
+	data, _ := rr.Bytes(make([]byte, 256))
+	first, rest, _ := strings.Cut(string(data), "\n")
+	assert.Equal(t, strconv.FormatUint(h.lease.Token(), 10), first, "line 1 is the token")
+	assert.Contains(t, rest, "name=x mode=exclusive token=")
+	rr, errno = h.Read(ctx, make([]byte, 16), int64(len(data)))
+	require.Equal(t, syscall.Errno(0), errno)
+	data, _ = rr.Bytes(make([]byte, 16))
+	assert.Empty(t, data, "EOF after the record")
 	assert.Equal(t, syscall.Errno(0), h.Fsync(ctx, 0))
 
 	f.b.lose("x")

@@ -5,11 +5,14 @@
 // Usage:
 //
 //	lockfs mount [flags] MOUNTPOINT
+//	lockfs status [--json] [MOUNTPOINT]
+//	lockfs run [-s] [-n | -w DURATION] [-E CODE] [--kill-grace DUR] [--mount M] NAME -- COMMAND...
+//	lockfs break [--mount M] NAME
 //	lockfs version
-//	lockfs help [mount]
+//	lockfs help [mount|status|run|break]
 //
 // Exit codes: 0 success (including shutdown by SIGINT/SIGTERM), 1 runtime
-// error, 2 usage error.
+// error, 2 usage error; 'lockfs run' has its own (see its help).
 package main
 
 import (
@@ -47,11 +50,15 @@ const mainUsage = `lockfs: a filesystem of locks. Opening MOUNTPOINT/NAME takes 
 of that open file releases it.
 
 Usage:
-  lockfs mount [flags] MOUNTPOINT   mount and serve in the foreground
-  lockfs version                    print the version
-  lockfs help [mount]               print this help, or the mount flags
+  lockfs mount [flags] MOUNTPOINT        mount and serve in the foreground
+  lockfs status [--json] [MOUNTPOINT]    show held and awaited locks (takes none)
+  lockfs run [flags] NAME -- COMMAND...  run COMMAND while holding the lock NAME
+  lockfs break [--mount M] NAME          break a stuck lock (root or a holder's uid)
+  lockfs version                         print the version
+  lockfs help [mount|status|run|break]   print this help, or a command's
 
-Run 'lockfs mount --help' for the mount flags.
+The client commands (status, run, break) use the mount given with --mount or
+as MOUNTPOINT, else $LOCKFS_MOUNT, else /mnt/locks.
 `
 
 func main() {
@@ -67,6 +74,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "mount":
 		return exitCode(runMount(args[1:], stdout, stderr), stderr)
+	case "status":
+		return exitCode(runStatus(args[1:], stdout, stderr), stderr)
+	case "run":
+		return runRun(args[1:], stdout, stderr)
+	case "break":
+		return exitCode(runBreak(args[1:], stdout, stderr), stderr)
 	case "version", "--version", "-version":
 		if len(args) > 1 {
 			return exitCode(usageErrorf("version takes no arguments"), stderr)
@@ -74,9 +87,21 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, versionString())
 		return exitOK
 	case "help", "--help", "-help", "-h":
-		if len(args) > 1 && args[1] == "mount" {
-			fmt.Fprint(stdout, mountUsage())
-			return exitOK
+		if len(args) > 1 {
+			switch args[1] {
+			case "mount":
+				fmt.Fprint(stdout, mountUsage())
+				return exitOK
+			case "status":
+				fmt.Fprint(stdout, statusUsage)
+				return exitOK
+			case "run":
+				fmt.Fprint(stdout, runUsage)
+				return exitOK
+			case "break":
+				fmt.Fprint(stdout, breakUsage)
+				return exitOK
+			}
 		}
 		fmt.Fprint(stdout, mainUsage)
 		return exitOK

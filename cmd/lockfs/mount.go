@@ -31,6 +31,8 @@ type mountConfig struct {
 	logLevel      slog.Level
 	readyFd       int // -1: none
 	debugFUSE     bool
+	engine        engineFlags     // --engine and --etcd-*, see engine.go
+	vis           visibilityFlags // --lock-delay, --metrics-addr, see visibility_flags.go
 }
 
 func newMountFlags(cfg *mountConfig, logLevel *string) *flag.FlagSet {
@@ -44,6 +46,8 @@ func newMountFlags(cfg *mountConfig, logLevel *string) *flag.FlagSet {
 	fl.StringVar(logLevel, "log-level", "info", "log level: debug, info, warn or error (slog text on stderr)")
 	fl.IntVar(&cfg.readyFd, "ready-fd", -1, "when mounted, write \"ready\\n\" to this file descriptor and close it")
 	fl.BoolVar(&cfg.debugFUSE, "debug-fuse", false, "print every FUSE request and reply (go-fuse debug) on stderr")
+	registerEngineFlags(fl, &cfg.engine)
+	registerVisibilityFlags(fl, &cfg.vis)
 	return fl
 }
 
@@ -63,7 +67,10 @@ A stale lockfs mount left at MOUNTPOINT by a killed daemon is removed first.
   MOUNTPOINT/NAME                 open waits for the lock NAME
   MOUNTPOINT/.try/NAME            open fails with EAGAIN unless NAME is free
   MOUNTPOINT/.timeout/SECS/NAME   open waits at most SECS (2, 0.5, 500ms)
-Write opens lock exclusively, read-only opens shared.
+Write opens lock exclusively, read-only opens shared. A holder reads its
+fencing token from its descriptor (read -r tok <&9); ls -l, stat and
+getfattr -d show holders without taking the lock; rm MOUNTPOINT/NAME breaks
+it (root or a holder's uid). See 'lockfs help status|run|break'.
 
 Flags:
 `)
@@ -206,18 +213,18 @@ func runMount(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 
-	if err := os.MkdirAll(cfg.stateDir, stateDirPerm(root)); err != nil {
-		return fmt.Errorf("mount: state dir: %w", err)
-	}
-	backend, err := lockengine.OpenDir(cfg.stateDir, lockengine.DirOptions{
-		Heartbeat:     cfg.heartbeat,
-		TakeoverAfter: cfg.takeoverAfter,
-		Logger:        logger,
-	})
+	backend, err := openBackend(cfg, root, logger)
 	if err != nil {
-		return fmt.Errorf("mount: %w", err)
+		return err
 	}
-	eng := lockengine.NewQueue(backend, logger)
+	vis, err := startVisibility(cfg.vis, backend, logger)
+	if err != nil {
+		_ = backend.Close()
+		return err
+	}
+	defer vis.stop()
+	eng := lockengine.NewQueue(backend, logger, vis.queueOptions...)
+	vis.setEngine(eng)
 
 	// Catch signals before mounting so that none is lost in between.
 	sigs := make(chan os.Signal, 2)

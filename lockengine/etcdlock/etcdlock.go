@@ -325,7 +325,10 @@ func (b *Backend) opCtx(ctx context.Context) (context.Context, context.CancelFun
 // could not be reached or did not answer in time.
 func (b *Backend) classify(err error) error {
 	if isUnavailable(err) {
-		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		// The cause as text: an internal request timeout must not look
+		// like the caller's own cancellation (which the filesystem maps to
+		// EINTR).
+		return fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
 	return err
 }

@@ -24,7 +24,8 @@ import (
 const imageRepo = "lockfs-test"
 
 // buildImage builds the offline test image: a root filesystem with a static
-// lockfs and a static busybox (applet links in /bin), /mnt/locks, /tmp,
+// lockfs, a static etcdserver (tests/internal/etcdserver, for the etcd
+// engine tests) and a static busybox (applet links in /bin), /mnt/locks, /tmp,
 // /var/lib/lockfs, /etc/passwd and /etc/group, loaded with `docker import`.
 // Scratch files go to a new directory below dir.
 func buildImage(ctx context.Context, dir string) (string, error) {
@@ -46,11 +47,15 @@ func buildImage(ctx context.Context, dir string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	etcdserver, err := etcdserverBinary(ctx, root, tmp)
+	if err != nil {
+		return "", err
+	}
 	applets, err := exec.CommandContext(ctx, busybox, "--list").Output()
 	if err != nil {
 		return "", fmt.Errorf("image: %s --list: %w", busybox, err)
 	}
-	rootfs, err := rootfsTar(lockfs, busybox, strings.Fields(string(applets)))
+	rootfs, err := rootfsTar(lockfs, busybox, etcdserver, strings.Fields(string(applets)))
 	if err != nil {
 		return "", err
 	}
@@ -179,7 +184,7 @@ func requireStatic(path string) error {
 }
 
 // rootfsTar returns a deterministic tar of the test image's root filesystem.
-func rootfsTar(lockfs, busybox string, applets []string) ([]byte, error) {
+func rootfsTar(lockfs, busybox, etcdserver string, applets []string) ([]byte, error) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	mtime := time.Unix(0, 0)
@@ -207,7 +212,7 @@ func rootfsTar(lockfs, busybox string, applets []string) ([]byte, error) {
 		{"etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/sh\n")},
 		{"etc/group", 0o644, []byte("root:x:0:\nnogroup:x:65534:\n")},
 	}
-	for _, bin := range []struct{ name, src string }{{"bin/busybox", busybox}, {"bin/lockfs", lockfs}} {
+	for _, bin := range []struct{ name, src string }{{"bin/busybox", busybox}, {"bin/lockfs", lockfs}, {"bin/etcdserver", etcdserver}} {
 		b, err := os.ReadFile(bin.src)
 		if err != nil {
 			return nil, fmt.Errorf("image: %w", err)
@@ -228,7 +233,7 @@ func rootfsTar(lockfs, busybox string, applets []string) ([]byte, error) {
 	}
 	sort.Strings(applets)
 	for _, a := range applets {
-		if a == "busybox" || a == "lockfs" || strings.Contains(a, "/") {
+		if a == "busybox" || a == "lockfs" || a == "etcdserver" || strings.Contains(a, "/") {
 			continue
 		}
 		// Relative link: an absolute one would point into the host.

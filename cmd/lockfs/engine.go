@@ -1,0 +1,196 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/lockfs/lockfs/lockengine"
+	"github.com/lockfs/lockfs/lockengine/etcdlock"
+)
+
+// Engine names accepted by --engine.
+const (
+	engineDir  = "dir"  // flock(2) on files in --state-dir: one host
+	engineEtcd = "etcd" // etcd sessions and keys: many hosts
+)
+
+// engineFlags are the flags of 'lockfs mount' that choose and configure the
+// lock engine's backend.
+type engineFlags struct {
+	engine      string
+	endpoints   string // comma-separated etcd client URLs
+	prefix      string
+	ttl         time.Duration
+	dialTimeout time.Duration
+	opTimeout   time.Duration
+	caCert      string
+	cert, key   string
+}
+
+// registerEngineFlags adds the engine flags to fl, storing into ef.
+func registerEngineFlags(fl *flag.FlagSet, ef *engineFlags) {
+	fl.StringVar(&ef.engine, "engine", engineDir,
+		"lock engine: dir (flock on files in --state-dir, one host) or etcd (an etcd cluster, many hosts)")
+	fl.StringVar(&ef.endpoints, "etcd-endpoints", "",
+		"etcd client URLs, comma-separated (http://host:2379,...); required with --engine etcd")
+	fl.StringVar(&ef.prefix, "etcd-prefix", etcdlock.DefaultPrefix,
+		"etcd key prefix; daemons exclude each other only with the same prefix on the same cluster")
+	fl.DurationVar(&ef.ttl, "etcd-ttl", etcdlock.DefaultTTL,
+		"etcd session lease TTL (whole seconds, at least 2s in practice): the names of a dead or cut-off daemon "+
+			"free up at most this long after its last renewal, and its holders see EIO by then")
+	fl.DurationVar(&ef.dialTimeout, "etcd-dial-timeout", etcdlock.DefaultDialTimeout,
+		"bound on connecting to etcd at start; unreachable etcd is an error and nothing is mounted")
+	fl.DurationVar(&ef.opTimeout, "etcd-op-timeout", etcdlock.DefaultOpTimeout,
+		"bound on each request to etcd; an open that cannot reach etcd fails with EIO after it")
+	fl.StringVar(&ef.caCert, "etcd-cacert", "", "PEM file of the CA that signed the etcd servers' certificates (enables TLS)")
+	fl.StringVar(&ef.cert, "etcd-cert", "", "PEM client certificate for etcd (TLS client authentication; needs --etcd-key)")
+	fl.StringVar(&ef.key, "etcd-key", "", "PEM private key of --etcd-cert")
+}
+
+// endpointList splits --etcd-endpoints.
+func (ef *engineFlags) endpointList() []string {
+	var out []string
+	for e := range strings.SplitSeq(ef.endpoints, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// check returns a usage error for inconsistent engine flags.
+func (ef *engineFlags) check() error {
+	tlsSet := ef.caCert != "" || ef.cert != "" || ef.key != ""
+	switch ef.engine {
+	case engineDir:
+		if ef.endpoints != "" || tlsSet || ef.prefix != etcdlock.DefaultPrefix {
+			return usageErrorf("mount: --etcd-* flags need --engine etcd")
+		}
+		return nil
+	case engineEtcd:
+	default:
+		return usageErrorf("mount: --engine %q: want %s or %s", ef.engine, engineDir, engineEtcd)
+	}
+	eps := ef.endpointList()
+	if len(eps) == 0 {
+		return usageErrorf("mount: --engine etcd needs --etcd-endpoints URL[,URL...]")
+	}
+	for _, e := range eps {
+		u, err := url.Parse(e)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return usageErrorf("mount: --etcd-endpoints: %q is not an http:// or https:// URL", e)
+		}
+		if u.Scheme == "http" && tlsSet {
+			return usageErrorf("mount: --etcd-endpoints: %q is plain http but TLS flags are given", e)
+		}
+	}
+	if ef.ttl < time.Second {
+		return usageErrorf("mount: --etcd-ttl must be at least 1s, got %v", ef.ttl)
+	}
+	if ef.dialTimeout <= 0 || ef.opTimeout <= 0 {
+		return usageErrorf("mount: --etcd-dial-timeout and --etcd-op-timeout must be positive")
+	}
+	if (ef.cert == "") != (ef.key == "") {
+		return usageErrorf("mount: --etcd-cert and --etcd-key go together")
+	}
+	if strings.Trim(ef.prefix, "/") == "" {
+		return usageErrorf("mount: --etcd-prefix %q: want a non-empty prefix such as /lockfs/", ef.prefix)
+	}
+	return nil
+}
+
+// tlsConfig returns the TLS configuration for etcd, nil when no TLS flag
+// (and no https endpoint) asks for it.
+func (ef *engineFlags) tlsConfig() (*tls.Config, error) {
+	https := false
+	for _, e := range ef.endpointList() {
+		if strings.HasPrefix(e, "https://") {
+			https = true
+		}
+	}
+	if !https && ef.caCert == "" && ef.cert == "" {
+		return nil, nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if ef.caCert != "" {
+		pem, err := os.ReadFile(ef.caCert)
+		if err != nil {
+			return nil, fmt.Errorf("mount: --etcd-cacert: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("mount: --etcd-cacert %s: no PEM certificate in it", ef.caCert)
+		}
+		cfg.RootCAs = pool
+	}
+	if ef.cert != "" {
+		pair, err := tls.LoadX509KeyPair(ef.cert, ef.key)
+		if err != nil {
+			return nil, fmt.Errorf("mount: --etcd-cert/--etcd-key: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+	}
+	return cfg, nil
+}
+
+// openBackend builds the lock engine's backend that cfg's flags ask for:
+// the backing directory (created if missing) or an etcd session. An etcd
+// that cannot be reached within --etcd-dial-timeout is an error wrapping
+// etcdlock.ErrUnavailable, so nothing gets mounted.
+func openBackend(cfg mountConfig, root bool, logger *slog.Logger) (lockengine.Backend, error) {
+	ef := &cfg.engine
+	if err := ef.check(); err != nil {
+		return nil, err
+	}
+	if ef.engine == engineDir {
+		if err := os.MkdirAll(cfg.stateDir, stateDirPerm(root)); err != nil {
+			return nil, fmt.Errorf("mount: state dir: %w", err)
+		}
+		b, err := lockengine.OpenDir(cfg.stateDir, lockengine.DirOptions{
+			Heartbeat:     cfg.heartbeat,
+			TakeoverAfter: cfg.takeoverAfter,
+			Logger:        logger,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("mount: %w", err)
+		}
+		logger.Info("lock engine ready", "engine", engineDir, "state_dir", cfg.stateDir)
+		return b, nil
+	}
+	tc, err := ef.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
+	eps := ef.endpointList()
+	// New bounds itself by --etcd-dial-timeout; the context is a backstop.
+	ctx, cancel := context.WithTimeout(context.Background(), ef.dialTimeout+ef.opTimeout)
+	defer cancel()
+	b, err := etcdlock.New(ctx, etcdlock.Options{
+		Endpoints:   eps,
+		Prefix:      ef.prefix,
+		TTL:         ef.ttl,
+		DialTimeout: ef.dialTimeout,
+		OpTimeout:   ef.opTimeout,
+		TLS:         tc,
+		Logger:      logger,
+	})
+	if err != nil {
+		if errors.Is(err, etcdlock.ErrUnavailable) {
+			return nil, fmt.Errorf("mount: etcd at %s is unreachable (within --etcd-dial-timeout %v); not mounting: %w",
+				strings.Join(eps, ","), ef.dialTimeout, err)
+		}
+		return nil, fmt.Errorf("mount: etcd engine: %w", err)
+	}
+	logger.Info("lock engine ready", "engine", engineEtcd, "endpoints", strings.Join(eps, ","),
+		"prefix", ef.prefix, "ttl", ef.ttl)
+	return b, nil
+}

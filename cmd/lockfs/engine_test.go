@@ -1,0 +1,74 @@
+package main
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// Engine flags are parsed with the mount flags and checked before anything
+// is mounted: inconsistent combinations are usage errors.
+func TestEngineFlagsCheck(t *testing.T) {
+	mnt := t.TempDir()
+	for _, c := range []struct {
+		args []string
+		ok   bool
+	}{
+		{nil, true},
+		{[]string{"--engine", "dir"}, true},
+		{[]string{"--engine", "etcd", "--etcd-endpoints", "http://127.0.0.1:2379"}, true},
+		{[]string{"--engine", "etcd", "--etcd-endpoints", "http://a:2379, http://b:2379", "--etcd-ttl", "2s",
+			"--etcd-prefix", "/x/"}, true},
+		{[]string{"--engine", "etcd", "--etcd-endpoints", "https://a:2379", "--etcd-cacert", "ca.pem"}, true},
+		{[]string{"--engine", "zookeeper"}, false},
+		{[]string{"--engine", "etcd"}, false},
+		{[]string{"--engine", "etcd", "--etcd-endpoints", "a:2379"}, false},
+		{[]string{"--engine", "etcd", "--etcd-endpoints", "http://a:2379", "--etcd-ttl", "500ms"}, false},
+		{[]string{"--engine", "etcd", "--etcd-endpoints", "http://a:2379", "--etcd-cacert", "ca.pem"}, false},
+		{[]string{"--engine", "etcd", "--etcd-endpoints", "https://a:2379", "--etcd-cert", "c.pem"}, false},
+		{[]string{"--engine", "etcd", "--etcd-endpoints", "http://a:2379", "--etcd-prefix", "/"}, false},
+		{[]string{"--engine", "etcd", "--etcd-endpoints", "http://a:2379", "--etcd-op-timeout", "0s"}, false},
+		{[]string{"--etcd-endpoints", "http://a:2379"}, false}, // etcd flags without --engine etcd
+	} {
+		cfg, err := parseMountArgs(append(append([]string{}, c.args...), mnt))
+		require.NoError(t, err, "%q", c.args)
+		err = cfg.engine.check()
+		if c.ok {
+			assert.NoError(t, err, "%q", c.args)
+			continue
+		}
+		var ue usageError
+		assert.True(t, errors.As(err, &ue), "%q: want a usage error, got %v", c.args, err)
+	}
+}
+
+// TLS flags load the CA and client files; missing or bad files are errors.
+func TestEngineTLSConfig(t *testing.T) {
+	ef := engineFlags{engine: engineEtcd, endpoints: "http://a:2379"}
+	tc, err := ef.tlsConfig()
+	require.NoError(t, err)
+	assert.Nil(t, tc, "plain http without TLS flags")
+
+	ef.endpoints = "https://a:2379"
+	tc, err = ef.tlsConfig()
+	require.NoError(t, err)
+	require.NotNil(t, tc, "https uses TLS with the system roots")
+	assert.Nil(t, tc.RootCAs)
+
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.pem")
+	require.NoError(t, os.WriteFile(bad, []byte("not a certificate"), 0o600))
+	ef.caCert = bad
+	_, err = ef.tlsConfig()
+	assert.ErrorContains(t, err, "no PEM certificate")
+	ef.caCert = filepath.Join(dir, "missing.pem")
+	_, err = ef.tlsConfig()
+	assert.ErrorIs(t, err, os.ErrNotExist)
+	ef.caCert, ef.cert, ef.key = "", bad, bad
+	_, err = ef.tlsConfig()
+	assert.Error(t, err, "bad client key pair")
+}

@@ -1,0 +1,72 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/lockfs/lockfs/fsnode"
+	"github.com/lockfs/lockfs/lockengine"
+)
+
+// defaultMount is the mountpoint the client commands (status, run, break)
+// use when neither --mount nor $LOCKFS_MOUNT says otherwise.
+const defaultMount = "/mnt/locks"
+
+// mountEnv names the environment variable with the default mountpoint.
+const mountEnv = "LOCKFS_MOUNT"
+
+// fuseSuperMagic is statfs(2)'s f_type of every FUSE filesystem.
+const fuseSuperMagic = 0x65735546
+
+// mountOrDefault returns m, else $LOCKFS_MOUNT, else /mnt/locks.
+func mountOrDefault(m string) string {
+	if m != "" {
+		return m
+	}
+	if e := os.Getenv(mountEnv); e != "" {
+		return e
+	}
+	return defaultMount
+}
+
+// errNotLockfs: the directory is not a lockfs mount.
+var errNotLockfs = errors.New("not a lockfs mount")
+
+// checkLockfsDir returns an error unless dir is the root of a FUSE mount
+// (statfs f_type), which for lockfs paths means a lockfs mount. It does not
+// take any lock.
+func checkLockfsDir(dir string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return fmt.Errorf("%s: %w", dir, err)
+	}
+	if st.Type != fuseSuperMagic {
+		return fmt.Errorf("%s: %w (mount one with 'lockfs mount %s', or pass --mount)", dir, errNotLockfs, dir)
+	}
+	return nil
+}
+
+// lockTarget splits NAME, a lock name relative to mount or an absolute
+// path MOUNT/NAME, into the mount directory and the lock name.
+func lockTarget(mount, name string) (dir, lock string, err error) {
+	if filepath.IsAbs(name) {
+		dir, lock = filepath.Dir(name), filepath.Base(name)
+	} else {
+		if strings.Contains(name, "/") {
+			return "", "", usageErrorf("lock name %q contains '/': give a name, or an absolute path into the mount", name)
+		}
+		dir, lock = mountOrDefault(mount), name
+	}
+	if err := lockengine.ValidateName(lock); err != nil {
+		return "", "", usageErrorf("%w", err)
+	}
+	if lock == fsnode.TryDir || lock == fsnode.TimeoutDir {
+		return "", "", usageErrorf("lock name %q is reserved", lock)
+	}
+	return dir, lock, nil
+}

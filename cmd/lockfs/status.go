@@ -1,0 +1,215 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/lockfs/lockfs/fsnode"
+)
+
+const statusUsage = `Usage: lockfs status [--json] [MOUNTPOINT]
+
+Lists the locks held or waited on in the lockfs mount MOUNTPOINT (default
+$LOCKFS_MOUNT, else /mnt/locks): state, mode, fencing token, holders (uid,
+gid, pid, mode, grant time) and waiters. It only lists the directory and
+reads the user.lockfs.* extended attributes, so it takes no lock, never waits
+for one, and works for every user who can read the mount. PID is 0 for a
+holder that is not visible from the daemon's pid namespace.
+
+  --json   one JSON document: {"mount": ..., "locks": [...]}
+
+Exit status: 0 success, 1 error (not a lockfs mount), 2 usage error.
+`
+
+// statusHolder is one line of user.lockfs.holders.
+type statusHolder struct {
+	UID     uint32 `json:"uid"`
+	GID     uint32 `json:"gid"`
+	PID     uint32 `json:"pid"`
+	Mode    string `json:"mode"`
+	Token   uint64 `json:"token"`
+	Granted string `json:"granted"`
+	Lost    bool   `json:"lost,omitempty"`
+}
+
+// statusLock is one lock of 'lockfs status'.
+type statusLock struct {
+	Name      string         `json:"name"`
+	State     string         `json:"state"`
+	Mode      string         `json:"mode,omitempty"`
+	Token     uint64         `json:"token"`
+	Waiters   int            `json:"waiters"`
+	Acquired  string         `json:"acquired,omitempty"`
+	Heartbeat string         `json:"heartbeat,omitempty"`
+	Cause     string         `json:"cause,omitempty"`
+	Holders   []statusHolder `json:"holders"`
+}
+
+// statusReport is the --json document.
+type statusReport struct {
+	Mount string       `json:"mount"`
+	Locks []statusLock `json:"locks"`
+}
+
+// runStatus implements 'lockfs status'.
+func runStatus(args []string, stdout, stderr io.Writer) error {
+	fl := flag.NewFlagSet("status", flag.ContinueOnError)
+	fl.SetOutput(io.Discard)
+	asJSON := fl.Bool("json", false, "")
+	if err := fl.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, statusUsage)
+			return nil
+		}
+		return usageErrorf("status: %w (see 'lockfs status --help')", err)
+	}
+	if fl.NArg() > 1 {
+		return usageErrorf("status: want at most one MOUNTPOINT (see 'lockfs status --help')")
+	}
+	mnt := mountOrDefault(fl.Arg(0))
+	if err := checkLockfsDir(mnt); err != nil {
+		return fmt.Errorf("status: %w", err)
+	}
+	rep, err := readStatus(mnt)
+	if err != nil {
+		return fmt.Errorf("status: %w", err)
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	writeStatusTable(stdout, rep)
+	return nil
+}
+
+// readStatus lists mnt and reads every name's attributes. Names that became
+// free in between are left out.
+func readStatus(mnt string) (statusReport, error) {
+	rep := statusReport{Mount: mnt, Locks: []statusLock{}}
+	ents, err := os.ReadDir(mnt)
+	if err != nil {
+		return rep, err
+	}
+	for _, de := range ents {
+		lk, err := readLockStatus(filepath.Join(mnt, de.Name()))
+		if err != nil {
+			return rep, err
+		}
+		if lk.State == "free" || lk.State == "" {
+			continue
+		}
+		lk.Name = de.Name()
+		rep.Locks = append(rep.Locks, lk)
+	}
+	return rep, nil
+}
+
+// getxattr reads one attribute of path; "" when it does not exist.
+func getxattr(path, attr string) (string, error) {
+	buf := make([]byte, 256)
+	for {
+		n, err := unix.Lgetxattr(path, attr, buf)
+		switch {
+		case err == nil:
+			return string(buf[:n]), nil
+		case errors.Is(err, unix.ENODATA):
+			return "", nil
+		case errors.Is(err, unix.ERANGE):
+			sz, err := unix.Lgetxattr(path, attr, nil)
+			if err != nil {
+				return "", fmt.Errorf("%s: getxattr %s: %w", path, attr, err)
+			}
+			buf = make([]byte, sz+256)
+		default:
+			return "", fmt.Errorf("%s: getxattr %s: %w", path, attr, err)
+		}
+	}
+}
+
+func readLockStatus(path string) (statusLock, error) {
+	var lk statusLock
+	get := func(attr string, dst *string) error {
+		v, err := getxattr(path, attr)
+		*dst = v
+		return err
+	}
+	var token, waiters, holders string
+	for _, a := range []struct {
+		attr string
+		dst  *string
+	}{
+		{fsnode.XattrState, &lk.State}, {fsnode.XattrMode, &lk.Mode}, {fsnode.XattrToken, &token},
+		{fsnode.XattrWaiters, &waiters}, {fsnode.XattrAcquired, &lk.Acquired},
+		{fsnode.XattrHeartbeat, &lk.Heartbeat}, {fsnode.XattrHolders, &holders}, {fsnode.XattrCause, &lk.Cause},
+	} {
+		if err := get(a.attr, a.dst); err != nil {
+			return lk, err
+		}
+	}
+	lk.Token, _ = strconv.ParseUint(token, 10, 64)
+	lk.Waiters, _ = strconv.Atoi(waiters)
+	lk.Holders = parseHolders(holders)
+	return lk, nil
+}
+
+// parseHolders parses user.lockfs.holders.
+func parseHolders(s string) []statusHolder {
+	out := []statusHolder{}
+	for line := range strings.SplitSeq(s, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 6 {
+			continue
+		}
+		var h statusHolder
+		u, _ := strconv.ParseUint(f[0], 10, 32)
+		g, _ := strconv.ParseUint(f[1], 10, 32)
+		p, _ := strconv.ParseUint(f[2], 10, 32)
+		h.UID, h.GID, h.PID = uint32(u), uint32(g), uint32(p)
+		h.Mode = f[3]
+		h.Token, _ = strconv.ParseUint(f[4], 10, 64)
+		h.Granted = f[5]
+		h.Lost = len(f) > 6 && f[6] == "lost"
+		out = append(out, h)
+	}
+	return out
+}
+
+// writeStatusTable prints one row per holder (a lock with only waiters gets
+// one row with "-" holder columns).
+func writeStatusTable(w io.Writer, rep statusReport) {
+	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tSTATE\tMODE\tTOKEN\tWAITERS\tUID\tGID\tPID\tSINCE")
+	for _, lk := range rep.Locks {
+		if strings.ContainsFunc(lk.Name, func(r rune) bool { return r <= ' ' || r == '"' || r == 0x7f }) {
+			lk.Name = strconv.Quote(lk.Name)
+		}
+		mode := lk.Mode
+		if mode == "" {
+			mode = "-"
+		}
+		if len(lk.Holders) == 0 {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t-\t-\t-\t-\n", lk.Name, lk.State, mode, lk.Token, lk.Waiters)
+			continue
+		}
+		for _, h := range lk.Holders {
+			state := lk.State
+			if h.Lost {
+				state = "lost"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\n", lk.Name, state, h.Mode, h.Token, lk.Waiters,
+				h.UID, h.GID, h.PID, h.Granted)
+		}
+	}
+	_ = tw.Flush()
+}

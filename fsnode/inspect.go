@@ -1,0 +1,227 @@
+package fsnode
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/lockfs/lockfs/lockengine"
+)
+
+// Inspection: attributes, extended attributes and unlink of lock files.
+// None of these takes or waits for a lock; they read lockengine.Engine's
+// Inspect, which never blocks on a lock.
+
+// Extended attributes of a lock file (getfattr -d M/NAME). Values are text
+// without a trailing newline, except XattrHolders, which has one line per
+// holder, each ending in a newline.
+const (
+	// XattrPrefix is the namespace of lockfs's attributes.
+	XattrPrefix = "user.lockfs."
+	// XattrToken: the fencing token of the current grant, decimal; 0 when
+	// nothing holds the name.
+	XattrToken = XattrPrefix + "token"
+	// XattrMode: "exclusive", "shared", or "" when nothing holds the name.
+	XattrMode = XattrPrefix + "mode"
+	// XattrState: "held", "lost", "waiting" or "free".
+	XattrState = XattrPrefix + "state"
+	// XattrHolders: one line per lease, "UID GID PID MODE TOKEN GRANTED"
+	// (GRANTED in RFC 3339 with nanoseconds), current holders first, then
+	// lost leases not yet closed, which carry a seventh field "lost". PID
+	// is in the daemon's pid namespace: 0 for a holder not visible from it.
+	XattrHolders = XattrPrefix + "holders"
+	// XattrWaiters: the number of queued open(2) calls, decimal.
+	XattrWaiters = XattrPrefix + "waiters"
+	// XattrAcquired: when the current holders were granted (RFC 3339,
+	// nanoseconds); "" when none.
+	XattrAcquired = XattrPrefix + "acquired"
+	// XattrHeartbeat: when the backend last refreshed the grant (RFC 3339,
+	// nanoseconds); "" when none.
+	XattrHeartbeat = XattrPrefix + "heartbeat"
+	// XattrCause: why the lock was lost (state lost only).
+	XattrCause = XattrPrefix + "cause"
+)
+
+// xattrNames is the Listxattr answer: every name NUL-terminated. The cause
+// is listed only while the state is lost.
+var xattrNames = []string{XattrToken, XattrMode, XattrState, XattrHolders, XattrWaiters,
+	XattrAcquired, XattrHeartbeat}
+
+// stateString is the text of XattrState: the engine's state, "free" for
+// none.
+func stateString(s lockengine.State) string {
+	if s == lockengine.StateNone {
+		return "free"
+	}
+	return s.String()
+}
+
+func modeString(m lockengine.Mode) string {
+	if !m.Valid() {
+		return ""
+	}
+	return m.String()
+}
+
+func timeString(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339Nano)
+}
+
+// holdersString formats XattrHolders.
+func holdersString(leases []lockengine.LeaseInfo) string {
+	var b strings.Builder
+	for _, l := range leases {
+		fmt.Fprintf(&b, "%d %d %d %s %d %s", l.Owner.UID, l.Owner.GID, l.Owner.PID, l.Mode,
+			l.Token, timeString(l.Granted))
+		if l.Lost {
+			b.WriteString(" lost")
+		}
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
+// xattrValue returns the value of the lockfs attribute attr of info, and
+// false for names lockfs does not have.
+func xattrValue(info lockengine.LockInfo, attr string) (string, bool) {
+	switch attr {
+	case XattrToken:
+		return strconv.FormatUint(info.Token, 10), true
+	case XattrMode:
+		return modeString(info.Mode), true
+	case XattrState:
+		return stateString(info.State), true
+	case XattrHolders:
+		return holdersString(info.Leases), true
+	case XattrWaiters:
+		return strconv.Itoa(info.Waiters), true
+	case XattrAcquired:
+		if info.State == lockengine.StateWaiting {
+			return "", true
+		}
+		return timeString(info.Since), true
+	case XattrHeartbeat:
+		return timeString(info.Heartbeat), true
+	case XattrCause:
+		if info.State != lockengine.StateLost {
+			return "", false
+		}
+		return info.LostCause, true
+	}
+	return "", false
+}
+
+// copyXattr implements the getxattr/listxattr size protocol: a zero-length
+// dest asks for the size; a too small one is ERANGE.
+func copyXattr(dest []byte, val string) (uint32, syscall.Errno) {
+	if len(dest) == 0 {
+		return uint32(len(val)), 0
+	}
+	if len(dest) < len(val) {
+		return uint32(len(val)), syscall.ERANGE
+	}
+	return uint32(copy(dest, val)), 0
+}
+
+// inspect returns the engine's view of the node's name (the zero LockInfo
+// with StateNone when nothing holds or waits for it).
+func (n *lockNode) inspect() lockengine.LockInfo {
+	info, ok := n.fsys.eng.Inspect(n.name)
+	if !ok {
+		return lockengine.LockInfo{Name: n.name}
+	}
+	return info
+}
+
+// Getattr reports an empty regular file, mode 0666, whose owner is the
+// first holder of the lock (the mount's owner when nobody holds it) and
+// whose mtime and ctime are the grant time (atime: the last heartbeat). It
+// never waits for the lock.
+func (n *lockNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	n.fsys.fileAttr(&out.Attr)
+	n.fsys.holderAttr(&out.Attr, n.inspect())
+	out.SetTimeout(lockAttrTimeout)
+	return 0
+}
+
+// holderAttr overrides owner and times of a lock file's attributes with
+// those of info's first lease.
+func (f *filesystem) holderAttr(a *fuse.Attr, info lockengine.LockInfo) {
+	if len(info.Leases) == 0 {
+		return
+	}
+	a.Uid, a.Gid = info.Leases[0].Owner.UID, info.Leases[0].Owner.GID
+	since, hb := info.Since, info.Heartbeat
+	if since.IsZero() {
+		since = info.Leases[0].Granted
+	}
+	if hb.IsZero() {
+		hb = since
+	}
+	a.SetTimes(&hb, &since, &since)
+}
+
+// Getxattr answers user.lockfs.* from the engine (never waiting for the
+// lock) and ENODATA for everything else, security.* included, at once.
+func (n *lockNode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	if !strings.HasPrefix(attr, XattrPrefix) {
+		return 0, syscall.ENODATA
+	}
+	val, ok := xattrValue(n.inspect(), attr)
+	if !ok {
+		return 0, syscall.ENODATA
+	}
+	return copyXattr(dest, val)
+}
+
+// Listxattr lists the user.lockfs.* attributes.
+func (n *lockNode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	var b strings.Builder
+	for _, name := range xattrNames {
+		b.WriteString(name)
+		b.WriteByte(0)
+	}
+	if n.inspect().State == lockengine.StateLost {
+		b.WriteString(XattrCause)
+		b.WriteByte(0)
+	}
+	return copyXattr(dest, b.String())
+}
+
+// Setxattr refuses: EPERM. The attributes are read-only.
+func (n *lockNode) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	return syscall.EPERM
+}
+
+// Removexattr refuses: EPERM.
+func (n *lockNode) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	return syscall.EPERM
+}
+
+// Unlink breaks the lock name (an administrator's "rm M/NAME"): every
+// holder's descriptor fails with EIO from then on, and waiters are granted
+// after the engine's lock-delay. The caller must be root or have the UID of
+// a holder (else EPERM); a name nobody holds in this daemon is ENOENT.
+func (d *lockDir) Unlink(ctx context.Context, name string) syscall.Errno {
+	if err := validLockName(name); err != nil {
+		return d.fsys.fail("unlink", name, 0, err)
+	}
+	c, ok := fuse.FromContext(ctx)
+	if !ok {
+		return d.fsys.fail("unlink", name, 0, fmt.Errorf("lock %q: unknown caller: %w", name, syscall.EPERM))
+	}
+	by := lockengine.Owner{UID: c.Uid, GID: c.Gid, PID: c.Pid}
+	if err := d.fsys.eng.Break(ctx, name, by); err != nil {
+		return d.fsys.fail("unlink", name, 0, err)
+	}
+	return 0
+}
