@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 
@@ -28,6 +29,36 @@ type filesystem struct {
 	uid   uint32
 	gid   uint32
 	start time.Time // reported as atime, mtime and ctime of every node
+
+	// parked counts, per lock name, the opens waiting in Acquire (see
+	// handle.Release).
+	parkedMu sync.Mutex
+	parked   map[string]int
+}
+
+// park records an open of name that is about to wait; the returned
+// function undoes it.
+func (f *filesystem) park(name string) func() {
+	f.parkedMu.Lock()
+	if f.parked == nil {
+		f.parked = make(map[string]int)
+	}
+	f.parked[name]++
+	f.parkedMu.Unlock()
+	return func() {
+		f.parkedMu.Lock()
+		if f.parked[name]--; f.parked[name] <= 0 {
+			delete(f.parked, name)
+		}
+		f.parkedMu.Unlock()
+	}
+}
+
+// hasParked reports whether an open of name is waiting.
+func (f *filesystem) hasParked(name string) bool {
+	f.parkedMu.Lock()
+	defer f.parkedMu.Unlock()
+	return f.parked[name] > 0
 }
 
 func (f *filesystem) setTimes(a *fuse.Attr) {

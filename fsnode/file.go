@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -92,6 +93,14 @@ func (f *filesystem) acquire(ctx context.Context, name string, mode lockengine.M
 	if nonblock || p.kind == waitTry {
 		return f.eng.TryAcquire(ctx, name, mode)
 	}
+	// Try first: an open that finds the name held (typically because it
+	// overtook the asynchronous RELEASE of the previous holder's close)
+	// is recorded as parked, so that the Release that frees the name
+	// lets it run at once (see handle.Release).
+	if lease, err := f.eng.TryAcquire(ctx, name, mode); err == nil || !errors.Is(err, lockengine.ErrWouldBlock) {
+		return lease, err
+	}
+	defer f.park(name)()
 	if p.kind == waitTimeout {
 		tctx, cancel := context.WithTimeoutCause(ctx, p.timeout, errTimedOut)
 		defer cancel()
@@ -219,6 +228,13 @@ func (h *handle) Release(ctx context.Context) syscall.Errno {
 	if h.fsys.log.Enabled(context.Background(), slog.LevelDebug) {
 		h.fsys.log.Debug("lock released", "lock", h.lease.Name(), "mode", h.lease.Mode().String(),
 			"token", h.lease.Token())
+	}
+	if h.fsys.hasParked(h.lease.Name()) {
+		// The release has just made a waiting open runnable. Let it
+		// run (and answer its OPEN) before this goroutine goes back to
+		// read(2) on /dev/fuse: with GOMAXPROCS=1 it would otherwise
+		// wait for the runtime's sysmon to take the P back (~100 us).
+		runtime.Gosched()
 	}
 	return 0
 }

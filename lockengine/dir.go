@@ -328,8 +328,16 @@ func (b *DirBackend) openFile(name string) (lockFile, error) {
 		return lf, nil
 	}
 	fd, err := ignoringEINTR2(func() (int, error) {
-		return unix.Openat(b.locksFd, name,
-			unix.O_RDWR|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0o644)
+		// O_NOATIME: the record read of every grant would otherwise
+		// update atime (relatime: mtime is always newer) and dirty the
+		// inode. Not allowed on other users' files: retry without.
+		fd, err := unix.Openat(b.locksFd, name,
+			unix.O_RDWR|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC|unix.O_NOATIME, 0o644)
+		if err == unix.EPERM {
+			fd, err = unix.Openat(b.locksFd, name,
+				unix.O_RDWR|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0o644)
+		}
+		return fd, err
 	})
 	if err != nil {
 		switch err {
