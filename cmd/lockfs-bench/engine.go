@@ -2,7 +2,9 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -130,11 +132,7 @@ func benchHandoff(dir string, handoffs int) error {
 		defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
 		kids = append(kids, child{cmd, bufio.NewScanner(stdout)})
 	}
-	type ev struct {
-		kind byte
-		t    int64
-	}
-	var events []ev
+	var events []event
 	for _, k := range kids {
 		for k.out.Scan() {
 			f := strings.Fields(k.out.Text())
@@ -142,24 +140,16 @@ func benchHandoff(dir string, handoffs int) error {
 				continue
 			}
 			t, _ := strconv.ParseInt(f[1], 10, 64)
-			events = append(events, ev{f[0][0], t})
+			events = append(events, event{f[0][0], t})
 		}
 		if err := k.cmd.Wait(); err != nil {
 			return fmt.Errorf("handoff child: %w", err)
 		}
 	}
-	slices.SortFunc(events, func(a, b ev) int { return int(a.t - b.t) })
-	// A grant that follows a release (by the other process) is a handoff.
-	var lat []float64
-	for i := 1; i < len(events); i++ {
-		if events[i].kind == 'G' && events[i-1].kind == 'R' {
-			lat = append(lat, float64(events[i].t-events[i-1].t))
-		}
+	lat, err := handoffLatencies(events)
+	if err != nil {
+		return err
 	}
-	if len(lat) == 0 {
-		return fmt.Errorf("handoff: no handoffs observed")
-	}
-	slices.Sort(lat)
 	fmt.Printf("handoff between two processes (%d handoffs): p50 %.0f us, p99 %.0f us, max %.0f us\n",
 		len(lat), pct(lat, 50)/1000, pct(lat, 99)/1000, lat[len(lat)-1]/1000)
 	return nil
@@ -196,6 +186,31 @@ func runHandoffChild(args []string) error {
 		time.Sleep(200 * time.Microsecond)
 	}
 	return nil
+}
+
+// event is a timestamped line of a handoff client: 'R' just before a
+// release, 'G' just after a grant (CLOCK_MONOTONIC ns, shared by all
+// processes on the machine).
+type event struct {
+	kind byte
+	t    int64
+}
+
+// handoffLatencies pairs each grant with the release right before it (by
+// the other process) and returns the sorted latencies in ns.
+func handoffLatencies(events []event) ([]float64, error) {
+	slices.SortFunc(events, func(a, b event) int { return cmp.Compare(a.t, b.t) })
+	var lat []float64
+	for i := 1; i < len(events); i++ {
+		if events[i].kind == 'G' && events[i-1].kind == 'R' {
+			lat = append(lat, float64(events[i].t-events[i-1].t))
+		}
+	}
+	if len(lat) == 0 {
+		return nil, errors.New("handoff: no handoffs observed")
+	}
+	slices.Sort(lat)
+	return lat, nil
 }
 
 func monoNow() int64 {

@@ -226,7 +226,7 @@ func runEtcd(args []string) error {
 	}
 	fmt.Printf("lockfs-bench etcd: single-node etcd %s (fsync %v, data in %s); lockfs %s --engine etcd --etcd-ttl %v;\n"+
 		"  %d ops per case in %d interleaved rounds; %d CPUs; load average %s at start\n",
-		url, *fsync, tmp, lockfs, *ttl, *n, *rounds, runtime.NumCPU(), etcdLoadavg())
+		url, *fsync, tmp, lockfs, *ttl, *n, *rounds, runtime.NumCPU(), loadavg())
 
 	// Warm up every path (connections, the daemon's session, page cache).
 	for _, c := range cases {
@@ -418,9 +418,9 @@ func (b *etcdBench) binary(path, name, pkg string) (string, error) {
 		}
 		return abs, nil
 	}
-	root, err := etcdBenchModuleRoot()
-	if err != nil {
-		return "", fmt.Errorf("no %s binary: pass -%s PATH or run inside the lockfs module: %w", name, name, err)
+	root, ok := moduleRoot()
+	if !ok {
+		return "", fmt.Errorf("no %s binary: pass -%s PATH or run inside the lockfs module", name, name)
 	}
 	out := filepath.Join(b.tmp, "bin", name)
 	cmd := exec.Command("go", "build", "-o", out, pkg)
@@ -429,26 +429,6 @@ func (b *etcdBench) binary(path, name, pkg string) (string, error) {
 		return "", fmt.Errorf("go build %s in %s: %w: %s", pkg, root, err, bytes.TrimSpace(o))
 	}
 	return out, nil
-}
-
-// etcdBenchModuleRoot finds the lockfs module root at or above the working
-// directory.
-func etcdBenchModuleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		data, err := os.ReadFile(filepath.Join(dir, "go.mod"))
-		if err == nil && strings.Contains(string(data), "module github.com/lockfs/lockfs\n") {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("go.mod of github.com/lockfs/lockfs not found above the working directory")
-		}
-		dir = parent
-	}
 }
 
 // start starts cmd (killed if this process dies) and registers it for
@@ -568,17 +548,4 @@ func (b *etcdBench) cleanup() {
 		}
 		_ = os.RemoveAll(b.tmp)
 	})
-}
-
-// etcdLoadavg is the first three fields of /proc/loadavg.
-func etcdLoadavg() string {
-	data, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "?"
-	}
-	f := strings.Fields(string(data))
-	if len(f) < 3 {
-		return "?"
-	}
-	return strings.Join(f[:3], " ")
 }

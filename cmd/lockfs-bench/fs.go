@@ -27,7 +27,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -416,11 +415,7 @@ func (b *fsBench) handoff(c fsConfig, lfs *daemon, add func(string, bool) string
 	var p50s, p99s, maxes []float64
 	var n int
 	for range c.handoffRuns {
-		type ev struct {
-			kind byte
-			t    int64
-		}
-		var events []ev
+		var events []event
 		outs := make([]*bytes.Buffer, 2)
 		cmds := make([]*exec.Cmd, 2)
 		for i := range 2 {
@@ -447,20 +442,13 @@ func (b *fsBench) handoff(c fsConfig, lfs *daemon, add func(string, bool) string
 					continue
 				}
 				t, _ := strconv.ParseInt(f[1], 10, 64)
-				events = append(events, ev{f[0][0], t})
+				events = append(events, event{f[0][0], t})
 			}
 		}
-		slices.SortFunc(events, func(a, b ev) int { return int(a.t - b.t) })
-		var lat []float64
-		for i := 1; i < len(events); i++ {
-			if events[i].kind == 'G' && events[i-1].kind == 'R' {
-				lat = append(lat, float64(events[i].t-events[i-1].t))
-			}
+		lat, err := handoffLatencies(events)
+		if err != nil {
+			return err
 		}
-		if len(lat) == 0 {
-			return errors.New("handoff: no handoffs observed")
-		}
-		slices.Sort(lat)
 		n = len(lat)
 		p50s = append(p50s, pct(lat, 50))
 		p99s = append(p99s, pct(lat, 99))
