@@ -21,7 +21,8 @@ var errTimedOut = errors.New("fsnode: lock wait timed out")
 //   - context cancellation (FUSE_INTERRUPT: a signal to the caller): EINTR
 //   - lockengine.ErrWouldBlock (O_NONBLOCK, .try, .timeout expiry): EAGAIN
 //   - lockengine.ErrNameTooLong: ENAMETOOLONG
-//   - lockengine.ErrInvalidName, lockengine.ErrInvalidMode: EINVAL
+//   - lockengine.ErrInvalidName, lockengine.ErrInvalidMode,
+//     lockengine.ErrInvalidLimit: EINVAL
 //   - lockengine.ErrNotHeld (unlink of a name nobody holds here): ENOENT
 //   - lockengine.ErrPermission (unlink by neither root nor a holder): EPERM
 //   - a syscall.Errno in the chain that names the cause better than EIO
@@ -38,7 +39,8 @@ func Errno(err error) syscall.Errno {
 		return syscall.EINTR
 	case errors.Is(err, lockengine.ErrNameTooLong):
 		return syscall.ENAMETOOLONG
-	case errors.Is(err, lockengine.ErrInvalidName), errors.Is(err, lockengine.ErrInvalidMode):
+	case errors.Is(err, lockengine.ErrInvalidName), errors.Is(err, lockengine.ErrInvalidMode),
+		errors.Is(err, lockengine.ErrInvalidLimit):
 		return syscall.EINVAL
 	case errors.Is(err, lockengine.ErrNotHeld):
 		return syscall.ENOENT

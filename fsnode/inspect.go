@@ -46,12 +46,16 @@ const (
 	XattrHeartbeat = XattrPrefix + "heartbeat"
 	// XattrCause: why the lock was lost (state lost only).
 	XattrCause = XattrPrefix + "cause"
+	// XattrLimit: how many exclusive holders the name admits at once
+	// (a counting semaphore when above 1), decimal. Root may set it with
+	// setxattr; it lives in the daemon's memory (see Engine.SetLimit).
+	XattrLimit = XattrPrefix + "limit"
 )
 
 // xattrNames is the Listxattr answer: every name NUL-terminated. The cause
 // is listed only while the state is lost.
 var xattrNames = []string{XattrToken, XattrMode, XattrState, XattrHolders, XattrWaiters,
-	XattrAcquired, XattrHeartbeat}
+	XattrAcquired, XattrHeartbeat, XattrLimit}
 
 // stateString is the text of XattrState: the engine's state, "free" for
 // none.
@@ -176,6 +180,9 @@ func (n *lockNode) Getxattr(ctx context.Context, attr string, dest []byte) (uint
 	if !strings.HasPrefix(attr, XattrPrefix) {
 		return 0, syscall.ENODATA
 	}
+	if attr == XattrLimit {
+		return copyXattr(dest, strconv.Itoa(n.fsys.eng.Limit(n.name)))
+	}
 	val, ok := xattrValue(n.inspect(), attr)
 	if !ok {
 		return 0, syscall.ENODATA
@@ -197,9 +204,24 @@ func (n *lockNode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.
 	return copyXattr(dest, b.String())
 }
 
-// Setxattr refuses: EPERM. The attributes are read-only.
+// Setxattr sets user.lockfs.limit (root only: raising a limit lets more
+// holders in at once); every other attribute is read-only: EPERM.
 func (n *lockNode) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
-	return syscall.EPERM
+	if attr != XattrLimit {
+		return syscall.EPERM
+	}
+	if c, ok := fuse.FromContext(ctx); !ok || c.Uid != 0 {
+		return n.fsys.fail("setxattr", n.name, 0, fmt.Errorf("lock %q: only root may set %s: %w", n.name, attr, syscall.EPERM))
+	}
+	limit, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil {
+		return n.fsys.fail("setxattr", n.name, 0, fmt.Errorf("lock %q: %s %q: %w", n.name, attr, data, lockengine.ErrInvalidLimit))
+	}
+	if err := n.fsys.eng.SetLimit(n.name, limit); err != nil {
+		return n.fsys.fail("setxattr", n.name, 0, err)
+	}
+	n.fsys.log.Info("lock limit set", "lock", n.name, "limit", limit)
+	return 0
 }
 
 // Removexattr refuses: EPERM.

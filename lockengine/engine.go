@@ -75,6 +75,8 @@ var (
 	ErrNotHeld = errors.New("lockengine: lock not held here")
 	// ErrPermission: Break by someone who is neither root nor a holder.
 	ErrPermission = errors.New("lockengine: permission denied")
+	// ErrInvalidLimit: SetLimit with a limit below 1.
+	ErrInvalidLimit = errors.New("lockengine: invalid lock limit")
 	// ErrBroken is wrapped (with ErrLost) by the error of leases ended by
 	// Break.
 	ErrBroken = errors.New("lockengine: lock broken by an administrator")
@@ -122,6 +124,18 @@ type Engine interface {
 	// fencing token and keeps waiters out until the delay has passed.
 	// ErrNotHeld when no lease of name is held in this engine.
 	Break(ctx context.Context, name string, by Owner) error
+	// SetLimit makes name a counting semaphore: up to n exclusive holders
+	// at once, each with a token of its own, FIFO beyond them (shared
+	// requests are unaffected and still exclude exclusive ones). n == 1
+	// restores a plain lock. Lowering the limit takes nothing away from
+	// current holders; new grants wait until fewer than n hold it;
+	// raising it admits waiters at once. The limit is kept in this
+	// engine's memory only: every daemon that shares the name must set
+	// it, and it is gone after a restart. Across engines the name is held
+	// by one engine at a time, however many holders that engine admits.
+	SetLimit(name string, n int) error
+	// Limit returns name's limit (1 unless SetLimit raised it).
+	Limit(name string) int
 	// Close releases every lease (their Done channels close with
 	// ErrClosed), fails every waiter with ErrClosed and frees resources.
 	Close() error

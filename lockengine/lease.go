@@ -16,6 +16,7 @@ type Lease struct {
 	g       *group
 	mode    Mode
 	owner   Owner
+	token   uint64
 	granted time.Time
 
 	// guarded by e.mu: membership of g.leases
@@ -41,7 +42,7 @@ func (l *Lease) Mode() Mode { return l.mode }
 // Token returns the fencing token of the grant: for an exclusive lease a
 // number strictly greater than that of every earlier grant of the name; for
 // a shared lease the current generation.
-func (l *Lease) Token() uint64 { return l.g.token }
+func (l *Lease) Token() uint64 { return l.token }
 
 // Owner returns who the lease was granted to (see WithOwner).
 func (l *Lease) Owner() Owner { return l.owner }

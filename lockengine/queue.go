@@ -26,6 +26,7 @@ type Queue struct {
 
 	mu      sync.Mutex
 	entries map[string]*entry // guarded by mu
+	limits  map[string]int    // guarded by mu; SetLimit values above 1
 	closed  bool              // guarded by mu
 	// idleHint counts entries that went idle since idle ones were last
 	// removed (an over-estimate: an entry may go idle several times).
@@ -52,7 +53,18 @@ type entry struct {
 	busy    busyKind  // guarded by mu; what is calling the backend for this name
 	worker  *worker   // guarded by mu; set when busy == busyWorker
 	lost    []*group  // guarded by mu; lost groups whose leases are not all released
+	limit   int       // guarded by mu; exclusive holders allowed at once (SetLimit), 1 by default
 	closed  bool      // guarded by mu
+}
+
+// admits reports whether a request in mode may join the current group g
+// (not lost): shared joins shared; exclusive joins exclusive while the
+// name's limit allows more holders. Called with e.mu held.
+func (e *entry) admits(g *group, mode Mode) bool {
+	if g.mode != mode {
+		return false
+	}
+	return mode == Shared || g.leases.n < e.limit
 }
 
 // busyKind says what is calling the backend for a name. Backend calls are
@@ -233,12 +245,14 @@ func (q *Queue) acquire(ctx context.Context, name string, mode Mode, try bool) (
 			// anyone who queued during the attempt.
 			w = newWaiter(mode, owner, start)
 			e.waiters = append([]*waiter{w}, e.waiters...)
-		case e.group.mode == Shared && mode == Shared:
+		case e.admits(e.group, mode):
 			now := time.Now()
-			l := q.grant(e, e.group, mode, owner, now)
-			q.obs.Granted(name, mode, now.Sub(start))
+			l, err := q.join(e, mode, owner, now)
+			if err == nil {
+				q.obs.Granted(name, mode, now.Sub(start))
+			}
 			e.mu.Unlock()
-			return l, nil
+			return l, err
 		}
 	}
 	if w == nil {
@@ -364,10 +378,76 @@ func (q *Queue) install(e *entry, g *group, hold Hold) bool {
 // grant adds a lease to g. Called with e.mu held by a caller that holds a
 // reference to e (so refs > 0).
 func (q *Queue) grant(e *entry, g *group, mode Mode, owner Owner, now time.Time) *Lease {
-	l := &Lease{q: q, e: e, g: g, mode: mode, owner: owner, granted: now}
+	l := &Lease{q: q, e: e, g: g, mode: mode, owner: owner, token: g.token, granted: now}
 	g.leases.add(l)
 	e.refs.Add(1)
 	return l
+}
+
+// join adds a lease in mode to the current group. A second or later
+// exclusive holder (a name with a limit above 1) gets a token of its own:
+// the backend bumps the group's token. Called with e.mu held by a caller
+// that holds a reference to e.
+func (q *Queue) join(e *entry, mode Mode, owner Owner, now time.Time) (*Lease, error) {
+	g := e.group
+	if mode == Exclusive && g.leases.n > 0 {
+		b, ok := g.hold.(Bumper)
+		if !ok {
+			return nil, fmt.Errorf("lock %q: %w: the backend cannot give a second exclusive holder a token of its own", e.name, ErrInvalidMode)
+		}
+		tok, err := b.Bump()
+		if err != nil {
+			return nil, fmt.Errorf("lock %q: %w", e.name, err)
+		}
+		g.token = tok
+	}
+	return q.grant(e, g, mode, owner, now), nil
+}
+
+// SetLimit implements Engine.
+func (q *Queue) SetLimit(name string, n int) error {
+	if err := ValidateName(name); err != nil {
+		return err
+	}
+	if n < 1 {
+		return fmt.Errorf("lock %q: %w: limit %d is below 1", name, ErrInvalidLimit, n)
+	}
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return ErrClosed
+	}
+	if n == 1 {
+		delete(q.limits, name)
+	} else {
+		if q.limits == nil {
+			q.limits = make(map[string]int)
+		}
+		q.limits[name] = n
+	}
+	e := q.entries[name]
+	if e != nil {
+		e.refs.Add(1)
+	}
+	q.mu.Unlock()
+	if e == nil {
+		return nil
+	}
+	defer q.unref(e)
+	e.mu.Lock()
+	e.limit = n
+	if !e.closed {
+		q.dispatch(e) // a raised limit admits waiters at once
+	}
+	e.mu.Unlock()
+	return nil
+}
+
+// Limit implements Engine.
+func (q *Queue) Limit(name string) int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return max(q.limits[name], 1)
 }
 
 // dispatch grants what can be granted to the waiters at the head of the
@@ -377,11 +457,17 @@ func (q *Queue) dispatch(e *entry) {
 	for len(e.waiters) > 0 {
 		w := e.waiters[0]
 		if e.group != nil {
-			if e.group.mode != Shared || w.mode != Shared {
+			if !e.admits(e.group, w.mode) {
 				return // wait for the current holders to leave
 			}
 			e.waiters = e.waiters[1:]
-			q.grantWaiter(e, e.group, w, time.Now())
+			now := time.Now()
+			l, err := q.join(e, w.mode, w.owner, now)
+			w.lease, w.err = l, err
+			if err == nil {
+				q.obs.Granted(e.name, w.mode, now.Sub(w.since))
+			}
+			close(w.ready)
 			continue
 		}
 		switch e.busy {
@@ -512,6 +598,8 @@ func (q *Queue) release(l *Lease) error {
 				q.handoff(e)
 				q.dispatch(e)
 			}
+		case e.group == g && !e.closed:
+			q.dispatch(e) // a semaphore slot may have freed
 		case g.leases.n == 0 && g.lostErr != nil:
 			e.dropLost(g)
 		}
@@ -541,7 +629,7 @@ func (q *Queue) ref(name string) (*entry, error) {
 	}
 	e := q.entries[name]
 	if e == nil {
-		e = &entry{name: name}
+		e = &entry{name: name, limit: max(q.limits[name], 1)}
 		q.entries[name] = e
 	}
 	e.refs.Add(1)
@@ -634,7 +722,7 @@ func (e *entry) info() (info LockInfo, ok bool) {
 
 func (ll *leaseList) infos(dst []LeaseInfo, lost bool) []LeaseInfo {
 	for l := ll.head; l != nil; l = l.next {
-		dst = append(dst, LeaseInfo{Owner: l.owner, Mode: l.mode, Token: l.g.token, Granted: l.granted, Lost: lost})
+		dst = append(dst, LeaseInfo{Owner: l.owner, Mode: l.mode, Token: l.token, Granted: l.granted, Lost: lost})
 	}
 	return dst
 }

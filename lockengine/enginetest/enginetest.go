@@ -43,6 +43,8 @@ var Cases = map[string]func(t *testing.T, f Factory){
 	"InspectOwners":          testInspectOwners,
 	"BreakPermission":        testBreakPermission,
 	"BreakLockDelay":         testBreakLockDelay,
+	"SemaphoreLimit":         testSemaphoreLimit,
+	"SemaphoreLimitChanges":  testSemaphoreLimitChanges,
 }
 
 // LockDelay is the lock-delay factories configure.
@@ -530,4 +532,94 @@ func testBreakLockDelay(t *testing.T, f Factory) {
 	require.Greater(t, next.Token(), l.Token(), "a break bumps the token")
 	require.NoError(t, next.Release())
 	require.NoError(t, l.Release())
+}
+
+func testSemaphoreLimit(t *testing.T, f Factory) {
+	a, b := f(t)
+	ctx := ctxT(t)
+	require.ErrorIs(t, a.SetLimit("pool", 0), lockengine.ErrInvalidLimit)
+	require.NoError(t, a.SetLimit("pool", 3))
+	require.Equal(t, 3, a.Limit("pool"))
+	require.Equal(t, 1, a.Limit("other"))
+	var held []*lockengine.Lease
+	var last uint64
+	for range 3 {
+		l, err := a.TryAcquire(ctx, "pool", lockengine.Exclusive)
+		require.NoError(t, err, "up to the limit, exclusive holders coexist")
+		require.Greater(t, l.Token(), last, "each holder has a token of its own")
+		last = l.Token()
+		held = append(held, l)
+	}
+	_, err := a.TryAcquire(ctx, "pool", lockengine.Exclusive)
+	require.ErrorIs(t, err, lockengine.ErrWouldBlock, "beyond the limit")
+	_, err = a.TryAcquire(ctx, "pool", lockengine.Shared)
+	require.ErrorIs(t, err, lockengine.ErrWouldBlock, "shared still excludes exclusive")
+	_, err = b.TryAcquire(ctx, "pool", lockengine.Exclusive)
+	require.ErrorIs(t, err, lockengine.ErrWouldBlock, "another engine waits for all holders")
+	// FIFO beyond the limit.
+	var (
+		order  []int
+		leases []*lockengine.Lease
+		mu     sync.Mutex
+		wg     sync.WaitGroup
+	)
+	for i := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l, err := a.Acquire(ctx, "pool", lockengine.Exclusive)
+			if !assert.NoError(t, err) {
+				return
+			}
+			mu.Lock()
+			order = append(order, i)
+			leases = append(leases, l)
+			mu.Unlock()
+		}()
+		waitFor(t, "waiter queued", func() bool { return waiters(a, "pool") == i+1 })
+	}
+	for i, l := range held {
+		require.NoError(t, l.Release())
+		waitFor(t, "one waiter admitted", func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return len(order) == i+1
+		})
+	}
+	wg.Wait()
+	require.Equal(t, []int{0, 1, 2}, order)
+	info, ok := a.Inspect("pool")
+	require.True(t, ok)
+	require.Equal(t, 3, info.Holders)
+	tokens := map[uint64]bool{}
+	for _, li := range info.Leases {
+		tokens[li.Token] = true
+	}
+	require.Len(t, tokens, 3, "the holders' tokens differ")
+	for _, l := range leases {
+		require.NoError(t, l.Release())
+	}
+}
+
+func testSemaphoreLimitChanges(t *testing.T, f Factory) {
+	a, _ := f(t)
+	ctx := ctxT(t)
+	require.NoError(t, a.SetLimit("sem", 2))
+	l1 := mustAcquire(t, a, "sem", lockengine.Exclusive)
+	l2 := mustAcquire(t, a, "sem", lockengine.Exclusive)
+	w := acquireAsync(ctx, a, "sem", lockengine.Exclusive)
+	waitFor(t, "waiter queued", func() bool { return waiters(a, "sem") == 1 })
+	require.NoError(t, a.SetLimit("sem", 3), "raising the limit admits the waiter")
+	l3 := get(t, w)
+	require.NoError(t, a.SetLimit("sem", 1), "lowering takes nothing away")
+	require.NoError(t, l1.Err())
+	require.NoError(t, l3.Err())
+	w = acquireAsync(ctx, a, "sem", lockengine.Exclusive)
+	waitFor(t, "waiter queued", func() bool { return waiters(a, "sem") == 1 })
+	require.NoError(t, l1.Release())
+	notYet(t, w, "two holders remain, limit 1")
+	require.NoError(t, l2.Release())
+	notYet(t, w, "one holder remains, limit 1")
+	require.NoError(t, l3.Release())
+	require.NoError(t, get(t, w).Release())
 }
