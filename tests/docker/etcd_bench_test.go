@@ -66,7 +66,7 @@ const (
 // checked against the previous release: overlapping holders fail the
 // benchmark. Everything started is removed at the end, also on failure.
 func BenchmarkEtcdHandoffContainers(b *testing.B) {
-	image := setupBench(b)
+	image := setup(b)
 	want := max(b.N, benchHandoffs)
 	if s := os.Getenv(benchHandoffsEnv); s != "" {
 		n, err := strconv.Atoi(s)
@@ -86,7 +86,7 @@ func BenchmarkEtcdHandoffContainers(b *testing.B) {
 	b.StopTimer()
 
 	client := lockclientBinary(b)
-	net := benchNetwork(b)
+	net := newNetwork(b, "net")
 	etcd := benchContainer(b, image, net, "etcd", nil,
 		"etcdserver", "-listen-client", "http://0.0.0.0:2379", "-advertise-client", "http://etcd:2379",
 		"-listen-peer", "http://127.0.0.1:2380", "-data-dir", "/tmp/etcd")
@@ -173,30 +173,6 @@ func BenchmarkEtcdHandoffContainers(b *testing.B) {
 	b.ReportMetric(put, "put-p50-ms")
 }
 
-// setupBench is setup for benchmarks: it skips (or fails under
-// LOCKFS_DOCKER_REQUIRED=1) where the container tests cannot run and
-// returns the offline test image, built on first use.
-func setupBench(b *testing.B) string {
-	b.Helper()
-	if skipReason != "" {
-		if os.Getenv(requiredEnv) == "1" {
-			b.Fatalf("%s=1 but container tests cannot run: %s", requiredEnv, skipReason)
-		}
-		b.Skip("container tests cannot run: " + skipReason)
-	}
-	imageOnce.Do(func() {
-		start := time.Now()
-		imageTag, imageErr = buildImage(context.Background(), runDir)
-		if imageErr == nil {
-			fmt.Fprintf(os.Stderr, "tests/docker: built image %s in %v\n", imageTag, time.Since(start).Round(time.Millisecond))
-		}
-	})
-	if imageErr != nil {
-		b.Fatalf("build test image: %v", imageErr)
-	}
-	return imageTag
-}
-
 // lockclientBinary builds the static e2e client (tests/e2e/lockclient)
 // into a new directory below the run's directory and returns its path.
 func lockclientBinary(b *testing.B) string {
@@ -220,21 +196,6 @@ func lockclientBinary(b *testing.B) string {
 	require.NoError(b, err, "go build ./tests/e2e/lockclient: %s", o)
 	require.NoError(b, requireStatic(out))
 	return out
-}
-
-// benchNetwork creates a labelled bridge network, removed when b ends
-// (after the containers on it, which are created later and so removed
-// first).
-func benchNetwork(b *testing.B) string {
-	b.Helper()
-	name := resourceName(b, "net")
-	dockerT(b, append(append([]string{"network", "create", "--driver", "bridge"}, labels(b)...), name)...)
-	b.Cleanup(func() {
-		if r := dockerRun(context.Background(), "network", "rm", name); r.err != nil {
-			b.Errorf("cleanup: %v", r.err)
-		}
-	})
-	return name
 }
 
 // benchContainer runs image detached on network with the labels and the

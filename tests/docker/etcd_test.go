@@ -41,7 +41,7 @@ func etcdserverBinary(ctx context.Context, root, tmp string) (string, error) {
 
 // newNetwork creates a labelled bridge network, removed when t ends (after
 // the containers on it, which are created later and so removed first).
-func newNetwork(t *testing.T, role string) string {
+func newNetwork(t testing.TB, role string) string {
 	t.Helper()
 	name := resourceName(t, role)
 	dockerT(t, append(append([]string{"network", "create", "--driver", "bridge"}, labels(t)...), name)...)

@@ -85,9 +85,9 @@ func preconditions() string {
 	return ""
 }
 
-// setup skips or fails t when the package cannot run and returns the test
-// image tag, building the image on first use.
-func setup(t *testing.T) string {
+// setup skips or fails t (a test or a benchmark) when the package cannot
+// run and returns the test image tag, building the image on first use.
+func setup(t testing.TB) string {
 	t.Helper()
 	if skipReason != "" {
 		if os.Getenv(requiredEnv) == "1" {
