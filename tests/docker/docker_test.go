@@ -118,24 +118,32 @@ type container struct {
 // ends.
 func startContainer(t *testing.T, image, role string, flags []string, cmd ...string) *container {
 	t.Helper()
-	c := &container{t: t, name: resourceName(t, role)}
-	args := append([]string{"run", "-d", "--name", c.name, "--network", "none"}, labels(t)...)
+	return &container{t: t, name: runContainer(t, image, role, []string{"--network", "none"}, flags, cmd...)}
+}
+
+// runContainer runs image detached with the test's labels, the network
+// arguments netArgs and flags, and returns its name. The container is
+// removed (after logging its output if t failed) when t ends.
+func runContainer(t testing.TB, image, role string, netArgs, flags []string, cmd ...string) string {
+	t.Helper()
+	name := resourceName(t, role)
+	args := append(append([]string{"run", "-d", "--name", name}, netArgs...), labels(t)...)
 	args = append(args, flags...)
 	args = append(args, image)
 	args = append(args, cmd...)
 	r := dockerRun(context.Background(), args...)
 	t.Cleanup(func() {
 		if t.Failed() {
-			if out := dockerRun(context.Background(), "logs", "--tail", "60", c.name); out.err == nil {
-				t.Logf("logs of %s:\n%s%s", c.name, out.stdout, out.stderr)
+			if out := dockerRun(context.Background(), "logs", "--tail", "80", name); out.err == nil {
+				t.Logf("logs of %s:\n%s%s", name, out.stdout, out.stderr)
 			}
 		}
-		if r := dockerRun(context.Background(), "rm", "-f", "-v", c.name); r.err != nil && !strings.Contains(r.stderr, "No such container") {
+		if r := dockerRun(context.Background(), "rm", "-f", "-v", name); r.err != nil && !strings.Contains(r.stderr, "No such container") {
 			t.Errorf("cleanup: %v", r.err)
 		}
 	})
 	require.NoError(t, r.err, "start %s", role)
-	return c
+	return name
 }
 
 // startDaemon runs `lockfs mount --state-dir /var/lib/lockfs MOUNTPOINT` in a

@@ -87,7 +87,7 @@ func BenchmarkEtcdHandoffContainers(b *testing.B) {
 
 	client := lockclientBinary(b)
 	net := newNetwork(b, "net")
-	etcd := benchContainer(b, image, net, "etcd", nil,
+	etcd := runContainer(b, image, "etcd", onNet(net, "etcd"), nil,
 		"etcdserver", "-listen-client", "http://0.0.0.0:2379", "-advertise-client", "http://etcd:2379",
 		"-listen-peer", "http://127.0.0.1:2380", "-data-dir", "/tmp/etcd")
 	waitFor(b, 60*time.Second, "etcd ready", func() error {
@@ -104,8 +104,8 @@ func BenchmarkEtcdHandoffContainers(b *testing.B) {
 	mount := []string{"lockfs", "mount", "--engine", "etcd", "--etcd-endpoints", "http://etcd:2379",
 		"--etcd-ttl", "10s", "--log-level", "warn", "/mnt/locks"}
 	daemons := [2]string{
-		benchContainer(b, image, net, "a", daemonFlags, mount...),
-		benchContainer(b, image, net, "b", daemonFlags, mount...),
+		runContainer(b, image, "a", onNet(net, "a"), daemonFlags, mount...),
+		runContainer(b, image, "b", onNet(net, "b"), daemonFlags, mount...),
 	}
 	for _, c := range daemons {
 		benchWaitMounted(b, c, "/mnt/locks")
@@ -196,31 +196,6 @@ func lockclientBinary(b *testing.B) string {
 	require.NoError(b, err, "go build ./tests/e2e/lockclient: %s", o)
 	require.NoError(b, requireStatic(out))
 	return out
-}
-
-// benchContainer runs image detached on network with the labels and the
-// network alias role, and returns its name. The container is removed
-// (after logging its output if b failed) when b ends.
-func benchContainer(b *testing.B, image, network, role string, flags []string, cmd ...string) string {
-	b.Helper()
-	name := resourceName(b, role)
-	args := append([]string{"run", "-d", "--name", name, "--network", network, "--network-alias", role}, labels(b)...)
-	args = append(args, flags...)
-	args = append(args, image)
-	args = append(args, cmd...)
-	r := dockerRun(context.Background(), args...)
-	b.Cleanup(func() {
-		if b.Failed() {
-			if out := dockerRun(context.Background(), "logs", "--tail", "80", name); out.err == nil {
-				b.Logf("logs of %s:\n%s%s", name, out.stdout, out.stderr)
-			}
-		}
-		if r := dockerRun(context.Background(), "rm", "-f", "-v", name); r.err != nil && !strings.Contains(r.stderr, "No such container") {
-			b.Errorf("cleanup: %v", r.err)
-		}
-	})
-	require.NoError(b, r.err, "start %s", role)
-	return name
 }
 
 // benchWaitMounted waits until container c sees one fuse.lockfs mount at

@@ -53,29 +53,16 @@ func newNetwork(t testing.TB, role string) string {
 	return name
 }
 
-// startOnNetwork runs image detached on network with the test's labels
-// (like startContainer, which uses no network), and removes the container
-// (after logging its output if t failed) when t ends.
+// startOnNetwork runs image detached on network, reachable there as role
+// (like startContainer, which uses no network).
 func startOnNetwork(t *testing.T, image, network, role string, flags []string, cmd ...string) *container {
 	t.Helper()
-	c := &container{t: t, name: resourceName(t, role)}
-	args := append([]string{"run", "-d", "--name", c.name, "--network", network, "--network-alias", role}, labels(t)...)
-	args = append(args, flags...)
-	args = append(args, image)
-	args = append(args, cmd...)
-	r := dockerRun(context.Background(), args...)
-	t.Cleanup(func() {
-		if t.Failed() {
-			if out := dockerRun(context.Background(), "logs", "--tail", "80", c.name); out.err == nil {
-				t.Logf("logs of %s:\n%s%s", c.name, out.stdout, out.stderr)
-			}
-		}
-		if r := dockerRun(context.Background(), "rm", "-f", "-v", c.name); r.err != nil && !strings.Contains(r.stderr, "No such container") {
-			t.Errorf("cleanup: %v", r.err)
-		}
-	})
-	require.NoError(t, r.err, "start %s", role)
-	return c
+	return &container{t: t, name: runContainer(t, image, role, onNet(network, role), flags, cmd...)}
+}
+
+// onNet is the network arguments that put a container on net as role.
+func onNet(net, role string) []string {
+	return []string{"--network", net, "--network-alias", role}
 }
 
 // timedHold starts a shell in c that opens path on fd 9 for writing, then
