@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"time"
 
-	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -18,6 +17,7 @@ import (
 // keys are the etcd keys of one lock name (see the package documentation).
 type keys struct {
 	name string
+	base string // P/NAME/: everything of the name
 	q    string // P/NAME/q/: every request
 	w    string // P/NAME/q/w/: exclusive requests
 	r    string // P/NAME/q/r/: shared requests
@@ -26,7 +26,7 @@ type keys struct {
 
 func (b *Backend) keys(name string) keys {
 	base := b.opts.Prefix + name + "/"
-	return keys{name: name, q: base + "q/", w: base + "q/w/", r: base + "q/r/", gen: base + "gen"}
+	return keys{name: name, base: base, q: base + "q/", w: base + "q/w/", r: base + "q/r/", gen: base + "gen"}
 }
 
 // TryLock implements lockengine.Backend. It makes one transaction: the
@@ -122,29 +122,29 @@ func (r *request) mine() clientv3.Cmp {
 // attempt queues (or, with !wait, tries) one request on session s.
 func (b *Backend) attempt(ctx context.Context, s *session, k keys, mode lockengine.Mode, lost func(error), wait bool) (*hold, error) {
 	r := b.newRequest(s, k, mode)
-	owner := b.opts.Owner
-	lease := clientv3.WithLease(s.id)
+	put := clientv3.OpPut(r.key, b.opts.Owner, clientv3.WithLease(s.id))
 
 	// Grantable at once: the queue is empty (writer) or holds no writer
 	// (reader). All keys that exist now are older than the one we put.
+	// Otherwise the request queues, and the same snapshot says which keys
+	// it waits for: every key (writer) or every writer key (reader); ours
+	// is put first, so it is in the writer's range too.
 	var cond clientv3.Cmp
-	var genOps []clientv3.Op
-	var pred clientv3.Op
+	thenOps := []clientv3.Op{put}
+	var waitFor clientv3.Op
 	if mode == lockengine.Exclusive {
 		cond = clientv3.Compare(clientv3.CreateRevision(k.q), "=", 0).WithPrefix()
-		genOps = []clientv3.Op{clientv3.OpPut(k.gen, owner, lease)}
-		pred = clientv3.OpGet(k.q, append(clientv3.WithLastCreate(), clientv3.WithKeysOnly())...)
+		// The queue is empty: every later token is a later revision, so
+		// a generation key left by a bump is of no use any more.
+		thenOps = append(thenOps, clientv3.OpDelete(k.gen))
+		waitFor = clientv3.OpGet(k.q, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	} else {
 		cond = clientv3.Compare(clientv3.CreateRevision(k.w), "=", 0).WithPrefix()
-		genOps = []clientv3.Op{b.readGen(k, owner, lease)}
-		pred = clientv3.OpGet(k.w, append(clientv3.WithLastCreate(), clientv3.WithKeysOnly())...)
+		waitFor = clientv3.OpGet(k.w, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	}
-	put := clientv3.OpPut(r.key, owner, lease)
-	self := clientv3.OpGet(r.key, clientv3.WithKeysOnly())
-	thenOps := append([]clientv3.Op{put, self}, genOps...)
 	var elseOps []clientv3.Op
 	if wait {
-		elseOps = []clientv3.Op{pred, put, self}
+		elseOps = []clientv3.Op{put, waitFor}
 	}
 
 	// The transaction that creates the key is not cancelled with ctx: its
@@ -166,27 +166,28 @@ func (b *Backend) attempt(ctx context.Context, s *session, k keys, mode lockengi
 		r.release()
 		return nil, fmt.Errorf("etcdlock: %q %v: %w", k.name, mode, lockengine.ErrWouldBlock)
 	}
-	if resp.Succeeded {
-		r.rev = resp.Responses[1].GetResponseRange().Kvs[0].CreateRevision
-	} else {
-		r.rev = resp.Responses[2].GetResponseRange().Kvs[0].CreateRevision
-	}
+	// A transaction that writes is applied at one new revision: the
+	// create revision of our key.
+	at := resp.Header.Revision
+	r.rev = at
 	if err := ctx.Err(); err != nil {
 		b.removeKey(ctx, r)
 		return nil, fmt.Errorf("etcdlock: lock %q: %w", k.name, err)
 	}
 	if resp.Succeeded {
-		token := uint64(resp.Header.Revision) // the generation key was put here
-		if mode == lockengine.Shared {
-			token = genToken(resp.Responses[2].GetResponseTxn(), resp.Header.Revision)
+		// Nothing conflicting is queued, so every earlier grant's token is
+		// an earlier revision than ours.
+		return b.grant(ctx, r, uint64(r.rev), at, lost)
+	}
+	older := make(map[string]struct{})
+	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
+		if kv.CreateRevision < r.rev {
+			older[string(kv.Key)] = struct{}{}
 		}
-		return b.grant(ctx, r, token, resp.Header.Revision, lost)
 	}
-	var predKey []byte
-	if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
-		predKey = kvs[0].Key
-	}
-	h, err := b.waitTurn(ctx, r, predKey, resp.Header.Revision, lost)
+	// gen 0: the generation key, if any, was last written before our key
+	// was created.
+	h, err := b.waitTurn(ctx, r, older, 0, at, lost)
 	if err != nil {
 		b.removeKey(ctx, r)
 		return nil, err
@@ -194,88 +195,146 @@ func (b *Backend) attempt(ctx context.Context, s *session, k keys, mode lockengi
 	return h, nil
 }
 
-// readGen returns the operation that reads the generation key, creating it
-// (attached to lease) if it does not exist.
-func (b *Backend) readGen(k keys, owner string, lease clientv3.OpOption) clientv3.Op {
-	return clientv3.OpTxn(
-		[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(k.gen), "=", 0)},
-		[]clientv3.Op{clientv3.OpPut(k.gen, owner, lease)},
-		[]clientv3.Op{clientv3.OpGet(k.gen, clientv3.WithKeysOnly())},
-	)
-}
+// errWatchEnded: a watch ended before it saw what its caller waited for
+// (compaction, a lost connection); the caller takes a new snapshot.
+var errWatchEnded = errors.New("watch ended")
 
-// genToken extracts a shared grant's token from the response of readGen
-// within a transaction applied at revision rev: rev if readGen created the
-// generation key, else the key's mod revision.
-func genToken(r *pb.TxnResponse, rev int64) uint64 {
-	if r.Succeeded {
-		return uint64(rev)
-	}
-	return uint64(r.Responses[0].GetResponseRange().Kvs[0].ModRevision)
-}
-
-// waitTurn waits until request r is granted. pred is the newest key it
-// waits for as of revision at, nil if none.
-func (b *Backend) waitTurn(ctx context.Context, r *request, pred []byte, at int64, lost func(error)) (*hold, error) {
+// waitTurn waits until request r is granted. As of revision at, older
+// holds the keys r waits for (every key of the name created before r's
+// for a writer, every such writer key for a reader) and gen is the mod
+// revision of the generation key if it was written after r's key was
+// created, else 0.
+//
+// It follows every change of the name from at+1 on in one watch, so when
+// the last key r waits for is deleted, r knows it is granted at that
+// revision without asking etcd again: keys older than r's can only
+// disappear, never appear, and the watch reports every change in revision
+// order. If the watch ends early, one transaction takes a new snapshot and
+// a new watch continues from it.
+func (b *Backend) waitTurn(ctx context.Context, r *request, older map[string]struct{}, gen, at int64, lost func(error)) (*hold, error) {
 	s, k := r.s, r.k
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer context.AfterFunc(s.ctx, cancel)()
-	owner := b.opts.Owner
-	lease := clientv3.WithLease(s.id)
-	older := append(clientv3.WithLastCreate(), clientv3.WithMaxCreateRev(r.rev-1), clientv3.WithKeysOnly())
 	for {
-		if pred != nil {
-			b.log.Debug("waiting", "lock", k.name, "mode", r.mode, "for", string(pred))
-			if err := b.waitDelete(wctx, string(pred), at+1); err != nil {
+		if len(older) > 0 {
+			b.log.Debug("waiting", "lock", k.name, "mode", r.mode, "behind", len(older))
+			var err error
+			at, gen, err = b.follow(wctx, r, older, gen, at)
+			switch {
+			case err == nil:
+				return b.grantAt(ctx, r, gen, at, lost)
+			case errors.Is(err, errKeyGone):
+				return nil, b.keyGone(ctx, r)
+			case !errors.Is(err, errWatchEnded):
 				return nil, b.requestErr(ctx, s, k.name, "wait", err)
 			}
 		}
-		// Decide again on one snapshot: is our key still there, and is
-		// any key we must wait for older than it?
-		var txn clientv3.Txn
-		rctx, rcancel := b.opCtx(wctx)
-		if r.mode == lockengine.Exclusive {
-			// Our own key is in the range, so it is never empty (an
-			// empty range would compare as create revision 0).
-			txn = b.client.Txn(rctx).
-				If(r.mine(), clientv3.Compare(clientv3.CreateRevision(k.q), ">", r.rev-1).WithPrefix()).
-				Then(clientv3.OpPut(k.gen, owner, lease)).
-				Else(clientv3.OpGet(r.key, clientv3.WithKeysOnly()), clientv3.OpGet(k.q, older...))
-		} else {
-			// Creating a missing generation key before the grant is
-			// harmless: tokens only depend on what the grant reads.
-			txn = b.client.Txn(rctx).
-				If(r.mine()).
-				Then(clientv3.OpGet(k.w, older...), b.readGen(k, owner, lease))
+		// Decide on a new snapshot: is our key still there, which keys
+		// must we wait for, and when was the generation key last written?
+		waitRange := k.q
+		if r.mode == lockengine.Shared {
+			waitRange = k.w
 		}
-		resp, err := txn.Commit()
+		rctx, rcancel := b.opCtx(wctx)
+		resp, err := b.client.Txn(rctx).If(r.mine()).Then(
+			clientv3.OpGet(waitRange, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithMaxCreateRev(r.rev-1)),
+			clientv3.OpGet(k.gen, clientv3.WithKeysOnly()),
+		).Commit()
 		rcancel()
 		if err != nil {
 			return nil, b.requestErr(ctx, s, k.name, "lock", err)
 		}
-		at = resp.Header.Revision
-		switch {
-		case r.mode == lockengine.Exclusive && resp.Succeeded:
-			return b.grant(ctx, r, uint64(at), at, lost)
-		case r.mode == lockengine.Exclusive:
-			if len(resp.Responses[0].GetResponseRange().Kvs) == 0 {
-				return nil, b.keyGone(ctx, r)
-			}
-			pred = nil
-			if kvs := resp.Responses[1].GetResponseRange().Kvs; len(kvs) > 0 {
-				pred = kvs[0].Key
-			}
-		case !resp.Succeeded:
+		if !resp.Succeeded {
 			return nil, b.keyGone(ctx, r)
-		default:
-			kvs := resp.Responses[0].GetResponseRange().Kvs
-			if len(kvs) == 0 {
-				return b.grant(ctx, r, genToken(resp.Responses[1].GetResponseTxn(), at), at, lost)
-			}
-			pred = kvs[0].Key
+		}
+		at, gen = resp.Header.Revision, 0
+		clear(older)
+		for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
+			older[string(kv.Key)] = struct{}{}
+		}
+		if kvs := resp.Responses[1].GetResponseRange().Kvs; len(kvs) > 0 {
+			gen = kvs[0].ModRevision
+		}
+		if len(older) == 0 {
+			return b.grantAt(ctx, r, gen, at, lost)
 		}
 	}
+}
+
+// errKeyGone: a waiting request's own key was deleted.
+var errKeyGone = errors.New("request key deleted")
+
+// follow watches every key of r's name from revision at+1 on, removing
+// keys from older as they are deleted and tracking the generation key's
+// last write in gen. It returns the revision at which older became empty
+// (r's key still existed then) and gen as of then; errKeyGone if r's key
+// was deleted first; errWatchEnded if the watch ended early; or ctx's
+// error.
+func (b *Backend) follow(ctx context.Context, r *request, older map[string]struct{}, gen, at int64) (int64, int64, error) {
+	k := r.k
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	from := at + 1
+	if b.watchFrom != nil {
+		from = b.watchFrom(from)
+	}
+	for wr := range b.client.Watch(wctx, k.base, clientv3.WithPrefix(), clientv3.WithRev(from)) {
+		if wr.Err() != nil {
+			break
+		}
+		for _, ev := range wr.Events {
+			key := string(ev.Kv.Key)
+			switch {
+			case key == k.gen:
+				gen = 0
+				if ev.Type == mvccpb.PUT {
+					gen = ev.Kv.ModRevision
+				}
+			case ev.Type != mvccpb.DELETE:
+			case key == r.key:
+				// Slots make r's key name r's alone until r ends.
+				return 0, 0, errKeyGone
+			default:
+				delete(older, key)
+			}
+			at = ev.Kv.ModRevision
+		}
+		if len(older) == 0 {
+			return at, gen, nil
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, 0, err
+	}
+	// Do not spin if watches keep failing.
+	if !sleepCtx(ctx, 100*time.Millisecond) {
+		return 0, 0, ctx.Err()
+	}
+	return 0, 0, errWatchEnded
+}
+
+// grantAt grants request r, which nothing blocks as of revision at, where
+// gen is the generation key's mod revision (0 if missing). Its token is
+// the create revision of its key, unless the generation key was written
+// after that (a Bump, or a grant like this one): then an earlier grant may
+// carry a token above r's create revision, and one more transaction
+// writes the generation key to mint a token above every earlier one.
+func (b *Backend) grantAt(ctx context.Context, r *request, gen, at int64, lost func(error)) (*hold, error) {
+	if gen < r.rev {
+		return b.grant(ctx, r, uint64(r.rev), at, lost)
+	}
+	s := r.s
+	rctx, cancel := b.opCtx(ctx)
+	resp, err := b.client.Txn(rctx).If(r.mine()).Then(clientv3.OpPut(r.k.gen, b.opts.Owner)).Commit()
+	cancel()
+	if err != nil {
+		return nil, b.requestErr(ctx, s, r.k.name, "lock", err)
+	}
+	if !resp.Succeeded {
+		return nil, b.keyGone(ctx, r)
+	}
+	return b.grant(ctx, r, uint64(resp.Header.Revision), resp.Header.Revision, lost)
 }
 
 // keyGone is the error when a waiting request's key vanished: the lease
@@ -286,32 +345,6 @@ func (b *Backend) keyGone(ctx context.Context, r *request) error {
 		return fmt.Errorf("etcdlock: lock %q: %w", r.k.name, err)
 	}
 	return fmt.Errorf("etcdlock: lock %q: %w: waiting key %s vanished", r.k.name, ErrSessionExpired, r.key)
-}
-
-// waitDelete waits for a DELETE event of key at revision from or later.
-// It returns nil after the event, or when the watch ends for another
-// reason (the caller decides again), and ctx's error when ctx ends.
-func (b *Backend) waitDelete(ctx context.Context, key string, from int64) error {
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	for wr := range b.client.Watch(wctx, key, clientv3.WithRev(from), clientv3.WithFilterPut()) {
-		for _, ev := range wr.Events {
-			if ev.Type == mvccpb.DELETE {
-				return nil
-			}
-		}
-		if wr.Err() != nil {
-			break
-		}
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	// Do not spin if watches keep failing.
-	if !sleepCtx(ctx, 100*time.Millisecond) {
-		return ctx.Err()
-	}
-	return nil
 }
 
 // grant turns granted request r into a Hold watched for deletion. at is a

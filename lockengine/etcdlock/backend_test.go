@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -44,7 +45,6 @@ func TestSharedTogetherAcrossBackends(t *testing.T) {
 	require.NoError(t, err)
 	s2, err := bs[1].Lock(ctx, "s", sh, nil)
 	require.NoError(t, err)
-	require.Equal(t, s1.Token(), s2.Token(), "shared holders granted together carry one generation")
 	_, err = bs[2].TryLock(ctx, "s", ex, nil)
 	require.ErrorIs(t, err, lockengine.ErrWouldBlock)
 	require.Equal(t, 2, queued(t, prefix, "s"), "a failed TryLock leaves no key")
@@ -79,7 +79,7 @@ func TestWriterNotStarvedAcrossBackends(t *testing.T) {
 	pending(t, r2, "late reader while the writer holds")
 	require.NoError(t, hw.Unlock())
 	hr := got(t, r2)
-	require.Equal(t, hw.Token(), hr.Token(), "the reader carries the generation of the writer before it")
+	require.Greater(t, hr.Token(), hw.Token(), "the reader's token is above the writer's before it")
 	require.NoError(t, hr.Unlock())
 	require.Zero(t, allKeys(t, prefix, "ws"), "an unused name leaves no keys")
 }
@@ -193,7 +193,7 @@ func TestTokens(t *testing.T) {
 		require.NoError(t, s.Unlock())
 	}
 	// While a reader holds, a writer queues; a reader behind the writer
-	// gets the writer's token, and the next writer a larger one.
+	// gets a token above the writer's, and the next writer a larger one.
 	r1, err := bs[0].Lock(ctx, "tok", sh, nil)
 	require.NoError(t, err)
 	w := lockAsync(ctx, bs[1], "tok", ex, nil)
@@ -205,7 +205,7 @@ func TestTokens(t *testing.T) {
 	require.Greater(t, hw.Token(), r1.Token())
 	require.NoError(t, hw.Unlock())
 	hr := got(t, r2)
-	require.Equal(t, hw.Token(), hr.Token())
+	require.Greater(t, hr.Token(), hw.Token())
 	require.NoError(t, hr.Unlock())
 	h, err := bs[1].Lock(ctx, "tok", ex, nil)
 	require.NoError(t, err)
@@ -219,7 +219,7 @@ func TestUnlockIdempotentAndNeverLost(t *testing.T) {
 	lost := newLost()
 	h, err := bs[0].Lock(ctx, "u", ex, lost.fn)
 	require.NoError(t, err)
-	require.Equal(t, 2, allKeys(t, prefix, "u"), "request key and generation key")
+	require.Equal(t, 1, allKeys(t, prefix, "u"), "the request key only")
 	require.NoError(t, h.Unlock())
 	require.NoError(t, h.Unlock())
 	require.Zero(t, allKeys(t, prefix, "u"))
@@ -283,4 +283,93 @@ func keyNames(t *testing.T, prefix, name string) []string {
 		names = append(names, string(kv.Key))
 	}
 	return names
+}
+
+// A Bump raises the holder's token above the create revision of requests
+// that queued before it; each of them, when granted, still gets a token
+// above every earlier one, also when the bumping daemon has gone away
+// (the generation key outlives its lease).
+func TestTokensAboveBump(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		next     lockengine.Mode
+		holderGo bool // the bumping holder's backend closes instead of unlocking
+	}{
+		{"writer", ex, false},
+		{"reader", sh, false},
+		{"writer after the holder's daemon closed", ex, true},
+		{"reader after the holder's daemon closed", sh, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			prefix, bs := backends(t, 3, etcdlock.Options{})
+			ctx := ctxT(t)
+			h, err := bs[0].Lock(ctx, "b", ex, nil)
+			require.NoError(t, err)
+			w := lockAsync(ctx, bs[1], "b", tc.next, nil)
+			waitFor(t, "request queued", func() bool { return queued(t, prefix, "b") == 2 })
+			w2 := lockAsync(ctx, bs[2], "b", ex, nil)
+			waitFor(t, "second request queued", func() bool { return queued(t, prefix, "b") == 3 })
+			bumped, err := h.(lockengine.Bumper).Bump()
+			require.NoError(t, err)
+			require.Greater(t, bumped, h.Token()-1, "Bump stores the new token")
+			require.Equal(t, bumped, h.Token())
+			if tc.holderGo {
+				require.NoError(t, bs[0].Close())
+			} else {
+				require.NoError(t, h.Unlock())
+			}
+			next := got(t, w)
+			require.Greater(t, next.Token(), bumped, "queued before the bump, granted after it")
+			require.NoError(t, next.Unlock())
+			last := got(t, w2)
+			require.Greater(t, last.Token(), next.Token())
+			require.NoError(t, last.Unlock())
+			require.Zero(t, allKeys(t, prefix, "b"), "the last unlock removes the generation key")
+		})
+	}
+}
+
+// A waiter whose watch ends early (here: the history it watches from was
+// compacted away) decides again on a fresh snapshot and is still granted
+// in order; a waiter whose key vanished meanwhile is not granted.
+func TestWaiterSurvivesCompaction(t *testing.T) {
+	prefix, bs := backends(t, 3, etcdlock.Options{})
+	ctx := ctxT(t)
+	h, err := bs[0].Lock(ctx, "c", ex, nil)
+	require.NoError(t, err)
+	compacted := make(chan struct{})
+	for _, b := range bs[1:] {
+		var once sync.Once
+		etcdlock.SetWatchFrom(b, func(from int64) int64 {
+			// The first watch of each waiter starts at the compacted
+			// revision 1; later ones where they should.
+			once.Do(func() { <-compacted; from = 1 })
+			return from
+		})
+	}
+	w := lockAsync(ctx, bs[1], "c", ex, nil)
+	waitFor(t, "waiter queued", func() bool { return queued(t, prefix, "c") == 2 })
+	gone := lockAsync(ctx, bs[2], "c", ex, nil)
+	waitFor(t, "second waiter queued", func() bool { return queued(t, prefix, "c") == 3 })
+	keys, err := admin.Get(ctx, prefix+"c/q/", clientv3.WithPrefix(), clientv3.WithKeysOnly(),
+		clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend))
+	require.NoError(t, err)
+	require.Len(t, keys.Kvs, 3)
+	resp, err := admin.Delete(ctx, string(keys.Kvs[2].Key)) // the second waiter's key
+	require.NoError(t, err)
+	_, err = admin.Compact(ctx, resp.Header.Revision)
+	require.NoError(t, err)
+	close(compacted)
+	select {
+	case r := <-gone:
+		require.ErrorIs(t, r.err, etcdlock.ErrSessionExpired, "a waiter whose key vanished")
+	case <-time.After(timeout):
+		t.Fatal("the waiter whose key vanished still waits")
+	}
+	pending(t, w, "waiter after compaction")
+	require.NoError(t, h.Unlock())
+	next := got(t, w)
+	require.Greater(t, next.Token(), h.Token())
+	require.NoError(t, next.Unlock())
+	require.Zero(t, allKeys(t, prefix, "c"))
 }

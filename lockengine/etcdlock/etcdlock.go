@@ -44,32 +44,49 @@
 //
 // The queue is ordered by create revision. A writer is granted when no key
 // under P/NAME/q/ has a smaller create revision; a reader is granted when
-// no writer key has a smaller create revision. Each decision is one etcd
-// transaction that also checks that the requester's own key still exists,
-// so it is made on one consistent snapshot. A waiter watches the newest key
-// it waits for (like concurrency.Mutex) and decides again after that key is
-// deleted. Why this never admits two holders: for a writer W and any other
-// holder H, the one with the larger create revision was granted only once
-// the other's key was gone (the other's key existed at its snapshot
-// otherwise), so their hold periods, from grant to key deletion, are
-// disjoint. A reader that arrives after a waiting writer queues behind it,
-// so writers are not starved, and consecutive readers are granted together.
+// no writer key has a smaller create revision. The transaction that puts a
+// request's key also reads, on the same snapshot, whether it is granted at
+// once and otherwise which keys it waits for. A waiter then follows every
+// change of P/NAME/ in one watch from the next revision on: keys older
+// than its own can only disappear, and the watch reports every change in
+// revision order, so the waiter knows the revision at which the last key
+// it waits for was deleted while its own still existed, and is granted
+// there without asking etcd again (concurrency.Mutex reads the queue once
+// more at that point). If the watch ends early (compaction, a lost
+// connection), one transaction takes a new snapshot that also checks that
+// the waiter's own key still exists. Why this never admits two holders:
+// for a writer W and any other holder H, the one with the larger create
+// revision was granted only once the other's key was gone (the other's
+// key existed at the revision it was granted at otherwise), so their hold
+// periods, from grant to key deletion, are disjoint. A reader that arrives
+// after a waiting writer queues behind it, so writers are not starved, and
+// consecutive readers are granted together.
 //
 // # Tokens
 //
-// The generation key P/NAME/gen is put by every exclusive grant in the
-// transaction that grants it; the token of an exclusive grant is that
-// transaction's revision, which is larger than every revision before it
-// and so strictly larger than every earlier token of the name, on any host.
-// A shared grant's token is the mod revision of the generation key as read
-// in the transaction that grants it (if the key is missing, that
-// transaction creates it): the current generation, never smaller than the
-// token of an earlier exclusive grant, never larger than a later one. The
-// generation key is attached to the lease of whoever put it and is deleted
-// by the last holder when the queue empties, so an unused name leaves no
-// keys behind. Shared holders granted together normally carry the same
-// token; only if the daemon that put the generation key dies while other
-// readers still hold can a later reader of the same batch get a larger one.
+// A grant's token is the create revision of its key, unless the generation
+// key P/NAME/gen was written after that key was created: then the grant
+// writes the generation key once more, and the revision of that write is
+// its token. Bump (used by lock breaks and by the second and later holders
+// of a semaphore) writes the generation key the same way and returns that
+// revision. Why tokens of conflicting grants strictly increase, on any
+// host: of two conflicting grants, the later one's key is younger than the
+// earlier one's (FIFO, above), so its create revision is larger than the
+// earlier token unless that token came from a write of the generation key;
+// such a write happened after the later key's creation only if the later
+// grant saw it (the generation key is deleted only when the queue is empty,
+// and is attached to no lease, so it cannot vanish while a request waits),
+// and then the later grant writes it again. Granting at once needs nothing
+// but the transaction that puts the key, and handing over to a waiter
+// needs no transaction at all, unless a Bump happened meanwhile. A shared
+// grant's token is larger than the token of every earlier exclusive grant
+// and smaller than that of every later one; shared holders granted
+// together carry different tokens (in one daemon they share one request,
+// and so one token). The generation key is deleted by the last request of
+// the name when it unlocks, or by the next exclusive request that finds
+// the queue empty, so an unused name leaves no keys behind (unless its
+// last holder died after a Bump: then one generation key stays until the
+// name is used again).
 //
 // # Holds
 //
@@ -190,6 +207,10 @@ type Backend struct {
 	mu     sync.Mutex
 	closed bool           // guarded by mu
 	wg     sync.WaitGroup // calls in progress and background goroutines; Add under mu unless already counted
+
+	// watchFrom, if set (by tests only), chooses the revision a waiter's
+	// watch starts at instead of the one after its snapshot.
+	watchFrom func(from int64) int64
 
 	sessMu   sync.Mutex
 	sess     *session      // guarded by sessMu; the current session

@@ -42,9 +42,10 @@ func (h *hold) Token() uint64 { return h.token.Load() }
 
 var _ lockengine.Bumper = (*hold)(nil)
 
-// Bump implements lockengine.Bumper for exclusive grants: it rewrites the
+// Bump implements lockengine.Bumper for exclusive grants: it writes the
 // generation key while the grant's key still exists, and the revision of
-// that write is the new token.
+// that write is the new token. Requests queued before the write see it
+// when they are granted and take a token above it (see grantAt).
 func (h *hold) Bump() (uint64, error) {
 	r := h.r
 	if r.mode != lockengine.Exclusive || !h.Valid() {
@@ -54,7 +55,7 @@ func (h *hold) Bump() (uint64, error) {
 	ctx, cancel := b.opCtx(b.root)
 	defer cancel()
 	resp, err := b.client.Txn(ctx).If(r.mine()).
-		Then(clientv3.OpPut(r.k.gen, b.opts.Owner, clientv3.WithLease(r.s.id))).Commit()
+		Then(clientv3.OpPut(r.k.gen, b.opts.Owner)).Commit()
 	if err != nil {
 		return 0, fmt.Errorf("etcdlock: bump %q: %w", r.k.name, err)
 	}

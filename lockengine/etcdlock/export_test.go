@@ -1,0 +1,7 @@
+package etcdlock
+
+// SetWatchFrom makes b's waiters start their watches at f(from) instead of
+// from, the revision after their snapshot. Tests use it to make a watch
+// end early (start it below a compaction) and exercise the new snapshot
+// that follows. Call it before b is used.
+func SetWatchFrom(b *Backend, f func(from int64) int64) { b.watchFrom = f }
