@@ -32,6 +32,18 @@ type DaemonConfig struct {
 	Args []string
 	// ExtraFiles become the daemon's descriptors 3, 4, ... (for --ready-fd).
 	ExtraFiles []*os.File
+	// PidNamespace starts the daemon in a new pid namespace (CLONE_NEWPID),
+	// as its pid 1, so that the test's processes are not visible from it:
+	// the kernel reports them to the daemon with pid 0. Every other
+	// namespace, the mount namespace included, stays the test's, so the
+	// mount shows where the test looks. Daemon.Pid is still the daemon's
+	// pid in the test's namespace, so stopping and killing work as usual.
+	// The kernel delivers a signal from the test's namespace to the
+	// daemon only if lockfs handles it (the Go runtime handles every
+	// catchable one), and SIGKILL and the parent-death SIGKILL always; when
+	// the daemon exits, the kernel kills whatever else runs in its
+	// namespace.
+	PidNamespace bool
 }
 
 // Daemon is a running `lockfs mount` subprocess.
@@ -103,6 +115,15 @@ func (e *Env) SpawnDaemon(t testing.TB, c DaemonConfig) *Daemon {
 	// Pdeathsig: if the test binary dies (a go test timeout), the daemon
 	// dies with it instead of serving forever.
 	d.Cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if c.PidNamespace {
+		// With Pdeathsig the child checks getppid() against its parent's
+		// pid, and getppid() is 0 in a new namespace: the child then sends
+		// itself SIGKILL, which the kernel discards for a namespace's init
+		// (it ignores signals from inside its namespace it has no handler
+		// for). The parent-death signal itself comes from outside the
+		// namespace and is delivered.
+		d.Cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWPID
+	}
 	null, err := os.Open(os.DevNull)
 	if err != nil {
 		t.Fatalf("harness: %v", err)
@@ -242,7 +263,8 @@ func (d *Daemon) killHard() {
 // Path returns the path of name under the mountpoint.
 func (d *Daemon) Path(name string) string { return filepath.Join(d.Mountpoint, name) }
 
-// Pid returns the daemon's process id.
+// Pid returns the daemon's process id in the test's pid namespace (also
+// with DaemonConfig.PidNamespace, where the daemon is pid 1 of its own).
 func (d *Daemon) Pid() int { return d.Cmd.Process.Pid }
 
 // Log returns the daemon's stderr so far.
