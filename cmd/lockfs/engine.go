@@ -7,7 +7,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
 	"strings"
@@ -185,6 +187,11 @@ func openBackend(cfg mountConfig, root bool, logger *slog.Logger) (lockengine.Ba
 	})
 	if err != nil {
 		if errors.Is(err, etcdlock.ErrUnavailable) {
+			// etcd's client reports a rejected TLS handshake only as a
+			// timeout; name the TLS failure instead of "unreachable".
+			if terr := diagnoseTLS(eps, tc, ef.dialTimeout); terr != nil {
+				return nil, fmt.Errorf("mount: TLS with etcd failed: %v; not mounting: %w", terr, err)
+			}
 			return nil, fmt.Errorf("mount: etcd at %s is unreachable (within --etcd-dial-timeout %v); not mounting: %w",
 				strings.Join(eps, ","), ef.dialTimeout, err)
 		}
@@ -193,4 +200,59 @@ func openBackend(cfg mountConfig, root bool, logger *slog.Logger) (lockengine.Ba
 	logger.Info("lock engine ready", "engine", engineEtcd, "endpoints", strings.Join(eps, ","),
 		"prefix", ef.prefix, "ttl", ef.ttl)
 	return b, nil
+}
+
+// diagnoseTLS returns why TLS with tc fails at the https endpoints among
+// eps, or nil when tc is nil or no endpoint shows a TLS failure (one that
+// cannot be connected to, or does not answer in time, is unreachable, not a
+// TLS failure). It takes at most about timeout.
+//
+// A server that rejects the certificate chain fails the handshake; one that
+// rejects the client's certificate (or its absence) under TLS 1.3 sends its
+// alert after the handshake, so a handshake that succeeds is followed by a
+// read until the server sends something (an HTTP/2 server's SETTINGS),
+// closes, alerts, or the time is up.
+func diagnoseTLS(eps []string, tc *tls.Config, timeout time.Duration) error {
+	if tc == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var msgs []string
+	for _, ep := range eps {
+		u, err := url.Parse(ep)
+		if err != nil || u.Scheme != "https" {
+			continue
+		}
+		var d net.Dialer
+		raw, err := d.DialContext(ctx, "tcp", u.Host)
+		if err != nil {
+			continue
+		}
+		cfg := tc.Clone()
+		if cfg.ServerName == "" {
+			cfg.ServerName = u.Hostname()
+		}
+		cfg.NextProtos = []string{"h2"}
+		c := tls.Client(raw, cfg)
+		if dl, ok := ctx.Deadline(); ok {
+			_ = c.SetDeadline(dl)
+		}
+		err = c.HandshakeContext(ctx)
+		if err == nil {
+			var b [1]byte
+			_, err = c.Read(b[:])
+		}
+		_ = c.Close()
+		var ne net.Error
+		if err == nil || errors.Is(err, io.EOF) || errors.Is(err, context.DeadlineExceeded) ||
+			(errors.As(err, &ne) && ne.Timeout()) {
+			continue
+		}
+		msgs = append(msgs, ep+": "+err.Error())
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	return errors.New(strings.Join(msgs, "; "))
 }

@@ -70,6 +70,20 @@ func startEtcdAt(t *testing.T, e *harness.Env, dataDir, clientURL, peerURL strin
 	return &etcdServer{Proc: p, URL: f[0], peerURL: peerURL, dataDir: dataDir}
 }
 
+// startEtcdWith starts an etcd server for t with extra etcdserver flags
+// (such as the TLS ones: with -cert-file its client URL is https) on ports
+// that etcdserver picks, and waits until it serves. Such a server cannot be
+// restarted.
+func startEtcdWith(t *testing.T, e *harness.Env, extra ...string) *etcdServer {
+	t.Helper()
+	bin := etcdServerBin(t, e)
+	dataDir := filepath.Join(t.TempDir(), "etcd")
+	p := harness.Start(t, harness.ProcOptions{Name: "etcdserver", Path: bin,
+		Args: append([]string{"-data-dir", dataDir}, extra...)})
+	f := p.WaitLine("ready", 2*time.Minute)
+	return &etcdServer{Proc: p, URL: f[0], dataDir: dataDir}
+}
+
 // Restart starts a stopped server again on the same data and URLs.
 func (s *etcdServer) Restart(t *testing.T, e *harness.Env) *etcdServer {
 	t.Helper()

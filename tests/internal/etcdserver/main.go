@@ -6,10 +6,24 @@
 //
 //	etcdserver [-name N] [-data-dir D] [-listen-client URL] [-advertise-client URL]
 //	           [-listen-peer URL] [-advertise-peer URL] [-fsync]
+//	           [-cert-file F -key-file F [-trusted-ca-file F] [-client-cert-auth]]
 //
 // Client and peer URLs default to free ports on 127.0.0.1. Listening on
 // 0.0.0.0 (inside a container) needs an explicit advertise URL that others
-// can reach. When the server is ready it prints one line on stdout:
+// can reach.
+//
+// The TLS flags, named as etcd's own, secure the client URLs (peer URLs
+// stay plain http); automatic self-signed TLS is never used:
+//
+//   - -cert-file and -key-file: the server's PEM certificate and key. With
+//     them the client URLs are https (the default ones, too; explicit ones
+//     must say https://).
+//   - -trusted-ca-file: PEM file of the CA that client certificates must be
+//     signed by.
+//   - -client-cert-auth: require clients to present a certificate signed by
+//     -trusted-ca-file.
+//
+// When the server is ready it prints one line on stdout:
 //
 //	ready CLIENT_URL
 //
@@ -47,10 +61,31 @@ func run() int {
 	advPeer := flag.String("advertise-peer", "", "peer URL to advertise (default -listen-peer)")
 	fsync := flag.Bool("fsync", false, "fsync the write-ahead log (off: faster, test data only)")
 	readyTimeout := flag.Duration("ready-timeout", 2*time.Minute, "give up when not ready within this time")
+	certFile := flag.String("cert-file", "", "PEM server certificate for the client URLs (makes them https)")
+	keyFile := flag.String("key-file", "", "PEM private key of -cert-file")
+	trustedCA := flag.String("trusted-ca-file", "", "PEM file of the CA that signs client certificates")
+	clientCertAuth := flag.Bool("client-cert-auth", false, "require client certificates signed by -trusted-ca-file")
 	flag.Parse()
 	if flag.NArg() != 0 {
 		fmt.Fprintln(os.Stderr, "etcdserver: no arguments expected")
 		return 2
+	}
+	tlsOn := *certFile != ""
+	if tlsOn != (*keyFile != "") {
+		fmt.Fprintln(os.Stderr, "etcdserver: -cert-file and -key-file go together")
+		return 2
+	}
+	if !tlsOn && (*trustedCA != "" || *clientCertAuth) {
+		fmt.Fprintln(os.Stderr, "etcdserver: -trusted-ca-file and -client-cert-auth need -cert-file")
+		return 2
+	}
+	if *clientCertAuth && *trustedCA == "" {
+		fmt.Fprintln(os.Stderr, "etcdserver: -client-cert-auth needs -trusted-ca-file")
+		return 2
+	}
+	clientScheme := "http"
+	if tlsOn {
+		clientScheme = "https"
 	}
 
 	// Catch signals before starting, so none is lost in between.
@@ -67,12 +102,17 @@ func run() int {
 		defer os.RemoveAll(d)
 		dir = d
 	}
-	urls, err := urlsOrFree(*listenClient, *listenPeer)
+	urls, err := urlsOrFree([]string{clientScheme, "http"}, *listenClient, *listenPeer)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "etcdserver:", err)
 		return 2
 	}
 	cu, pu := urls[0], urls[1]
+	if cu.Scheme != clientScheme {
+		fmt.Fprintf(os.Stderr, "etcdserver: -listen-client %s: want an %s:// URL (https exactly with -cert-file)\n",
+			cu, clientScheme)
+		return 2
+	}
 	acu, apu := cu, pu
 	if *advClient != "" {
 		if acu, err = url.Parse(*advClient); err != nil {
@@ -95,6 +135,11 @@ func run() int {
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	cfg.UnsafeNoFsync = !*fsync
+	cfg.ClientAutoTLS = false
+	cfg.ClientTLSInfo.CertFile = *certFile
+	cfg.ClientTLSInfo.KeyFile = *keyFile
+	cfg.ClientTLSInfo.TrustedCAFile = *trustedCA
+	cfg.ClientTLSInfo.ClientCertAuth = *clientCertAuth
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "etcdserver: start:", err)
@@ -124,9 +169,10 @@ func run() int {
 	}
 }
 
-// urlsOrFree parses each of ss, or for an empty one picks an http URL on
-// a free 127.0.0.1 port (distinct from the others picked).
-func urlsOrFree(ss ...string) ([]*url.URL, error) {
+// urlsOrFree parses each of ss, or for an empty one picks a URL with the
+// scheme schemes[i] on a free 127.0.0.1 port (distinct from the others
+// picked).
+func urlsOrFree(schemes []string, ss ...string) ([]*url.URL, error) {
 	out := make([]*url.URL, len(ss))
 	for i, s := range ss {
 		if s == "" {
@@ -136,7 +182,7 @@ func urlsOrFree(ss ...string) ([]*url.URL, error) {
 			}
 			// Kept open until all are picked, so no two get one port.
 			defer l.Close()
-			s = "http://127.0.0.1:" + strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+			s = schemes[i] + "://127.0.0.1:" + strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
 		}
 		u, err := url.Parse(s)
 		if err != nil {
