@@ -48,17 +48,7 @@ func TestEtcdTwoDaemonsExclude(t *testing.T) {
 
 	// Fencing tokens (as the daemons log them): exclusive grants of one
 	// name alternate between the daemons, each token larger than the last.
-	var prev uint64
-	ds := []*harness.Daemon{a, b, a, b}
-	for i, d := range ds {
-		n := len(grantTokens(t, d, "tok"))
-		p := e.Hold(t, d.Path("tok"), "w")
-		tok := nextToken(t, d, "tok", n)
-		require.Greater(t, tok, prev, "grant %d (daemon %d): token not above the previous grant's", i, i%2)
-		prev = tok
-		harness.Release(t, p)
-		waitFree(t, e, d.Path("tok"))
-	}
+	requireRisingTokens(t, e, a, b)
 }
 
 // Counter torture: 8 shell workers x 200 increments under exec 9>M/c,

@@ -202,3 +202,20 @@ func hasSuffixAll(vals []string, suffix string) bool {
 	}
 	return true
 }
+
+// requireRisingTokens takes the exclusive lock "tok" on daemons a, b, a, b
+// in turn and requires each grant's fencing token (as the daemon logs it)
+// to be larger than the one before.
+func requireRisingTokens(t *testing.T, e *harness.Env, a, b *harness.Daemon) {
+	t.Helper()
+	var prev uint64
+	for i, d := range []*harness.Daemon{a, b, a, b} {
+		n := len(grantTokens(t, d, "tok"))
+		p := e.Hold(t, d.Path("tok"), "w")
+		tok := nextToken(t, d, "tok", n)
+		require.Greater(t, tok, prev, "grant %d (daemon %d): token not above the previous grant's", i, i%2)
+		prev = tok
+		harness.Release(t, p)
+		waitFree(t, e, d.Path("tok"))
+	}
+}

@@ -188,17 +188,7 @@ func TestEtcdTLSTwoDaemonsExclude(t *testing.T) {
 
 	// Fencing tokens: exclusive grants of one name alternate between the
 	// daemons, each token larger than the last.
-	var prev uint64
-	ds := []*harness.Daemon{a, b, a, b}
-	for i, d := range ds {
-		n := len(grantTokens(t, d, "tok"))
-		p := e.Hold(t, d.Path("tok"), "w")
-		tok := nextToken(t, d, "tok", n)
-		require.Greater(t, tok, prev, "grant %d (daemon %d): token not above the previous grant's", i, i%2)
-		prev = tok
-		harness.Release(t, p)
-		waitFree(t, e, d.Path("tok"))
-	}
+	requireRisingTokens(t, e, a, b)
 }
 
 // Bad TLS input fails clearly at start: a daemon that does not trust the
