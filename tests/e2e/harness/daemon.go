@@ -65,9 +65,7 @@ type Daemon struct {
 	mountID int
 	dev     string // MAJ:MIN of the mount WaitReady found
 
-	done     chan struct{} // closed once the process has been reaped
-	exitCode int           // valid after done; -1 when killed by a signal
-	waitErr  error         // valid after done
+	exit
 	readDone chan struct{} // closed when stderr reached EOF
 }
 
@@ -106,7 +104,7 @@ func (e *Env) SpawnDaemon(t testing.TB, c DaemonConfig) *Daemon {
 	args = append(args, c.Mountpoint)
 
 	d := &Daemon{t: t, root: e.Root, logLevel: c.LogLevel, Mountpoint: c.Mountpoint, StateDir: c.StateDir,
-		done: make(chan struct{}), readDone: make(chan struct{})}
+		exit: newExit(), readDone: make(chan struct{})}
 	var err error
 	if d.stale, err = LockfsMountIDs(c.Mountpoint); err != nil {
 		t.Fatal(err)
@@ -161,9 +159,7 @@ func (e *Env) SpawnDaemon(t testing.TB, c DaemonConfig) *Daemon {
 		case <-d.readDone:
 		case <-time.After(time.Second):
 		}
-		d.waitErr = err
-		d.exitCode = d.Cmd.ProcessState.ExitCode()
-		close(d.done)
+		d.reaped(d.Cmd, err)
 	}()
 	t.Cleanup(d.cleanup)
 	return d
@@ -306,28 +302,16 @@ func (d *Daemon) Signal(sig unix.Signal) {
 	}
 }
 
-// Exited reports whether the daemon has exited.
-func (d *Daemon) Exited() bool {
-	select {
-	case <-d.done:
-		return true
-	default:
-		return false
-	}
-}
-
 // Wait waits up to timeout for the daemon to exit and returns its exit
 // code (-1 when killed by a signal), failing t on timeout.
 func (d *Daemon) Wait(timeout time.Duration) int {
 	d.t.Helper()
-	select {
-	case <-d.done:
-		return d.exitCode
-	case <-time.After(timeout):
+	code, ok := d.waitExit(timeout)
+	if !ok {
 		d.t.Fatalf("lockfs mount %s did not exit within %v (state %s); log:\n%s",
 			d.Mountpoint, timeout, ProcStateString(d.Pid()), d.Log())
-		return 0
 	}
+	return code
 }
 
 // Kill sends SIGKILL and waits for the daemon to be reaped (see killHard).

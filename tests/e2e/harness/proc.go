@@ -34,11 +34,9 @@ type Proc struct {
 	changed chan struct{} // guarded by mu; closed and replaced on every change
 	stderr  bytes.Buffer  // guarded by mu
 
-	outDone  chan struct{} // closed when stdout reached EOF
-	errDone  chan struct{} // closed when stderr reached EOF
-	done     chan struct{} // closed when Wait has returned
-	waitErr  error         // set before done is closed
-	exitCode int           // set before done is closed; -1 when killed by a signal
+	outDone chan struct{} // closed when stdout reached EOF
+	errDone chan struct{} // closed when stderr reached EOF
+	exit
 }
 
 // ProcOptions describes a process to start.
@@ -59,7 +57,7 @@ func Start(t testing.TB, o ProcOptions) *Proc {
 	if name == "" {
 		name = o.Path[strings.LastIndexByte(o.Path, '/')+1:]
 	}
-	p := &Proc{t: t, Name: name, changed: make(chan struct{}), done: make(chan struct{}),
+	p := &Proc{t: t, Name: name, changed: make(chan struct{}), exit: newExit(),
 		outDone: make(chan struct{}), errDone: make(chan struct{})}
 	p.Cmd = exec.Command(o.Path, o.Args...)
 	p.Cmd.Env = append(os.Environ(), o.Env...)
@@ -105,9 +103,7 @@ func Start(t testing.TB, o ProcOptions) *Proc {
 			case <-drain:
 			}
 		}
-		p.waitErr = err
-		p.exitCode = p.Cmd.ProcessState.ExitCode()
-		close(p.done)
+		p.reaped(p.Cmd, err)
 		p.notify()
 	}()
 	t.Cleanup(p.cleanup)
@@ -301,28 +297,16 @@ func (p *Proc) HasLine(prefix string) bool {
 // Done is closed when the process has exited and been reaped.
 func (p *Proc) Done() <-chan struct{} { return p.done }
 
-// Exited reports whether the process has exited.
-func (p *Proc) Exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
 // Wait waits up to timeout for the process to exit and returns its exit
 // code (-1 when killed by a signal); it fails t on timeout.
 func (p *Proc) Wait(timeout time.Duration) int {
 	p.t.Helper()
-	select {
-	case <-p.done:
-		return p.exitCode
-	case <-time.After(timeout):
+	code, ok := p.waitExit(timeout)
+	if !ok {
 		p.t.Fatalf("%s (pid %d) did not exit within %v: state %s\nstdout:\n%s\nstderr:\n%s",
 			p.Name, p.Pid(), timeout, ProcStateString(p.Pid()), p.Stdout(), p.Stderr())
-		return 0
 	}
+	return code
 }
 
 // WaitErr returns what exec.Cmd.Wait returned; call it after Wait.
