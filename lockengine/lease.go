@@ -23,11 +23,15 @@ type Lease struct {
 	prev, next *Lease
 	listed     bool
 
-	once   sync.Once
-	ended  atomic.Bool
-	err    error // written before ended is set, read only after
+	once sync.Once
+	// ended, err and done change together under doneMu, once: end sets
+	// err, then ended, then closes or installs done. ended is atomic so
+	// that Err can read it without the mutex; err is read only after
+	// ended is seen true.
 	doneMu sync.Mutex
-	done   chan struct{} // guarded by doneMu; made on first Done call
+	ended  atomic.Bool
+	err    error
+	done   chan struct{} // guarded by doneMu; made on first Done call or by end
 }
 
 // closedChan is the Done channel of leases that ended before anyone asked.
@@ -57,11 +61,8 @@ func (l *Lease) Done() <-chan struct{} {
 	l.doneMu.Lock()
 	defer l.doneMu.Unlock()
 	if l.done == nil {
-		if l.ended.Load() {
-			l.done = closedChan
-		} else {
-			l.done = make(chan struct{})
-		}
+		// Not ended: end installs done before it releases doneMu.
+		l.done = make(chan struct{})
 	}
 	return l.done
 }
@@ -98,17 +99,21 @@ func (l *Lease) Release() error {
 
 // end closes the lease with err. Callers hold l.e.mu; it is a no-op when
 // the lease has already ended.
+//
+// The whole transition happens under doneMu: were ended set before the
+// mutex is taken, a concurrent Done could see it, install the shared
+// closedChan, and end would then close closedChan a second time.
 func (l *Lease) end(err error) {
+	l.doneMu.Lock()
+	defer l.doneMu.Unlock()
 	if l.ended.Load() {
 		return
 	}
 	l.err = err
 	l.ended.Store(true)
-	l.doneMu.Lock()
 	if l.done != nil {
 		close(l.done)
 	} else {
 		l.done = closedChan
 	}
-	l.doneMu.Unlock()
 }

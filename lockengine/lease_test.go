@@ -1,0 +1,66 @@
+package lockengine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Regression: Lease.end set ended before it took doneMu, so a Done call in
+// between installed the shared closed channel and end then closed it again
+// ("close of closed channel" from the heartbeat goroutine). Many goroutines
+// call Done and Err while leases are lost and released at the same time.
+func TestLeaseDoneRacesWithEnd(t *testing.T) {
+	b := newFakeBackend()
+	q := NewQueue(b, nil)
+	t.Cleanup(func() { _ = q.Close() })
+	ctx := context.Background()
+
+	deadline := time.Now().Add(2 * time.Second)
+	for i := 0; time.Now().Before(deadline) || i < 200; i++ {
+		name := fmt.Sprintf("n%d", i%4)
+		l, err := q.Acquire(ctx, name, Exclusive)
+		if err != nil {
+			t.Fatalf("acquire %s: %v", name, err)
+		}
+		h := b.hold(name)
+		var start, wg sync.WaitGroup
+		start.Add(1)
+		for range 6 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				start.Wait()
+				for {
+					select {
+					case <-l.Done():
+						if err := l.Err(); err == nil {
+							t.Errorf("lease %s: Done closed with nil Err", name)
+						}
+						return
+					default:
+						_ = l.Err()
+					}
+				}
+			}()
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			start.Wait()
+			if i%2 == 0 {
+				h.lose()
+			}
+			_ = l.Release()
+		}()
+		start.Done()
+		wg.Wait()
+		err = l.Err()
+		if !errors.Is(err, ErrLost) && !errors.Is(err, ErrReleased) {
+			t.Fatalf("lease %s ended with %v, want ErrLost or ErrReleased", name, err)
+		}
+	}
+}
