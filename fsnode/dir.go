@@ -20,6 +20,8 @@ import (
 const (
 	tryDirIno     = 2
 	timeoutDirIno = 3
+	sharedDirIno  = 4
+	flockDirIno   = 5
 )
 
 // filesystem is the state shared by every node of one mount.
@@ -34,6 +36,16 @@ type filesystem struct {
 	// handle.Release).
 	parkedMu sync.Mutex
 	parked   map[string]int
+
+	// POSIX locks taken through descriptors that held nothing (see
+	// lockcalls.go), by owner and by the descriptor they came through.
+	posixMu    sync.Mutex
+	posix      map[posixKey]*posixLock // guarded by posixMu
+	posixByVia map[*handle][]posixKey  // guarded by posixMu
+
+	// flushOwners holds the lock owner of each FLUSH in progress, keyed
+	// by the request's cancel channel (see rawFS.Flush).
+	flushOwners sync.Map
 }
 
 // park records an open of name that is about to wait; the returned
@@ -168,16 +180,17 @@ func statfs(out *fuse.StatfsOut) {
 }
 
 // lockDir is a directory whose entries are lock files: the root (policy
-// block), .try (policy try) and .timeout/SECS (policy timeout).
+// block), .try (try), .timeout/SECS (timeout), .shared (block, shared) and
+// .flock (none).
 type lockDir struct {
 	fs.Inode
 	dirBase
 	policy policy
 	perm   uint32
 	root   bool
-	// Set once in OnAdd of the root, read-only afterwards:
-	try     *fs.Inode
-	timeout *fs.Inode
+	// reserved maps the reserved names of the root to their directories;
+	// set once in OnAdd of the root, read-only afterwards.
+	reserved map[string]*fs.Inode
 }
 
 // OnAdd creates the reserved directories under the root.
@@ -185,13 +198,22 @@ func (d *lockDir) OnAdd(ctx context.Context) {
 	if !d.root {
 		return
 	}
-	d.try = d.NewPersistentInode(ctx,
-		&lockDir{dirBase: d.dirBase, policy: policy{kind: waitTry}, perm: reservedPerm},
-		fs.StableAttr{Mode: syscall.S_IFDIR, Ino: tryDirIno})
-	d.timeout = d.NewPersistentInode(ctx, &timeoutDir{dirBase: d.dirBase},
-		fs.StableAttr{Mode: syscall.S_IFDIR, Ino: timeoutDirIno})
-	d.AddChild(TryDir, d.try, true)
-	d.AddChild(TimeoutDir, d.timeout, true)
+	views := []struct {
+		name string
+		ino  uint64
+		node fs.InodeEmbedder
+	}{
+		{TryDir, tryDirIno, &lockDir{dirBase: d.dirBase, policy: policy{kind: waitTry}, perm: reservedPerm}},
+		{TimeoutDir, timeoutDirIno, &timeoutDir{dirBase: d.dirBase}},
+		{SharedDir, sharedDirIno, &lockDir{dirBase: d.dirBase, policy: policy{kind: waitBlock, shared: true}, perm: reservedPerm}},
+		{FlockDir, flockDirIno, &lockDir{dirBase: d.dirBase, policy: policy{kind: waitNone}, perm: reservedPerm}},
+	}
+	d.reserved = make(map[string]*fs.Inode, len(views))
+	for _, v := range views {
+		ch := d.NewPersistentInode(ctx, v.node, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: v.ino})
+		d.reserved[v.name] = ch
+		d.AddChild(v.name, ch, true)
+	}
 }
 
 // Getattr reports a directory.
@@ -204,17 +226,10 @@ func (d *lockDir) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOu
 // Lookup never blocks and succeeds for every valid lock name, returning the
 // same inode for a name as long as the kernel remembers it.
 func (d *lockDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	if d.root {
-		switch name {
-		case TryDir:
-			d.fsys.dirAttr(&out.Attr, reservedPerm)
-			out.SetAttrTimeout(cacheTimeout)
-			return d.try, 0
-		case TimeoutDir:
-			d.fsys.dirAttr(&out.Attr, reservedPerm)
-			out.SetAttrTimeout(cacheTimeout)
-			return d.timeout, 0
-		}
+	if ch := d.reserved[name]; ch != nil {
+		d.fsys.dirAttr(&out.Attr, reservedPerm)
+		out.SetAttrTimeout(cacheTimeout)
+		return ch, 0
 	}
 	if err := validLockName(name); err != nil {
 		return nil, d.fsys.fail("lookup", name, 0, err)

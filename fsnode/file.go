@@ -19,7 +19,7 @@ import (
 	"github.com/lockfs/lockfs/lockengine"
 )
 
-// openFlags are the FOPEN_* flags of every lock file handle.
+// openFlags are the FOPEN_* flags of a handle whose open took the lock.
 //
 //   - FOPEN_NOFLUSH: close(2) does not wait for a FLUSH round trip; the lock
 //     is released on RELEASE, never on FLUSH.
@@ -28,13 +28,19 @@ import (
 //     lost) instead of being answered from a cached empty file.
 const openFlags = fuse.FOPEN_NOFLUSH | fuse.FOPEN_DIRECT_IO
 
-// lockNode is the file M/NAME, M/.try/NAME or M/.timeout/SECS/NAME. Its
-// fields are set at creation and never change.
+// callFlags are the FOPEN_* flags of a handle whose open took nothing: its
+// locks come from lock calls. FLUSH stays on, because POSIX record locks
+// of a process are released when it closes any descriptor of the file,
+// and FLUSH is how the kernel says so (with the lock owner).
+const callFlags = fuse.FOPEN_DIRECT_IO
+
+// lockNode is a lock file: M/NAME or the same name under a reserved
+// directory. Its fields are set at creation and never change.
 type lockNode struct {
 	fs.Inode
 	fsys   *filesystem
 	name   string // the lock name
-	policy policy // how Open waits
+	policy policy // whether and how Open takes the lock
 }
 
 // Setattr accepts and ignores every change (truncate from O_TRUNC or
@@ -51,28 +57,29 @@ func (n *lockNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errn
 	return 0
 }
 
-// modeFor is the lock mode an open(2) with flags asks for: read-only opens
-// are shared, every other access mode is exclusive.
-func modeFor(flags uint32) lockengine.Mode {
-	if flags&syscall.O_ACCMODE == syscall.O_RDONLY {
-		return lockengine.Shared
+// withOwner records the FUSE caller of ctx, and the interface it used, as
+// the owner of the requests made with the returned context (the kernel
+// reports pid 0 for callers in another pid namespace).
+func withOwner(ctx context.Context, via lockengine.Via) context.Context {
+	o := lockengine.Owner{Via: via}
+	if c, ok := fuse.FromContext(ctx); ok {
+		o.UID, o.GID, o.PID = c.Uid, c.Gid, c.Pid
 	}
-	return lockengine.Exclusive
+	return lockengine.WithOwner(ctx, o)
 }
 
-// Open takes the lock, waiting as the node's policy says (O_NONBLOCK makes
-// any policy a try). It is the only operation of lockfs that blocks. When
-// ctx is cancelled (FUSE_INTERRUPT: the caller got a signal) it returns
-// EINTR and holds nothing; a grant that raced with the cancellation is
-// returned as a success, and the kernel then sends RELEASE for it.
+// Open takes the lock when the node's policy says the open does (see
+// policy.openLock), waiting as the policy says. It is the only operation
+// of lockfs besides a blocking lock call (Setlkw) that waits. When ctx is
+// cancelled (FUSE_INTERRUPT: the caller got a signal) it returns EINTR and
+// holds nothing; a grant that raced with the cancellation is returned as a
+// success, and the kernel then sends RELEASE for it.
 func (n *lockNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	mode := modeFor(flags)
-	if c, ok := fuse.FromContext(ctx); ok {
-		// Record who asks, for inspection (the kernel reports pid 0 for
-		// callers in another pid namespace).
-		ctx = lockengine.WithOwner(ctx, lockengine.Owner{UID: c.Uid, GID: c.Gid, PID: c.Pid})
+	mode, try, take := n.policy.openLock(flags)
+	if !take {
+		return n.fsys.newHandle(n.name, nil), callFlags, 0
 	}
-	lease, err := n.fsys.acquire(ctx, n.name, mode, n.policy, flags&syscall.O_NONBLOCK != 0)
+	lease, err := n.fsys.acquire(withOwner(ctx, lockengine.ViaOpen), n.name, mode, n.policy, try)
 	if err == nil && lease == nil {
 		err = fmt.Errorf("lock %q: engine returned neither lease nor error", n.name)
 	}
@@ -83,14 +90,15 @@ func (n *lockNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 		return nil, 0, n.fsys.fail("open", n.name, mode, err)
 	}
 	if n.fsys.log.Enabled(context.Background(), slog.LevelDebug) {
-		n.fsys.log.Debug("lock granted", "lock", n.name, "mode", mode.String(), "token", lease.Token())
+		n.fsys.log.Debug("lock granted", "lock", n.name, "mode", mode.String(), "token", lease.Token(), "via", "open")
 	}
-	return &handle{fsys: n.fsys, lease: lease}, openFlags, 0
+	return n.fsys.newHandle(n.name, lease), openFlags, 0
 }
 
-// acquire asks the engine for name in mode, waiting according to p.
-func (f *filesystem) acquire(ctx context.Context, name string, mode lockengine.Mode, p policy, nonblock bool) (*lockengine.Lease, error) {
-	if nonblock || p.kind == waitTry {
+// acquire asks the engine for name in mode: once when try is set, else
+// waiting according to p.
+func (f *filesystem) acquire(ctx context.Context, name string, mode lockengine.Mode, p policy, try bool) (*lockengine.Lease, error) {
+	if try {
 		return f.eng.TryAcquire(ctx, name, mode)
 	}
 	// Try first: an open that finds the name held (typically because it
@@ -113,33 +121,60 @@ func (f *filesystem) acquire(ctx context.Context, name string, mode lockengine.M
 	return f.eng.Acquire(ctx, name, mode)
 }
 
-// handle is one open file description of a lock file: it owns one lease
-// from Open until Release.
+// handle is one open file description of a lock file. Its slot is the
+// description's own lock: the lease its open took, if any, and the locks
+// that flock(2) calls (and fcntl calls that act on it, see lockcalls.go)
+// take, convert and release through it. The slot is released on RELEASE.
 type handle struct {
-	fsys  *filesystem
-	lease *lockengine.Lease
+	fsys *filesystem
+	name string
+	slot *lockengine.Slot
 	// released is set by the first Release; a second one is a bug.
 	released atomic.Bool
-	// rec caches the holder record returned by Read.
-	rec atomic.Pointer[[]byte]
+	// rec caches the holder record returned by Read, for one lease.
+	rec atomic.Pointer[record]
 	// lossLogged is set once the loss of the lease has been logged at
 	// warn level, so a client looping on EIO does not flood the log.
 	lossLogged atomic.Bool
 }
 
-// check returns 0 while the lease is held and EIO (logging op) once it has
-// ended (lost, or the engine closed).
+// record is a formatted holder record and the lease it describes.
+type record struct {
+	lease *lockengine.Lease
+	text  []byte
+}
+
+func (f *filesystem) newHandle(name string, lease *lockengine.Lease) *handle {
+	return &handle{fsys: f, name: name, slot: lockengine.NewSlot(f.eng, name, lease)}
+}
+
+// lease returns the lease the descriptor holds: its slot's, else that of a
+// POSIX lock taken through it; nil when it holds nothing.
+func (h *handle) lease() *lockengine.Lease {
+	if l := h.slot.Lease(); l != nil {
+		return l
+	}
+	return h.fsys.posixLeaseVia(h)
+}
+
+// check returns 0 while the descriptor's lease is held, or when it holds
+// none, and EIO (logging op) once its lease has ended (lost, or the engine
+// closed).
 func (h *handle) check(op string) syscall.Errno {
-	err := h.lease.Err()
-	if err == nil {
+	l := h.lease()
+	if l == nil {
+		return 0
+	}
+	err := l.Err()
+	if err == nil || errors.Is(err, lockengine.ErrReleased) {
 		return 0
 	}
 	lvl := slog.LevelDebug
 	if h.lossLogged.CompareAndSwap(false, true) {
 		lvl = slog.LevelWarn
 	}
-	h.fsys.log.Log(context.Background(), lvl, op+" failed: lock no longer held", "lock", h.lease.Name(),
-		"mode", h.lease.Mode().String(), "token", h.lease.Token(), "err", err)
+	h.fsys.log.Log(context.Background(), lvl, op+" failed: lock no longer held", "lock", l.Name(),
+		"mode", l.Mode().String(), "token", l.Token(), "err", err)
 	return Errno(err)
 }
 
@@ -150,6 +185,9 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 		return nil, e
 	}
 	rec := h.record()
+	if rec == nil {
+		return fuse.ReadResultData(nil), 0
+	}
 	if off < 0 || off >= int64(len(rec)) {
 		return fuse.ReadResultData(nil), 0
 	}
@@ -157,14 +195,19 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 	return fuse.ReadResultData(rec[off:end]), 0
 }
 
-// record returns the handle's holder record, formatting it on first use.
+// record returns the holder record of the descriptor's lease, formatting
+// it on first use; nil when it holds nothing.
 func (h *handle) record() []byte {
-	if r := h.rec.Load(); r != nil {
-		return *r
+	l := h.lease()
+	if l == nil {
+		return nil
 	}
-	r := Record(h.lease.Name(), h.lease.Mode(), h.lease.Token(), h.lease.Owner(), h.lease.Granted())
-	h.rec.Store(&r)
-	return r
+	if r := h.rec.Load(); r != nil && r.lease == l {
+		return r.text
+	}
+	r := &record{lease: l, text: Record(l.Name(), l.Mode(), l.Token(), l.Owner(), l.Granted())}
+	h.rec.Store(r)
+	return r.text
 }
 
 // Record is what a holder reads from its lock descriptor: the decimal
@@ -213,23 +256,25 @@ func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 	return h.check("fsync")
 }
 
-// Release gives the lock back. The kernel sends it once, when the last
-// descriptor of the open file description is closed (or its holder dies).
-// It must stay fast: RELEASE counts against the kernel's max_background.
+// Release gives the descriptor's locks back: its slot, and the POSIX locks
+// taken through it that no FLUSH released. The kernel sends it once, when
+// the last descriptor of the open file description is closed (or its
+// holder dies). It must stay fast: RELEASE counts against the kernel's
+// max_background.
 func (h *handle) Release(ctx context.Context) syscall.Errno {
 	if h.released.Swap(true) {
-		h.fsys.log.Error("bug: lock file handle released twice", "lock", h.lease.Name(),
-			"mode", h.lease.Mode().String(), "token", h.lease.Token())
+		h.fsys.log.Error("bug: lock file handle released twice", "lock", h.name)
 		return 0
 	}
-	if err := h.lease.Release(); err != nil {
-		h.fsys.fail("release", h.lease.Name(), h.lease.Mode(), err)
+	l := h.slot.Lease()
+	if err := h.slot.Close(); err != nil {
+		h.fsys.fail("release", h.name, 0, err)
 	}
-	if h.fsys.log.Enabled(context.Background(), slog.LevelDebug) {
-		h.fsys.log.Debug("lock released", "lock", h.lease.Name(), "mode", h.lease.Mode().String(),
-			"token", h.lease.Token())
+	h.fsys.dropPosixVia(h)
+	if l != nil && h.fsys.log.Enabled(context.Background(), slog.LevelDebug) {
+		h.fsys.log.Debug("lock released", "lock", h.name, "mode", l.Mode().String(), "token", l.Token())
 	}
-	if h.fsys.hasParked(h.lease.Name()) {
+	if h.fsys.hasParked(h.name) {
 		// The release has just made a waiting open runnable. Let it
 		// run (and answer its OPEN) before this goroutine goes back to
 		// read(2) on /dev/fuse: with GOMAXPROCS=1 it would otherwise

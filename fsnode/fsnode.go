@@ -126,7 +126,10 @@ func Mount(mountpoint string, eng lockengine.Engine, opts Options) (*Server, err
 			// RELEASE is a background request; keep the kernel from
 			// queueing them behind a burst (e.g. many holders killed
 			// at once).
-			MaxBackground:     64,
+			MaxBackground: 64,
+			// flock(2) and fcntl locks come to the daemon (Setlk,
+			// Setlkw, Getlk) instead of staying in this kernel.
+			EnableLocks:       true,
 			DirectMountStrict: opts.DirectMount,
 			Debug:             opts.DebugFUSE,
 			Logger:            debugLog,
@@ -144,7 +147,8 @@ func Mount(mountpoint string, eng lockengine.Engine, opts Options) (*Server, err
 	// never opens its own files, so it does not need the workaround; the
 	// mount is usable once NewServer returns (requests sent before INIT
 	// is answered wait for it).
-	srv, err := fuse.NewServer(fs.NewNodeFS(root, fo), mountpoint, &fo.MountOptions)
+	raw := &rawFS{RawFileSystem: fs.NewNodeFS(root, fo), fsys: root.fsys}
+	srv, err := fuse.NewServer(raw, mountpoint, &fo.MountOptions)
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}

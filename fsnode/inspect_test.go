@@ -48,9 +48,9 @@ func TestInspectAttributes(t *testing.T) {
 	require.Equal(t, syscall.Errno(0), n.Getattr(context.Background(), nil, &out))
 	assert.Equal(t, uint32(1000), out.Uid)
 	assert.Equal(t, uint32(100), out.Gid)
-	assert.Equal(t, uint64(h.lease.Granted().Unix()), out.Mtime)
+	assert.Equal(t, uint64(h.lease().Granted().Unix()), out.Mtime)
 
-	tok := strconv.FormatUint(h.lease.Token(), 10)
+	tok := strconv.FormatUint(h.lease().Token(), 10)
 	for attr, want := range map[string]string{XattrToken: tok, XattrMode: "exclusive", XattrState: "held", XattrWaiters: "0"} {
 		v, errno := getxattr(t, n, attr)
 		require.Equal(t, syscall.Errno(0), errno, attr)

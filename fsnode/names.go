@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/lockfs/lockfs/lockengine"
@@ -19,7 +21,17 @@ const (
 	// TimeoutDir: opening TimeoutDir/SECS/NAME waits at most SECS for
 	// NAME, then fails with EAGAIN.
 	TimeoutDir = ".timeout"
+	// SharedDir: opening SharedDir/NAME waits for the shared lock on NAME,
+	// whatever the access mode (exec 9<M/.shared/NAME in a shell).
+	SharedDir = ".shared"
+	// FlockDir: opening FlockDir/NAME never takes a lock; only flock(2)
+	// and fcntl(2) calls on the descriptor do (exec 9>M/.flock/NAME;
+	// flock -n 9).
+	FlockDir = ".flock"
 )
+
+// reservedDirs are the reserved names of the root.
+var reservedDirs = []string{TryDir, TimeoutDir, SharedDir, FlockDir}
 
 // maxTimeout bounds .timeout/SECS so that the duration cannot overflow.
 const maxTimeout = time.Duration(math.MaxInt64)
@@ -57,7 +69,7 @@ func validLockName(name string) error {
 	if err := lockengine.ValidateName(name); err != nil {
 		return err
 	}
-	if name == TryDir || name == TimeoutDir {
+	if slices.Contains(reservedDirs, name) {
 		return fmt.Errorf("%w: %q is reserved", lockengine.ErrInvalidName, name)
 	}
 	return nil
@@ -67,15 +79,20 @@ func validLockName(name string) error {
 type waitKind uint8
 
 const (
-	waitBlock   waitKind = iota // M/NAME: until granted or interrupted
+	waitBlock   waitKind = iota // M/NAME, M/.shared/NAME: until granted or interrupted
 	waitTry                     // M/.try/NAME: not at all
 	waitTimeout                 // M/.timeout/SECS/NAME: at most a duration
+	waitNone                    // M/.flock/NAME: the open takes nothing
 )
 
-// policy is the wait policy of one lock file node.
+// policy is the open policy of one lock file node: whether and how its
+// Open takes the lock.
 type policy struct {
 	kind    waitKind
 	timeout time.Duration // for waitTimeout; > 0
+	// shared: the open takes the shared lock whatever its access mode
+	// (M/.shared/NAME).
+	shared bool
 }
 
 func (p policy) String() string {
@@ -84,6 +101,11 @@ func (p policy) String() string {
 		return "try"
 	case waitTimeout:
 		return "timeout " + p.timeout.String()
+	case waitNone:
+		return "none"
+	}
+	if p.shared {
+		return "block shared"
 	}
 	return "block"
 }
@@ -94,4 +116,37 @@ func timeoutPolicy(d time.Duration) policy {
 		return policy{kind: waitTry}
 	}
 	return policy{kind: waitTimeout, timeout: d}
+}
+
+// openLock says what an open(2) with flags takes under policy p: take is
+// false when the open takes nothing (the lock calls on the descriptor
+// decide), else the mode and whether to try only.
+//
+//   - M/.flock/NAME: nothing, ever.
+//   - M/NAME: a blocking open for writing takes the exclusive lock; a
+//     read-only or O_NONBLOCK open takes nothing, so that flock(1),
+//     setlock and chpst, which open and then call flock(2), behave as on
+//     a local disk.
+//   - M/.shared/NAME: the shared lock, whatever the access mode.
+//   - M/.try/NAME, M/.timeout/SECS/NAME: read-only opens the shared lock,
+//     others the exclusive one.
+//
+// O_NONBLOCK makes every form that takes a lock a try.
+func (p policy) openLock(flags uint32) (mode lockengine.Mode, try, take bool) {
+	nonblock := flags&syscall.O_NONBLOCK != 0
+	readOnly := flags&syscall.O_ACCMODE == syscall.O_RDONLY
+	switch {
+	case p.kind == waitNone:
+		return 0, false, false
+	case p.shared:
+		return lockengine.Shared, nonblock, true
+	case p.kind == waitBlock:
+		if readOnly || nonblock {
+			return 0, false, false
+		}
+		return lockengine.Exclusive, false, true
+	case readOnly:
+		return lockengine.Shared, nonblock || p.kind == waitTry, true
+	}
+	return lockengine.Exclusive, nonblock || p.kind == waitTry, true
 }

@@ -53,17 +53,55 @@ func TestValidLockName(t *testing.T) {
 	require.NoError(t, validLockName(".hidden"))
 	require.NoError(t, validLockName(strings.Repeat("a", 255)))
 	assert.ErrorIs(t, validLockName(strings.Repeat("a", 256)), lockengine.ErrNameTooLong)
-	for _, n := range []string{"", ".", "..", TryDir, TimeoutDir, "a/b", "a\x00b"} {
+	for _, n := range []string{"", ".", "..", TryDir, TimeoutDir, SharedDir, FlockDir, "a/b", "a\x00b"} {
 		assert.ErrorIs(t, validLockName(n), lockengine.ErrInvalidName, "%q", n)
 	}
 }
 
-func TestModeFor(t *testing.T) {
-	assert.Equal(t, lockengine.Shared, modeFor(syscall.O_RDONLY))
-	assert.Equal(t, lockengine.Shared, modeFor(syscall.O_RDONLY|syscall.O_NONBLOCK))
-	assert.Equal(t, lockengine.Exclusive, modeFor(syscall.O_WRONLY|syscall.O_TRUNC))
-	assert.Equal(t, lockengine.Exclusive, modeFor(syscall.O_RDWR))
-	assert.Equal(t, lockengine.Exclusive, modeFor(syscall.O_WRONLY|syscall.O_APPEND))
+// TestOpenLock pins what each open form takes (the semantics table of the
+// README): blocking write opens of M/NAME lock exclusively, read-only and
+// O_NONBLOCK opens of M/NAME and every open of M/.flock/NAME take nothing.
+func TestOpenLock(t *testing.T) {
+	const (
+		ro = syscall.O_RDONLY
+		wo = syscall.O_WRONLY
+		rw = syscall.O_RDWR
+		nb = syscall.O_NONBLOCK
+		sh = lockengine.Shared
+		ex = lockengine.Exclusive
+	)
+	root := policy{}
+	try := policy{kind: waitTry}
+	tmo := policy{kind: waitTimeout, timeout: time.Second}
+	shared := policy{kind: waitBlock, shared: true}
+	flk := policy{kind: waitNone}
+	cases := []struct {
+		p     policy
+		flags uint32
+		mode  lockengine.Mode
+		try   bool
+		take  bool
+	}{
+		{root, wo | syscall.O_CREAT | syscall.O_TRUNC, ex, false, true},
+		{root, rw, ex, false, true},
+		{root, wo | syscall.O_APPEND, ex, false, true},
+		{root, ro, 0, false, false},
+		{root, wo | syscall.O_APPEND | nb, 0, false, false}, // setlock, chpst -l
+		{root, ro | nb, 0, false, false},
+		{try, ro, sh, true, true},
+		{try, wo, ex, true, true},
+		{tmo, ro, sh, false, true},
+		{tmo, wo | nb, ex, true, true},
+		{shared, ro, sh, false, true},
+		{shared, wo, sh, false, true},
+		{shared, ro | nb, sh, true, true},
+		{flk, wo | syscall.O_TRUNC, 0, false, false},
+		{flk, ro, 0, false, false},
+	}
+	for _, c := range cases {
+		mode, try, take := c.p.openLock(c.flags)
+		assert.Equal(t, []any{c.mode, c.try, c.take}, []any{mode, try, take}, "policy %v flags %#o", c.p, c.flags)
+	}
 }
 
 func TestErrno(t *testing.T) {

@@ -321,7 +321,7 @@ func TestHandleIOAndLoss(t *testing.T) {
 	require.Equal(t, syscall.Errno(0), errno)
 	data, _ := rr.Bytes(make([]byte, 256))
 	first, rest, _ := strings.Cut(string(data), "\n")
-	assert.Equal(t, strconv.FormatUint(h.lease.Token(), 10), first, "line 1 is the token")
+	assert.Equal(t, strconv.FormatUint(h.lease().Token(), 10), first, "line 1 is the token")
 	assert.Contains(t, rest, "name=x mode=exclusive token=")
 	rr, errno = h.Read(ctx, make([]byte, 16), int64(len(data)))
 	require.Equal(t, syscall.Errno(0), errno)
@@ -330,7 +330,7 @@ func TestHandleIOAndLoss(t *testing.T) {
 	assert.Equal(t, syscall.Errno(0), h.Fsync(ctx, 0))
 
 	f.b.lose("x")
-	require.Eventually(t, func() bool { return h.lease.Err() != nil }, deadline, time.Millisecond)
+	require.Eventually(t, func() bool { return h.lease().Err() != nil }, deadline, time.Millisecond)
 	_, errno = h.Write(ctx, []byte("x"), 0)
 	assert.Equal(t, syscall.EIO, errno)
 	_, errno = h.Writev(ctx, [][]byte{[]byte("x")}, 0)
@@ -409,6 +409,6 @@ func TestOpenRecordsOwner(t *testing.T) {
 	fh, _, errno := f.node("o", policy{}).Open(ctx, syscall.O_WRONLY)
 	require.Equal(t, syscall.Errno(0), errno)
 	h := fh.(*handle)
-	assert.Equal(t, lockengine.Owner{UID: 1000, GID: 100, PID: 4242}, h.lease.Owner())
+	assert.Equal(t, lockengine.Owner{UID: 1000, GID: 100, PID: 4242}, h.lease().Owner())
 	h.Release(context.Background())
 }

@@ -199,10 +199,41 @@ type LeaseInfo struct {
 	Lost    bool
 }
 
-// Owner identifies who requested a lock, as the kernel reported the caller.
-// PID is 0 for callers in another PID namespace.
+// Owner identifies who requested a lock, as the kernel reported the caller,
+// and through which interface. PID is 0 for callers in another PID
+// namespace.
 type Owner struct {
 	UID, GID, PID uint32
+	Via           Via
+}
+
+// Via is the interface through which a lock was requested. It is recorded
+// for inspection only; every interface takes the same lock.
+type Via uint8
+
+const (
+	// ViaUnknown: not recorded (a caller of the Go API).
+	ViaUnknown Via = iota
+	// ViaOpen: the open(2) of a lock file took the lock.
+	ViaOpen
+	// ViaFlock: flock(2) on a descriptor.
+	ViaFlock
+	// ViaPOSIX: an fcntl(2) record lock (F_SETLK, F_SETLKW, F_OFD_*) or
+	// lockf(3).
+	ViaPOSIX
+)
+
+// String returns "open", "flock", "posix" or "-" for ViaUnknown.
+func (v Via) String() string {
+	switch v {
+	case ViaOpen:
+		return "open"
+	case ViaFlock:
+		return "flock"
+	case ViaPOSIX:
+		return "posix"
+	}
+	return "-"
 }
 
 type ownerKey struct{}

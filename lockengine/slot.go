@@ -1,0 +1,240 @@
+package lockengine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ErrCannotDowngrade is returned by Lease.Downgrade when the lease shares
+// its group with other exclusive holders (a counting semaphore), so the
+// group cannot turn shared without taking the lock from them.
+var ErrCannotDowngrade = errors.New("lockengine: lease cannot be downgraded in place")
+
+// Downgrade converts l, an exclusive lease, into a shared lease of the same
+// grant without ever giving the name up: it returns a new shared lease with
+// l's token and owner, and l ends as released. Shared requests queued in
+// this engine are admitted at once; the backend keeps holding the name
+// exclusively until the last lease of the grant is released, so other
+// processes (daemons) still wait until then.
+//
+// A shared lease is returned unchanged. An ended lease returns its Err. A
+// lease that shares its grant with other exclusive holders returns an
+// error wrapping ErrCannotDowngrade and stays as it was.
+func (l *Lease) Downgrade() (*Lease, error) {
+	q, e, g := l.q, l.e, l.g
+	e.mu.Lock()
+	switch {
+	case l.ended.Load():
+		e.mu.Unlock()
+		return nil, l.err
+	case l.mode == Shared:
+		e.mu.Unlock()
+		return l, nil
+	case e.group != g || g.leases.n != 1:
+		e.mu.Unlock()
+		return nil, fmt.Errorf("lock %q: %w: %d exclusive holders", e.name, ErrCannotDowngrade, g.leases.n)
+	}
+	now := time.Now()
+	nl := q.grant(e, g, Shared, l.owner, now)
+	g.leases.remove(l)
+	g.mode = Shared
+	l.end(ErrReleased)
+	q.obs.Released(e.name, Exclusive, now.Sub(l.granted))
+	q.obs.Granted(e.name, Shared, 0)
+	if !e.closed {
+		q.dispatch(e)
+	}
+	e.mu.Unlock()
+	// l is over: its Release must not release the grant again. Its
+	// reference to e is dropped here instead.
+	l.once.Do(func() {})
+	q.unref(e)
+	return nl, nil
+}
+
+// Slot is where one lock owner keeps its lock on one name: nothing, or one
+// lease. The lock calls of a process, flock(2) and fcntl(2) record locks,
+// are served by slots: each call converts, releases or takes again the
+// slot's lock, as the kernel does for a lock owner on a local filesystem.
+//
+// Conversions follow flock(2): they are not atomic. An upgrade (shared to
+// exclusive) gives the shared lease back and queues the exclusive request
+// behind the waiters already queued; a downgrade (exclusive to shared) is
+// atomic when the lease is alone in its grant (see Lease.Downgrade).
+//
+// Calls on one Slot are serialized: a call that finds another in progress
+// waits for it, and that wait ends with ctx like the lock wait itself. All
+// methods are safe for concurrent use.
+type Slot struct {
+	eng  Engine
+	name string
+	// sem is held (a value sent) by the call in progress; waiting to
+	// send is cancellable, unlike a mutex.
+	sem chan struct{}
+	// lease is written only by the call that holds sem; read anywhere.
+	lease atomic.Pointer[Lease]
+
+	mu         sync.Mutex
+	closing    bool               // guarded by mu; set by Close
+	cancelWait context.CancelFunc // guarded by mu; ends the Acquire in progress
+}
+
+// NewSlot returns a slot for name in eng. held, when not nil, is a lease of
+// name that the slot takes over (for example the lock a file's open took);
+// the slot then owns it and releases it on Unlock or Close.
+func NewSlot(eng Engine, name string, held *Lease) *Slot {
+	s := &Slot{eng: eng, name: name, sem: make(chan struct{}, 1)}
+	s.lease.Store(held)
+	return s
+}
+
+// Name returns the lock name of the slot.
+func (s *Slot) Name() string { return s.name }
+
+func (s *Slot) enter(ctx context.Context) error {
+	select {
+	case s.sem <- struct{}{}:
+		return nil
+	default:
+	}
+	select {
+	case s.sem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("lock %q: %w", s.name, ctx.Err())
+	}
+}
+
+// closed reports whether Close has begun.
+func (s *Slot) closed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
+}
+
+// acquire waits for name in mode until ctx ends or Close begins. Called
+// with sem held.
+func (s *Slot) acquire(ctx context.Context, mode Mode) (*Lease, error) {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("lock %q: %w", s.name, ErrClosed)
+	}
+	s.cancelWait = cancel
+	s.mu.Unlock()
+	l, err := s.eng.Acquire(wctx, s.name, mode)
+	s.mu.Lock()
+	s.cancelWait = nil
+	closing := s.closing
+	s.mu.Unlock()
+	if err != nil && closing && ctx.Err() == nil {
+		return nil, fmt.Errorf("lock %q: %w", s.name, ErrClosed)
+	}
+	return l, err
+}
+
+func (s *Slot) leave() { <-s.sem }
+
+// Lock makes the slot hold its name in mode. When it already holds mode it
+// returns at once. Otherwise the held lease (if any) is converted: a
+// downgrade in place when possible, else the lease is given back and mode
+// requested anew. With wait false the request is a TryAcquire (an error
+// wrapping ErrWouldBlock when it cannot be granted at once; after an
+// upgrade was attempted the slot then holds nothing, as flock(2) says);
+// with wait true it is an Acquire, which ends with ctx (wrapped ctx.Err(),
+// slot empty). The owner recorded with ctx (WithOwner) owns the new lease.
+//
+// A lease that was lost or broken is given back before anything else, so
+// a later Lock takes the name again. After Close, Lock fails with an error
+// wrapping ErrClosed.
+func (s *Slot) Lock(ctx context.Context, mode Mode, wait bool) error {
+	if !mode.Valid() {
+		return fmt.Errorf("lock %q: %w: %d", s.name, ErrInvalidMode, mode)
+	}
+	if err := s.enter(ctx); err != nil {
+		return err
+	}
+	defer s.leave()
+	if s.closed() {
+		return fmt.Errorf("lock %q: %w", s.name, ErrClosed)
+	}
+	if l := s.lease.Load(); l != nil {
+		switch {
+		case l.Err() != nil:
+			_ = s.releaseLocked()
+		case l.Mode() == mode:
+			return nil
+		case mode == Shared:
+			nl, err := l.Downgrade()
+			if err == nil {
+				s.lease.Store(nl)
+				return nil
+			}
+			_ = s.releaseLocked()
+			if !errors.Is(err, ErrCannotDowngrade) {
+				return err
+			}
+		default:
+			_ = s.releaseLocked()
+		}
+	}
+	var (
+		l   *Lease
+		err error
+	)
+	if wait {
+		l, err = s.acquire(ctx, mode)
+	} else {
+		l, err = s.eng.TryAcquire(ctx, s.name, mode)
+	}
+	if err != nil {
+		return err
+	}
+	s.lease.Store(l)
+	return nil
+}
+
+// Unlock releases the slot's lease, if any. It waits for a call in
+// progress on the slot until ctx ends.
+func (s *Slot) Unlock(ctx context.Context) error {
+	if err := s.enter(ctx); err != nil {
+		return err
+	}
+	defer s.leave()
+	return s.releaseLocked()
+}
+
+func (s *Slot) releaseLocked() error {
+	l := s.lease.Swap(nil)
+	if l == nil {
+		return nil
+	}
+	return l.Release()
+}
+
+// Close releases the slot's lease for good: use it when the owner is gone
+// (the file's last close). A Lock waiting for the name at that moment ends
+// with an error wrapping ErrClosed, and every later Lock fails the same
+// way. Close is idempotent.
+func (s *Slot) Close() error {
+	s.mu.Lock()
+	s.closing = true
+	if s.cancelWait != nil {
+		s.cancelWait()
+	}
+	s.mu.Unlock()
+	_ = s.enter(context.Background())
+	defer s.leave()
+	return s.releaseLocked()
+}
+
+// Lease returns the slot's current lease, or nil. It never waits. By the
+// time the caller looks at it the slot may have changed; use it for
+// inspection and for checking loss, not to release.
+func (s *Slot) Lease() *Lease { return s.lease.Load() }
