@@ -31,12 +31,14 @@ const (
 	XattrMode = XattrPrefix + "mode"
 	// XattrState: "held", "lost", "waiting" or "free".
 	XattrState = XattrPrefix + "state"
-	// XattrHolders: one line per lease, "UID GID PID MODE TOKEN GRANTED"
-	// (GRANTED in RFC 3339 with nanoseconds), current holders first, then
-	// lost leases not yet closed, which carry a seventh field "lost". PID
-	// is in the daemon's pid namespace: 0 for a holder not visible from it.
+	// XattrHolders: one line per lease, "UID GID PID MODE TOKEN GRANTED
+	// VIA" (GRANTED in RFC 3339 with nanoseconds; VIA the interface that
+	// took it: open, flock or posix), current holders first, then lost
+	// leases not yet closed, which carry an eighth field "lost". PID is in
+	// the daemon's pid namespace: 0 for a holder not visible from it.
 	XattrHolders = XattrPrefix + "holders"
-	// XattrWaiters: the number of queued open(2) calls, decimal.
+	// XattrWaiters: the number of queued requests (opens and lock calls),
+	// decimal.
 	XattrWaiters = XattrPrefix + "waiters"
 	// XattrAcquired: when the current holders were granted (RFC 3339,
 	// nanoseconds); "" when none.
@@ -84,8 +86,8 @@ func timeString(t time.Time) string {
 func holdersString(leases []lockengine.LeaseInfo) string {
 	var b strings.Builder
 	for _, l := range leases {
-		fmt.Fprintf(&b, "%d %d %d %s %d %s", l.Owner.UID, l.Owner.GID, l.Owner.PID, l.Mode,
-			l.Token, timeString(l.Granted))
+		fmt.Fprintf(&b, "%d %d %d %s %d %s %s", l.Owner.UID, l.Owner.GID, l.Owner.PID, l.Mode,
+			l.Token, timeString(l.Granted), l.Owner.Via)
 		if l.Lost {
 			b.WriteString(" lost")
 		}

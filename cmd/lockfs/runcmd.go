@@ -136,13 +136,17 @@ func parseRunArgs(args []string) (runConfig, error) {
 	return c, nil
 }
 
-// lockPath is the file to open: M/NAME, M/.try/NAME or M/.timeout/D/NAME.
+// lockPath is the file to open: M/NAME (M/.shared/NAME with -s),
+// M/.try/NAME or M/.timeout/D/NAME. A read-only open of the last two takes
+// the shared lock; of M/NAME it would take nothing.
 func (c *runConfig) lockPath() string {
 	switch {
 	case c.try || c.wait == 0:
 		return filepath.Join(c.dir, fsnode.TryDir, c.name)
 	case c.wait > 0:
 		return filepath.Join(c.dir, fsnode.TimeoutDir, c.wait.String(), c.name)
+	case c.shared:
+		return filepath.Join(c.dir, fsnode.SharedDir, c.name)
 	}
 	return filepath.Join(c.dir, c.name)
 }

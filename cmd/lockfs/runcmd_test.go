@@ -55,9 +55,10 @@ func TestCommandStatus(t *testing.T) {
 }
 
 func TestParseHolders(t *testing.T) {
-	hs := parseHolders("1 2 3 exclusive 4 2026-01-01T00:00:00Z\n5 6 0 shared 4 2026-01-01T00:00:01Z lost\n")
+	hs := parseHolders("1 2 3 exclusive 4 2026-01-01T00:00:00Z flock\n5 6 0 shared 4 2026-01-01T00:00:01Z open lost\n")
 	require.Len(t, hs, 2)
-	assert.Equal(t, statusHolder{UID: 1, GID: 2, PID: 3, Mode: "exclusive", Token: 4, Granted: "2026-01-01T00:00:00Z"}, hs[0])
+	assert.Equal(t, statusHolder{UID: 1, GID: 2, PID: 3, Mode: "exclusive", Token: 4, Granted: "2026-01-01T00:00:00Z", Via: "flock"}, hs[0])
 	assert.True(t, hs[1].Lost)
+	assert.Equal(t, "open", hs[1].Via)
 	assert.Empty(t, parseHolders(""))
 }

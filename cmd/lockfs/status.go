@@ -39,6 +39,7 @@ type statusHolder struct {
 	Mode    string `json:"mode"`
 	Token   uint64 `json:"token"`
 	Granted string `json:"granted"`
+	Via     string `json:"via"`
 	Lost    bool   `json:"lost,omitempty"`
 }
 
@@ -179,7 +180,14 @@ func parseHolders(s string) []statusHolder {
 		h.Mode = f[3]
 		h.Token, _ = strconv.ParseUint(f[4], 10, 64)
 		h.Granted = f[5]
-		h.Lost = len(f) > 6 && f[6] == "lost"
+		h.Via = "-"
+		for _, x := range f[6:] {
+			if x == "lost" {
+				h.Lost = true
+			} else {
+				h.Via = x
+			}
+		}
 		out = append(out, h)
 	}
 	return out
@@ -189,7 +197,7 @@ func parseHolders(s string) []statusHolder {
 // one row with "-" holder columns).
 func writeStatusTable(w io.Writer, rep statusReport) {
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tSTATE\tMODE\tTOKEN\tWAITERS\tUID\tGID\tPID\tSINCE")
+	fmt.Fprintln(tw, "NAME\tSTATE\tMODE\tTOKEN\tWAITERS\tUID\tGID\tPID\tVIA\tSINCE")
 	for _, lk := range rep.Locks {
 		if strings.ContainsFunc(lk.Name, func(r rune) bool { return r <= ' ' || r == '"' || r == 0x7f }) {
 			lk.Name = strconv.Quote(lk.Name)
@@ -199,7 +207,7 @@ func writeStatusTable(w io.Writer, rep statusReport) {
 			mode = "-"
 		}
 		if len(lk.Holders) == 0 {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t-\t-\t-\t-\n", lk.Name, lk.State, mode, lk.Token, lk.Waiters)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t-\t-\t-\t-\t-\n", lk.Name, lk.State, mode, lk.Token, lk.Waiters)
 			continue
 		}
 		for _, h := range lk.Holders {
@@ -207,8 +215,8 @@ func writeStatusTable(w io.Writer, rep statusReport) {
 			if h.Lost {
 				state = "lost"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\n", lk.Name, state, h.Mode, h.Token, lk.Waiters,
-				h.UID, h.GID, h.PID, h.Granted)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", lk.Name, state, h.Mode, h.Token, lk.Waiters,
+				h.UID, h.GID, h.PID, h.Via, h.Granted)
 		}
 	}
 	_ = tw.Flush()
