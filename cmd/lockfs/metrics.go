@@ -76,8 +76,10 @@ func newMetrics(backend lockengine.Backend) *metrics {
 	m.hold = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: metricHoldSeconds,
 		Help: "Time from the grant to the release, by mode.", Buckets: buckets}, []string{"mode"})
 	m.heldDesc = prometheus.NewDesc(metricLocksHeld, "Lock names currently held (including broken names in their lock-delay).", nil, nil)
-	m.holdersDesc = prometheus.NewDesc(metricHolders, "Open file descriptions currently holding a lock.", nil, nil)
-	m.waitersDesc = prometheus.NewDesc(metricWaiters, "open(2) calls currently waiting for a lock.", nil, nil)
+	m.holdersDesc = prometheus.NewDesc(metricHolders,
+		"Leases currently held, by the interface that took them (open, flock, posix).", []string{"via"}, nil)
+	m.waitersDesc = prometheus.NewDesc(metricWaiters,
+		"Requests currently waiting for a lock, by interface (open, flock, posix).", []string{"via"}, nil)
 	m.lostDesc = prometheus.NewDesc(metricLocksLost, "Lock names lost whose holders have not closed their descriptors yet.", nil, nil)
 	for _, mode := range []lockengine.Mode{lockengine.Shared, lockengine.Exclusive} {
 		// Series for both modes exist from the start, so that
@@ -133,10 +135,16 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- m.lostDesc
 }
 
+// viaLabels are the interfaces the holders and waiters gauges always
+// report, so that dashboards see every series from the start.
+var viaLabels = []lockengine.Via{lockengine.ViaOpen, lockengine.ViaFlock, lockengine.ViaPOSIX}
+
 // Collect implements prometheus.Collector: the gauges, from one
 // Engine.Snapshot (which never blocks on a lock).
 func (m *metrics) Collect(ch chan<- prometheus.Metric) {
-	var held, holders, waiters, lost int
+	var held, lost int
+	holders := map[lockengine.Via]int{}
+	waiters := map[lockengine.Via]int{}
 	if p := m.eng.Load(); p != nil {
 		for _, info := range (*p).Snapshot() {
 			switch info.State {
@@ -145,12 +153,28 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 			case lockengine.StateLost:
 				lost++
 			}
-			holders += info.Holders
-			waiters += info.Waiters
+			for _, l := range info.Leases {
+				if !l.Lost {
+					holders[l.Owner.Via]++
+				}
+			}
+			for _, o := range info.Waiting {
+				waiters[o.Via]++
+			}
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(m.heldDesc, prometheus.GaugeValue, float64(held))
-	ch <- prometheus.MustNewConstMetric(m.holdersDesc, prometheus.GaugeValue, float64(holders))
-	ch <- prometheus.MustNewConstMetric(m.waitersDesc, prometheus.GaugeValue, float64(waiters))
+	emit := func(d *prometheus.Desc, counts map[lockengine.Via]int) {
+		for _, v := range viaLabels {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(counts[v]), v.String())
+		}
+		// Leases taken through the Go API (the engine's own, during a
+		// break's lock-delay) have no interface.
+		if n := counts[lockengine.ViaUnknown]; n > 0 {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(n), "engine")
+		}
+	}
+	emit(m.holdersDesc, holders)
+	emit(m.waitersDesc, waiters)
 	ch <- prometheus.MustNewConstMetric(m.lostDesc, prometheus.GaugeValue, float64(lost))
 }

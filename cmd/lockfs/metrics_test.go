@@ -21,7 +21,7 @@ func gather(t *testing.T, m *metrics) map[string]float64 {
 	out := map[string]float64{}
 	for _, f := range fams {
 		for _, s := range f.GetMetric() {
-			if len(s.GetLabel()) > 0 && !hasLabel(s, "mode", "exclusive") {
+			if len(s.GetLabel()) > 0 && !hasLabel(s, "mode", "exclusive") && !hasLabel(s, "via", "flock") {
 				continue
 			}
 			switch {
@@ -55,7 +55,7 @@ func TestMetricsCollect(t *testing.T) {
 	m.setEngine(q)
 
 	ctx := context.Background()
-	l, err := q.Acquire(lockengine.WithOwner(ctx, lockengine.Owner{UID: 5}), "x", lockengine.Exclusive)
+	l, err := q.Acquire(lockengine.WithOwner(ctx, lockengine.Owner{UID: 5, Via: lockengine.ViaFlock}), "x", lockengine.Exclusive)
 	require.NoError(t, err)
 	v := gather(t, m)
 	assert.Equal(t, 1.0, v[metricLocksHeld])

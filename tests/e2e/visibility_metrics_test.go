@@ -54,7 +54,7 @@ func TestMetrics(t *testing.T) {
 	w := e.Waiter(t, d.Path("x"), "w")
 	harness.Eventually(t, patience, func() (bool, string) {
 		p := scrapeMetrics(t, url)
-		return hasMetricSample(p, "lockfs_locks_held 1") && hasMetricSample(p, "lockfs_lock_waiters 1"), p
+		return hasMetricSample(p, "lockfs_locks_held 1") && hasMetricSample(p, `lockfs_lock_waiters{via="open"} 1`), p
 	})
 	require.NoError(t, unix.Unlink(d.Path("x")))
 	harness.Granted(t, w, patience)
