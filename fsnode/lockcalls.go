@@ -105,7 +105,16 @@ func (h *handle) setlk(ctx context.Context, owner uint64, lk *fuse.FileLock, fla
 			fmt.Errorf("lock %q: lock type %d: %w", h.name, lk.Typ, lockengine.ErrInvalidMode))
 	}
 	slot := h.slotFor(owner, via, true)
-	if err := slot.Lock(withOwner(ctx, via), mode, wait); err != nil {
+	ctx = withOwner(ctx, via)
+	err := slot.Lock(ctx, mode, false)
+	if wait && errors.Is(err, lockengine.ErrWouldBlock) {
+		// Parked like a waiting open, so that the RELEASE that frees
+		// the name lets this call run at once (see handle.Release).
+		unpark := h.fsys.park(h.name)
+		err = slot.Lock(ctx, mode, true)
+		unpark()
+	}
+	if err != nil {
 		return h.fsys.fail(via.String(), h.name, mode, err)
 	}
 	if h.fsys.log.Enabled(context.Background(), slog.LevelDebug) {
