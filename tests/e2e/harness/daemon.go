@@ -127,10 +127,10 @@ func (e *Env) SpawnDaemon(t testing.TB, c DaemonConfig) *Daemon {
 // and info, until the daemon has logged msg=mounted. It fails t (with the
 // daemon's log) if the daemon exits first or timeout passes.
 //
-// The mount shows in mountinfo before go-fuse has finished mounting: its
-// WaitMount then opens a file on the new mount (.go-fuse-epoll-hack), served
-// by the daemon itself. A daemon SIGKILLed in that window keeps a thread in
-// D state forever, so tests wait for the log line too.
+// The mount shows in mountinfo while the daemon is still inside
+// fsnode.Mount; msg=mounted is logged once Mount has returned and the
+// daemon serves, so a test that then signals or kills the daemon sees its
+// steady-state behaviour, not its start-up.
 func (d *Daemon) WaitReady(timeout time.Duration) {
 	d.t.Helper()
 	deadline := time.Now().Add(timeout)

@@ -45,8 +45,11 @@ const RequiredEnv = "LOCKFS_E2E_REQUIRED"
 const Patience = 15 * time.Second
 
 // Settle is how long a test lets a request that is already blocked in the
-// kernel reach the daemon before it relies on the daemon's arrival order. No
-// interface shows a daemon's queue, so this one sleep cannot be a poll.
+// kernel reach the daemon's queue before it relies on the daemon's arrival
+// order. It is a fixed sleep, not a poll of the lock file's
+// user.lockfs.waiters xattr (the count of its queued opens), because
+// Proc.WaitBlockedInOpen, which uses it, knows the waiting process but not
+// the lock's path.
 const Settle = 150 * time.Millisecond
 
 //go:embed pyclient.py
