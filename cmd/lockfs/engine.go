@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/lockfs/lockfs/lockengine"
+	"github.com/lockfs/lockfs/lockengine/dirlock"
 	"github.com/lockfs/lockfs/lockengine/etcdlock"
 )
 
@@ -157,7 +158,7 @@ func openBackend(cfg mountConfig, root bool, logger *slog.Logger) (lockengine.Ba
 		if err := os.MkdirAll(cfg.stateDir, stateDirPerm(root)); err != nil {
 			return nil, fmt.Errorf("mount: state dir: %w", err)
 		}
-		b, err := lockengine.OpenDir(cfg.stateDir, lockengine.DirOptions{
+		b, err := dirlock.Open(cfg.stateDir, dirlock.Options{
 			Heartbeat:     cfg.heartbeat,
 			TakeoverAfter: cfg.takeoverAfter,
 			Logger:        logger,

@@ -1,4 +1,4 @@
-package lockengine
+package dirlock
 
 import (
 	"bytes"
@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/lockfs/lockfs/lockengine"
 )
 
 // This file holds the low-level pieces of the directory backend: lock files,
@@ -118,8 +120,8 @@ func ignoringEINTR2(f func() (int, error)) (int, error) {
 	}
 }
 
-func flockHow(m Mode) int {
-	if m == Exclusive {
+func flockHow(m lockengine.Mode) int {
+	if m == lockengine.Exclusive {
 		return unix.LOCK_EX
 	}
 	return unix.LOCK_SH
@@ -144,7 +146,7 @@ type guard struct {
 }
 
 // errGuardBusy: the guard was not available within the bounded wait.
-var errGuardBusy = fmt.Errorf("guard busy: %w", ErrWouldBlock)
+var errGuardBusy = fmt.Errorf("guard busy: %w", lockengine.ErrWouldBlock)
 
 func (g *guard) lockShared(wait bool) error {
 	g.rw.RLock()

@@ -1,4 +1,4 @@
-package lockengine_test
+package dirlock_test
 
 import (
 	"testing"
@@ -7,15 +7,16 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/lockfs/lockfs/lockengine"
+	"github.com/lockfs/lockfs/lockengine/dirlock"
 	"github.com/lockfs/lockfs/lockengine/enginetest"
 )
 
-// dirEngines returns two engines on one backing directory: two daemons
+// engines returns two engines on one backing directory: two daemons
 // sharing a state dir.
-func dirEngines(t *testing.T) (a, b lockengine.Engine) {
+func engines(t *testing.T) (a, b lockengine.Engine) {
 	dir := t.TempDir()
 	open := func() lockengine.Engine {
-		be, err := lockengine.OpenDir(dir, lockengine.DirOptions{Heartbeat: 100 * time.Millisecond})
+		be, err := dirlock.Open(dir, dirlock.Options{Heartbeat: 100 * time.Millisecond})
 		require.NoError(t, err)
 		q := lockengine.NewQueue(be, nil, lockengine.WithLockDelay(enginetest.LockDelay))
 		t.Cleanup(func() { require.NoError(t, q.Close()) })
@@ -24,6 +25,6 @@ func dirEngines(t *testing.T) (a, b lockengine.Engine) {
 	return open(), open()
 }
 
-func TestDirConformance(t *testing.T) {
-	enginetest.Run(t, dirEngines)
+func TestConformance(t *testing.T) {
+	enginetest.Run(t, engines)
 }

@@ -1,4 +1,4 @@
-package lockengine
+package dirlock
 
 import (
 	"fmt"
@@ -9,18 +9,19 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/lockfs/lockfs/heartbeat"
+	"github.com/lockfs/lockfs/lockengine"
+	"github.com/lockfs/lockfs/lockengine/dirlock/internal/heartbeat"
 )
 
-// dirHold is a DirBackend grant: a descriptor holding flock(2) on the lock
+// hold is a Backend grant: a descriptor holding flock(2) on the lock
 // file, refreshed and verified by the heartbeat loop.
-type dirHold struct {
-	b     *DirBackend
+type hold struct {
+	b     *Backend
 	name  string
-	mode  Mode
+	mode  lockengine.Mode
 	token atomic.Uint64
 	reg   heartbeat.Registration
-	lost  func(error) // the Queue's callback
+	lost  func(error) // the lockengine.Queue's callback
 
 	lastBeat atomic.Int64 // unix ns of the last successful refresh
 
@@ -30,10 +31,10 @@ type dirHold struct {
 	gone   bool     // guarded by mu; the heartbeat reported the lock lost
 }
 
-var _ heartbeat.Target = (*dirHold)(nil)
+var _ heartbeat.Target = (*hold)(nil)
 
-func (b *DirBackend) newHold(name string, lf lockFile, mode Mode, tok uint64, lost func(error)) *dirHold {
-	h := &dirHold{b: b, name: name, mode: mode, lf: lf, lost: lost}
+func (b *Backend) newHold(name string, lf lockFile, mode lockengine.Mode, tok uint64, lost func(error)) *hold {
+	h := &hold{b: b, name: name, mode: mode, lf: lf, lost: lost}
 	h.token.Store(tok)
 	b.mu.Lock()
 	b.holds[name] = h
@@ -43,19 +44,19 @@ func (b *DirBackend) newHold(name string, lf lockFile, mode Mode, tok uint64, lo
 }
 
 // Lost implements heartbeat.Target.
-func (h *dirHold) Lost(err error) {
+func (h *hold) Lost(err error) {
 	h.mu.Lock()
 	h.gone = true
 	h.mu.Unlock()
 	h.b.log.Warn("lock lost", "lock", h.name, "mode", h.mode, "token", h.token.Load(), "err", err)
 	if h.lost != nil {
-		h.lost(fmt.Errorf("lock %q: %w: %w", h.name, ErrLost, err))
+		h.lost(fmt.Errorf("lock %q: %w: %w", h.name, lockengine.ErrLost, err))
 	}
 }
 
 // Valid implements Hold. A flock cannot expire while its descriptor is
 // open, so a dir hold is valid until the heartbeat reports it lost.
-func (h *dirHold) Valid() bool {
+func (h *hold) Valid() bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return !h.gone
@@ -63,11 +64,11 @@ func (h *dirHold) Valid() bool {
 
 // Bump implements Bumper: read the record and write token+1 under the
 // exclusive flock this hold has.
-func (h *dirHold) Bump() (uint64, error) {
+func (h *hold) Bump() (uint64, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.closed || h.gone || h.mode != Exclusive {
-		return 0, fmt.Errorf("lock %q: bump: %w", h.name, ErrNotHeld)
+	if h.closed || h.gone || h.mode != lockengine.Exclusive {
+		return 0, fmt.Errorf("lock %q: bump: %w", h.name, lockengine.ErrNotHeld)
 	}
 	tok, _, err := readRecord(h.lf.fd, tokenPrefix)
 	if err == nil {
@@ -82,11 +83,11 @@ func (h *dirHold) Bump() (uint64, error) {
 }
 
 // Token implements Hold.
-func (h *dirHold) Token() uint64 { return h.token.Load() }
+func (h *hold) Token() uint64 { return h.token.Load() }
 
 // Beat implements heartbeat.Target: refresh the file's times and verify that
 // the lock path still names the locked inode.
-func (h *dirHold) Beat() error {
+func (h *hold) Beat() error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
@@ -110,7 +111,7 @@ func (h *dirHold) Beat() error {
 
 // LastHeartbeat implements HeartbeatReporter: the last refresh, or the
 // zero time before the first one (the grant's own write).
-func (h *dirHold) LastHeartbeat() time.Time {
+func (h *hold) LastHeartbeat() time.Time {
 	if ns := h.lastBeat.Load(); ns != 0 {
 		return time.Unix(0, ns)
 	}
@@ -119,7 +120,7 @@ func (h *dirHold) LastHeartbeat() time.Time {
 
 // Unlock implements Hold. The descriptor goes back to the idle cache unless
 // the lock was lost.
-func (h *dirHold) Unlock() error {
+func (h *hold) Unlock() error {
 	h.mu.Lock()
 	if h.closed {
 		h.mu.Unlock()
@@ -153,7 +154,7 @@ func (h *dirHold) Unlock() error {
 
 // sweepLoop removes unused lock files every SweepInterval, so names that are
 // no longer used do not pile up.
-func (b *DirBackend) sweepLoop() {
+func (b *Backend) sweepLoop() {
 	defer close(b.sweepDone)
 	t := time.NewTicker(b.opts.SweepInterval)
 	defer t.Stop()
@@ -173,7 +174,7 @@ func (b *DirBackend) sweepLoop() {
 // exclusively, after verifying that the path still names that inode, and
 // its token is first saved in the guard's floor, so later grants of the
 // name still get larger tokens. It returns how many files it removed.
-func (b *DirBackend) Sweep() int {
+func (b *Backend) Sweep() int {
 	names, err := readDirNames(b.locksFd)
 	if err != nil {
 		b.log.Warn("sweep: read backing directory", "dir", b.dir, "err", err)
@@ -204,7 +205,7 @@ func (b *DirBackend) Sweep() int {
 	return removed
 }
 
-func (b *DirBackend) removeIfUnused(name string) bool {
+func (b *Backend) removeIfUnused(name string) bool {
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
