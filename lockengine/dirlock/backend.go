@@ -1,3 +1,10 @@
+// Package dirlock is the lockengine.Backend of one host: each lock name is
+// a file in a local backing directory, held with flock(2), so processes
+// (and containers) that share the directory on one kernel exclude each
+// other. A heartbeat refreshes and verifies every held lock file and
+// reports a lock lost when its file is removed or replaced; an optional
+// takeover replaces the file of a holder that stopped refreshing it; a
+// sweeper removes unused files. See docs/design.md for the invariants.
 package dirlock
 
 import (
@@ -5,10 +12,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -418,36 +423,6 @@ func (b *Backend) verifyAndRecord(name string, lf lockFile, mode lockengine.Mode
 	return tok, err
 }
 
-// unarmedRecently reports whether the takeover marker was seen absent at
-// most half a heartbeat ago (or is absent now). An unguarded attempt calls
-// it after its record write: see takeoverMarker.
-func (b *Backend) unarmedRecently() bool {
-	if b.sinceEpoch()-b.checkedAt.Load() <= int64(b.opts.Heartbeat)/2 && !b.armed.Load() {
-		return true
-	}
-	b.refreshArmed()
-	return !b.armed.Load()
-}
-
-// readFloor reads the token floor. A sweeper may be rewriting it (under
-// the guard held exclusively); an attempt that does not hold the guard
-// reads until two consecutive reads agree, so a read torn by a concurrent
-// write is never used, and a stopped sweeper cannot block new names.
-func (b *Backend) readFloor(guarded bool) (uint64, error) {
-	prev, err := b.guard.floor()
-	if guarded || err != nil {
-		return prev, err
-	}
-	for range 100 {
-		cur, err := b.guard.floor()
-		if err != nil || cur == prev {
-			return cur, err
-		}
-		prev = cur
-	}
-	return 0, fmt.Errorf("guard: token floor keeps changing: %w", lockengine.ErrWouldBlock)
-}
-
 func (b *Backend) verifyAndRecordLocked(name string, lf lockFile, mode lockengine.Mode, guarded bool) (uint64, error) {
 	var st unix.Stat_t
 	switch err := fstatat(b.locksFd, name, &st); {
@@ -482,36 +457,6 @@ func (b *Backend) verifyAndRecordLocked(name string, lf lockFile, mode lockengin
 	return tok, nil
 }
 
-// takeoverMarker is the file whose existence says that some backend on the
-// directory may take over locks (TakeoverAfter > 0). It is never removed by
-// lockfs.
-//
-// The guard only protects acquirers against takeovers: removal of unused
-// files is done by a process holding the file's flock exclusively, which no
-// acquirer can hold at the same time. So while no backend on the directory
-// has takeover enabled, acquirers skip the guard. This is safe because a
-// takeover backend creates the marker before it starts watching any file,
-// and takes over only after watching an unchanged file for TakeoverAfter
-// (at least 3 heartbeats). An unguarded acquirer, right after writing its
-// record, confirms that the marker was absent at most half a heartbeat
-// earlier (or is absent now), else it gives the grant up and retries under
-// the guard. So its write either lands inside any takeover's watch window,
-// which it resets, or precedes the window, in which case its verification
-// also preceded the takeover's replacement of the file.
-const takeoverMarker = "takeover"
-
-// refreshArmed looks for the takeover marker.
-func (b *Backend) refreshArmed() {
-	now := b.sinceEpoch()
-	var st unix.Stat_t
-	if err := fstatat(b.dirFd, takeoverMarker, &st); err != unix.ENOENT {
-		b.armed.Store(true) // present, or unknown: take the safe path
-	}
-	b.checkedAt.Store(now)
-}
-
-func (b *Backend) sinceEpoch() int64 { return int64(time.Since(b.epoch)) }
-
 // putIdle keeps an unlocked descriptor for the next attempt on name.
 func (b *Backend) putIdle(name string, lf lockFile) {
 	b.mu.Lock()
@@ -530,111 +475,6 @@ func (b *Backend) keepIdleLocked(name string, lf lockFile) bool {
 	}
 	b.idle[name] = lf
 	return true
-}
-
-func closeFd(fd int) {
-	if fd >= 0 {
-		_ = unix.Close(fd)
-	}
-}
-
-// staleWatch tracks how long the file at a lock path has gone without a
-// refresh, on this process's monotonic clock, so that wall-clock jumps and
-// suspends of the holder's machine cannot make a holder look stale.
-type staleWatch struct {
-	valid       bool
-	dev, ino    uint64
-	mtim, ctim  unix.Timespec
-	since, last time.Time
-}
-
-// watchStale observes the lock file and, once it has been unchanged for
-// TakeoverAfter while its flock stays held, takes the name over. It returns
-// a hold when it took over.
-func (b *Backend) watchStale(w *staleWatch, name string, lf lockFile, mode lockengine.Mode, lost func(error)) (lockengine.Hold, error) {
-	now := time.Now()
-	if w.valid && now.Sub(w.last) < b.opts.TakeoverAfter/16 {
-		return nil, nil
-	}
-	w.last = now
-	var st unix.Stat_t
-	if err := fstatat(b.locksFd, name, &st); err != nil {
-		w.valid = false
-		return nil, nil // vanished: the next attempt reopens
-	}
-	if !w.valid || st.Dev != w.dev || st.Ino != w.ino || st.Mtim != w.mtim || st.Ctim != w.ctim {
-		*w = staleWatch{valid: true, dev: st.Dev, ino: st.Ino, mtim: st.Mtim, ctim: st.Ctim, since: now, last: now}
-		return nil, nil
-	}
-	if now.Sub(w.since) < b.opts.TakeoverAfter {
-		return nil, nil
-	}
-	h, err := b.takeover(name, lf, mode, w, lost)
-	if err != nil {
-		w.valid = false
-		if errors.Is(err, lockengine.ErrWouldBlock) {
-			return nil, nil
-		}
-		return nil, err
-	}
-	return h, nil
-}
-
-// takeover replaces the lock file of a stuck holder with a new inode that
-// this process holds, under the guard held exclusively, with a token above
-// the old one. The old holder's heartbeat sees the replacement and reports
-// the lock lost. lf is closed on success.
-func (b *Backend) takeover(name string, lf lockFile, mode lockengine.Mode, w *staleWatch, lost func(error)) (lockengine.Hold, error) {
-	if err := b.guard.lockExclusive(); err != nil {
-		return nil, err
-	}
-	defer b.guard.unlockExclusive()
-	var st unix.Stat_t
-	if err := fstatat(b.locksFd, name, &st); err != nil ||
-		st.Dev != w.dev || st.Ino != w.ino || st.Mtim != w.mtim || st.Ctim != w.ctim ||
-		st.Dev != lf.dev || st.Ino != lf.ino {
-		return nil, fmt.Errorf("lock %q: changed before takeover: %w", name, lockengine.ErrWouldBlock)
-	}
-	// Still held? If the flock is free this is an ordinary acquisition.
-	if err := flock(lf.fd, unix.LOCK_EX|unix.LOCK_NB); err == nil {
-		_ = flock(lf.fd, unix.LOCK_UN)
-		return nil, fmt.Errorf("lock %q: holder left: %w", name, lockengine.ErrWouldBlock)
-	}
-	old, _, err := readRecord(lf.fd, tokenPrefix)
-	if err != nil {
-		return nil, fmt.Errorf("lock %q: takeover: %w", name, err)
-	}
-	floor, err := b.guard.floor()
-	if err != nil {
-		return nil, fmt.Errorf("lock %q: takeover: %w", name, err)
-	}
-	tok := max(old, floor) + 1
-	tmpName := "takeover-" + strconv.FormatUint(rand.Uint64(), 36)
-	fd, err := unix.Openat(b.tmpFd, tmpName, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("lock %q: takeover: create: %w", name, err)
-	}
-	var nst unix.Stat_t
-	err = unix.Fstat(fd, &nst)
-	if err == nil {
-		err = writeRecord(fd, tokenPrefix, tok)
-	}
-	if err == nil {
-		err = flock(fd, flockHow(mode)|unix.LOCK_NB)
-	}
-	if err == nil {
-		err = unix.Renameat(b.tmpFd, tmpName, b.locksFd, name)
-	}
-	if err != nil {
-		_ = unix.Unlinkat(b.tmpFd, tmpName, 0)
-		closeFd(fd)
-		return nil, fmt.Errorf("lock %q: takeover: %w", name, err)
-	}
-	closeFd(lf.fd)
-	b.log.Warn("took over lock from a holder that stopped refreshing it",
-		"lock", name, "mode", mode, "token", tok, "old_token", old,
-		"unrefreshed_for", time.Since(w.since).Round(time.Millisecond))
-	return b.newHold(name, lockFile{fd: fd, dev: nst.Dev, ino: nst.Ino}, mode, tok, lost), nil
 }
 
 // Close implements Backend: it stops the sweeper and the heartbeat, and

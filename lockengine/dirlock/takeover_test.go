@@ -1,10 +1,9 @@
 package dirlock
 
-// The seed's failing scenario, rebuilt: a stuck live holder and 12
-// contenders. With takeover off nobody may ever acquire while the holder
-// is stuck, however old its lock file looks. With takeover on, every stuck
-// holder is replaced by exactly one contender at a time, tokens grow, and
-// the replaced holder learns that it lost the lock.
+// A stuck live holder and 12 contenders. With takeover off nobody may ever
+// acquire while the holder is stuck, however old its lock file looks. With
+// takeover on, every stuck holder is replaced by exactly one contender at a
+// time, tokens grow, and the replaced holder learns that it lost the lock.
 
 import (
 	"context"
@@ -34,8 +33,8 @@ func ageFile(t *testing.T, path string) {
 	require.NoError(t, unix.UtimesNanoAt(unix.AT_FDCWD, path, ts, unix.AT_SYMLINK_NOFOLLOW))
 }
 
-// takeoverOffContenders runs the takeover-off half of the seed scenario
-// once the stuck holder exists: 12 contenders, each with its own backend
+// takeoverOffContenders runs the takeover-off half of the stuck-holder
+// scenario once the stuck holder exists: 12 contenders, each with its own backend
 // and queue, wait through 20 heartbeat intervals and none may acquire;
 // then unstick releases the holder and every contender must get the lock,
 // one at a time.
@@ -98,28 +97,28 @@ func TestTakeoverOffStuckHolder(t *testing.T) {
 	t.Run("stopped heartbeat", func(t *testing.T) {
 		dir := t.TempDir()
 		b, q := openQueue(t, dir, Options{Heartbeat: hb})
-		l := acquire(t, q, "seed", lockengine.Exclusive)
-		mustHold(t, b, "seed").reg.Stop() // stuck: flock held, never refreshed
-		ageFile(t, lockPath(dir, "seed"))
-		takeoverOffContenders(t, dir, "seed", hb, func() {
+		l := acquire(t, q, "stuck", lockengine.Exclusive)
+		mustHold(t, b, "stuck").reg.Stop() // stuck: flock held, never refreshed
+		ageFile(t, lockPath(dir, "stuck"))
+		takeoverOffContenders(t, dir, "stuck", hb, func() {
 			require.NoError(t, l.Err(), "the stuck holder still holds")
 			require.NoError(t, l.Release())
 		})
 	})
 	t.Run("stopped process", func(t *testing.T) {
 		dir := t.TempDir()
-		p := startHelper(t, "contend", helperArgs{Dir: dir, Name: "seed", Heartbeat: hb})
+		p := startHelper(t, "contend", helperArgs{Dir: dir, Name: "stuck", Heartbeat: hb})
 		p.expect(t, "waiting", 30*time.Second)
 		p.expect(t, "granted", 30*time.Second)
 		p.signal(t, syscall.SIGSTOP)
 		p.waitStopped(t)
-		ageFile(t, lockPath(dir, "seed"))
-		takeoverOffContenders(t, dir, "seed", hb, func() { p.signal(t, syscall.SIGKILL) })
+		ageFile(t, lockPath(dir, "stuck"))
+		takeoverOffContenders(t, dir, "stuck", hb, func() { p.signal(t, syscall.SIGKILL) })
 	})
 }
 
-// TestTakeoverStuckHolders: the seed scenario with takeover on and short
-// intervals. 13 instances (each its own backend and queue) share a
+// TestTakeoverStuckHolders: the stuck-holder scenario with takeover on and
+// short intervals. 13 instances (each its own backend and queue) share a
 // directory; whoever is granted enters an exclusive section, leaves it and
 // becomes a stuck holder (its heartbeat blocked, never released), so each
 // of the next grants needs a real takeover while 12 contenders race for it.
@@ -134,7 +133,7 @@ func TestTakeoverStuckHolders(t *testing.T) {
 		trials = 2000
 	}
 	dir := t.TempDir()
-	const name = "seed"
+	const name = "stuck"
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 
@@ -326,8 +325,8 @@ func TestTakeoverLiveHolderSeesLost(t *testing.T) {
 	assert.LessOrEqual(t, d, lostBound(hb))
 }
 
-// TestTakeoverStoppedProcessSeesLost: the seed's heartbeat-starvation case
-// with takeover on. A helper holding the name is SIGSTOPped; a contender
+// TestTakeoverStoppedProcessSeesLost: heartbeat starvation with takeover
+// on. A helper holding the name is SIGSTOPped; a contender
 // takes over, no sooner than TakeoverAfter after the holder's last
 // possible refresh, with a larger token; when the helper is continued it
 // reports the lock lost within about one interval.
