@@ -136,7 +136,7 @@ type fixture struct {
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	b := newFakeBackend()
-	q := lockengine.NewQueue(b, nil)
+	q := lockengine.NewQueue(b, lockengine.QueueOptions{})
 	t.Cleanup(func() { _ = q.Close() })
 	logs := &syncBuffer{}
 	lg := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))

@@ -43,31 +43,41 @@ func (q *Queue) grantWaiter(e *entry, g *group, w *waiter, now time.Time) {
 	close(w.ready)
 }
 
-// QueueOption configures a Queue.
-type QueueOption func(*Queue)
-
-// WithLockDelay sets how long a name stays unavailable after Break, so that
-// a stuck holder that wakes up cannot act at once while another holder
-// already does (Chubby's lock-delay). Default DefaultLockDelay.
-func WithLockDelay(d time.Duration) QueueOption {
-	return func(q *Queue) { q.lockDelay = max(d, 0) }
+// QueueOptions configure a Queue. The zero value gives the defaults.
+type QueueOptions struct {
+	// Log receives the Queue's warnings (locks lost, acquisitions
+	// failed, locks broken); nil discards them.
+	Log *slog.Logger
+	// LockDelay is how long a name stays unavailable after Break, so
+	// that a stuck holder that wakes up cannot act at once while another
+	// holder already does (Chubby's lock-delay). Zero means
+	// DefaultLockDelay; NoLockDelay (any negative value) means none.
+	LockDelay time.Duration
+	// Observer, if not nil, is told of grants, releases and losses (for
+	// metrics).
+	Observer Observer
 }
 
-// WithObserver reports grants, releases and losses to o (for metrics).
-func WithObserver(o Observer) QueueOption {
-	return func(q *Queue) { q.obs = o }
-}
+// NoLockDelay, as QueueOptions.LockDelay, makes a broken name available
+// to waiters at once.
+const NoLockDelay time.Duration = -1
 
-// NewQueue returns an Engine that grants locks through b. A nil log
-// discards log output. The Queue owns b: Close closes it.
-func NewQueue(b Backend, log *slog.Logger, opts ...QueueOption) *Queue {
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	q := &Queue{b: b, log: log, lockDelay: DefaultLockDelay, obs: nopObserver{},
+// NewQueue returns an Engine that grants locks through b, configured by
+// opts. The Queue owns b: Close closes it.
+func NewQueue(b Backend, opts QueueOptions) *Queue {
+	q := &Queue{b: b, log: opts.Log, lockDelay: opts.LockDelay, obs: opts.Observer,
 		entries: make(map[string]*entry)}
-	for _, o := range opts {
-		o(q)
+	if q.log == nil {
+		q.log = slog.New(slog.DiscardHandler)
+	}
+	switch {
+	case q.lockDelay == 0:
+		q.lockDelay = DefaultLockDelay
+	case q.lockDelay < 0:
+		q.lockDelay = 0
+	}
+	if q.obs == nil {
+		q.obs = nopObserver{}
 	}
 	return q
 }

@@ -54,7 +54,7 @@ func benchUncontended(dir string, n int) error {
 	if err != nil {
 		return err
 	}
-	q := lockengine.NewQueue(be, nil)
+	q := lockengine.NewQueue(be, lockengine.QueueOptions{})
 	defer q.Close()
 	ctx := context.Background()
 	barePath := filepath.Join(dir, "bare")
@@ -166,7 +166,7 @@ func runHandoffChild(args []string) error {
 	if err != nil {
 		return err
 	}
-	q := lockengine.NewQueue(be, nil)
+	q := lockengine.NewQueue(be, lockengine.QueueOptions{})
 	defer q.Close()
 	w := bufio.NewWriter(os.Stdout)
 	defer w.Flush()
@@ -227,7 +227,7 @@ func benchManyNames(dir string, n int) error {
 	if err != nil {
 		return err
 	}
-	q := lockengine.NewQueue(be, nil)
+	q := lockengine.NewQueue(be, lockengine.QueueOptions{})
 	defer q.Close()
 	ctx := context.Background()
 	before := heapInUse()

@@ -51,7 +51,7 @@ func TestMetricsCollect(t *testing.T) {
 	b, err := dirlock.Open(t.TempDir(), dirlock.Options{})
 	require.NoError(t, err)
 	m := newMetrics(b)
-	q := lockengine.NewQueue(b, nil, lockengine.WithObserver(m), lockengine.WithLockDelay(0))
+	q := lockengine.NewQueue(b, lockengine.QueueOptions{Observer: m, LockDelay: lockengine.NoLockDelay})
 	t.Cleanup(func() { _ = q.Close() })
 	m.setEngine(q)
 

@@ -231,7 +231,7 @@ func runMount(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer vis.stop()
-	eng := lockengine.NewQueue(backend, logger, vis.queueOptions...)
+	eng := lockengine.NewQueue(backend, vis.queueOptions)
 	vis.setEngine(eng)
 
 	// Catch signals before mounting so that none is lost in between.

@@ -44,7 +44,7 @@ func (vf *visibilityFlags) check() error {
 // and, with --metrics-addr, the metrics server.
 type visibility struct {
 	// queueOptions are passed to lockengine.NewQueue.
-	queueOptions []lockengine.QueueOption
+	queueOptions lockengine.QueueOptions
 	metrics      *metrics
 	srv          *http.Server
 	ln           net.Listener
@@ -58,12 +58,15 @@ func startVisibility(vf visibilityFlags, backend lockengine.Backend, logger *slo
 	if err := vf.check(); err != nil {
 		return nil, err
 	}
-	v := &visibility{log: logger, queueOptions: []lockengine.QueueOption{lockengine.WithLockDelay(vf.lockDelay)}}
+	v := &visibility{log: logger, queueOptions: lockengine.QueueOptions{Log: logger, LockDelay: vf.lockDelay}}
+	if vf.lockDelay == 0 {
+		v.queueOptions.LockDelay = lockengine.NoLockDelay
+	}
 	if vf.metricsAddr == "" {
 		return v, nil
 	}
 	v.metrics = newMetrics(backend)
-	v.queueOptions = append(v.queueOptions, lockengine.WithObserver(v.metrics))
+	v.queueOptions.Observer = v.metrics
 	ln, err := net.Listen("tcp", vf.metricsAddr)
 	if err != nil {
 		return nil, fmt.Errorf("mount: --metrics-addr: %w", err)

@@ -18,7 +18,7 @@ func engines(t *testing.T) (a, b lockengine.Engine) {
 	open := func() lockengine.Engine {
 		be, err := dirlock.Open(dir, dirlock.Options{Heartbeat: 100 * time.Millisecond})
 		require.NoError(t, err)
-		q := lockengine.NewQueue(be, nil, lockengine.WithLockDelay(enginetest.LockDelay))
+		q := lockengine.NewQueue(be, lockengine.QueueOptions{LockDelay: enginetest.LockDelay})
 		t.Cleanup(func() { require.NoError(t, q.Close()) })
 		return q
 	}

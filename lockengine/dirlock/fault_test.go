@@ -51,7 +51,7 @@ func prepareDir(t *testing.T, name string) string {
 	dir := t.TempDir()
 	b, err := Open(dir, Options{SweepInterval: -1})
 	require.NoError(t, err)
-	q := lockengine.NewQueue(b, nil)
+	q := lockengine.NewQueue(b, lockengine.QueueOptions{})
 	l, err := q.Acquire(context.Background(), name, lockengine.Exclusive)
 	require.NoError(t, err)
 	require.NoError(t, l.Release())

@@ -133,7 +133,7 @@ func contendChild(a helperArgs) int {
 		say("error %v", err)
 		return 1
 	}
-	q := lockengine.NewQueue(b, nil)
+	q := lockengine.NewQueue(b, lockengine.QueueOptions{})
 	defer q.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -350,7 +350,7 @@ func openQueue(t *testing.T, dir string, opts Options) (*Backend, *lockengine.Qu
 	}
 	b, err := Open(dir, opts)
 	require.NoError(t, err)
-	q := lockengine.NewQueue(b, nil)
+	q := lockengine.NewQueue(b, lockengine.QueueOptions{})
 	t.Cleanup(func() { _ = q.Close() })
 	return b, q
 }

@@ -85,7 +85,7 @@ func tortureChild(a helperArgs) int {
 			violate("open: %v", err)
 			return nil
 		}
-		q := lockengine.NewQueue(b, nil)
+		q := lockengine.NewQueue(b, lockengine.QueueOptions{})
 		backends = append(backends, b)
 		queues = append(queues, q)
 		return q
