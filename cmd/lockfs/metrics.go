@@ -25,7 +25,7 @@ const (
 	metricLosses        = "lockfs_losses_total"             // counter{mode}: leases lost (heartbeat, takeover, break)
 	metricWaitSeconds   = "lockfs_wait_seconds"             // histogram{mode}: open(2) to grant
 	metricHoldSeconds   = "lockfs_hold_seconds"             // histogram{mode}: grant to release
-	metricHeartbeatFail = "lockfs_heartbeat_failures_total" // counter: failed heartbeats (dir engine)
+	metricHeartbeatFail = "lockfs_heartbeat_failures_total" // counter: failed heartbeats (dir backend)
 )
 
 // metrics is the Prometheus side of a mount: a lockengine.Observer for the
