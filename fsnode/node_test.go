@@ -93,6 +93,13 @@ func (h *fakeHold) Valid() bool {
 	return !h.freed
 }
 
+func (h *fakeHold) Bump() (uint64, error) {
+	h.b.mu.Lock()
+	defer h.b.mu.Unlock()
+	h.b.token++
+	return h.b.token, nil
+}
+
 func (h *fakeHold) Unlock() error {
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -88,7 +88,7 @@ func (q *Queue) Break(ctx context.Context, name string, by Owner) error {
 	q.log.Warn("lock broken", "lock", name, "mode", g.mode, "token", g.token,
 		"uid", by.UID, "pid", by.PID, "lock_delay", q.lockDelay)
 	now := time.Now()
-	if b, ok := g.hold.(Bumper); ok && g.mode == Exclusive {
+	if g.mode == Exclusive {
 		// Keep the backend hold across the break, so no other process
 		// gets in before the delay: end the leases, bump the token, and
 		// hand the hold to a lease of the engine's own.
@@ -99,7 +99,7 @@ func (q *Queue) Break(ctx context.Context, name string, by Owner) error {
 			q.obs.Lost(e.name, l.mode, cause)
 		}
 		g.leases.endAll(cause)
-		tok, err := b.Bump()
+		tok, err := g.hold.Bump()
 		if err == nil {
 			ng := &group{mode: Exclusive, hold: g.hold, token: tok, since: now}
 			e.group = ng

@@ -281,11 +281,7 @@ func (q *Queue) grant(e *entry, g *group, mode Mode, owner Owner, now time.Time)
 func (q *Queue) join(e *entry, mode Mode, owner Owner, now time.Time) (*Lease, error) {
 	g := e.group
 	if mode == Exclusive && g.leases.n > 0 {
-		b, ok := g.hold.(Bumper)
-		if !ok {
-			return nil, fmt.Errorf("lock %q: %w: the backend cannot give a second exclusive holder a token of its own", e.name, ErrInvalidMode)
-		}
-		tok, err := b.Bump()
+		tok, err := g.hold.Bump()
 		if err != nil {
 			return nil, fmt.Errorf("lock %q: %w", e.name, err)
 		}

@@ -30,7 +30,11 @@ type hold struct {
 	gone   bool     // guarded by mu; the heartbeat reported the lock lost
 }
 
-var _ heartbeat.Target = (*hold)(nil)
+var (
+	_ lockengine.Hold              = (*hold)(nil)
+	_ lockengine.HeartbeatReporter = (*hold)(nil)
+	_ heartbeat.Target             = (*hold)(nil)
+)
 
 func (b *Backend) newHold(name string, lf lockFile, mode lockengine.Mode, tok uint64, lost func(error)) *hold {
 	h := &hold{b: b, name: name, mode: mode, lf: lf, lost: lost}
@@ -61,7 +65,7 @@ func (h *hold) Valid() bool {
 	return !h.gone
 }
 
-// Bump implements Bumper: read the record and write token+1 under the
+// Bump implements lockengine.Hold: read the record and write token+1 under the
 // exclusive flock this hold has.
 func (h *hold) Bump() (uint64, error) {
 	h.mu.Lock()
@@ -108,7 +112,7 @@ func (h *hold) Beat() error {
 	return nil
 }
 
-// LastHeartbeat implements HeartbeatReporter: the last refresh, or the
+// LastHeartbeat implements lockengine.HeartbeatReporter: the last refresh, or the
 // zero time before the first one (the grant's own write).
 func (h *hold) LastHeartbeat() time.Time {
 	if ns := h.lastBeat.Load(); ns != 0 {

@@ -40,9 +40,7 @@ var _ lockengine.Hold = (*hold)(nil)
 // the package documentation).
 func (h *hold) Token() uint64 { return h.token.Load() }
 
-var _ lockengine.Bumper = (*hold)(nil)
-
-// Bump implements lockengine.Bumper for exclusive grants: it writes the
+// Bump implements lockengine.Hold for exclusive grants: it writes the
 // generation key while the grant's key still exists, and the revision of
 // that write is the new token. Requests queued before the write see it
 // when they are granted and take a token above it (see grantAt).
