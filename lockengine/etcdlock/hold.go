@@ -140,7 +140,6 @@ func (h *hold) lose(cause error) {
 func (h *hold) watchLoop(ctx context.Context, from int64) {
 	r := h.r
 	b := r.s.b
-	defer b.wg.Done()
 	for ctx.Err() == nil {
 		wch := b.client.Watch(ctx, r.key, clientv3.WithRev(from), clientv3.WithFilterPut())
 		for wr := range wch {
