@@ -2,13 +2,41 @@
 //
 // An [Engine] grants shared and exclusive locks on names. The one
 // implementation, [Queue], keeps a fair FIFO queue per name inside the
-// process and asks a [Backend] for the lock across processes: [DirBackend]
-// (flock(2) on files in a local directory) or, for many hosts, an etcd
-// backend. Callers only ever see [Lease] values.
+// process and asks a [Backend] for the lock across processes: the dir
+// backend (package lockengine/dirlock: flock(2) on files in a local
+// directory) or, for many hosts, the etcd backend (package
+// lockengine/etcdlock). Callers only ever see [Lease] values.
 //
 // Every grant carries a fencing token. Every exclusive grant of a name gets a
 // token strictly greater than every earlier grant of that name made through
 // the same backend; shared grants carry the current generation.
+//
+// # Glossary
+//
+//   - name: what a lock is called; a valid file name (see [ValidateName]),
+//     the same in every process that shares the backend.
+//   - mode: [Shared] (any number of holders) or [Exclusive] (one holder, or
+//     up to the name's limit set with SetLimit).
+//   - request: one Acquire or TryAcquire call for a name in a mode; it
+//     waits in the name's FIFO queue until granted, failed or cancelled.
+//   - lease: one granted request, a [Lease]; it ends when released, lost or
+//     the engine closes.
+//   - group: the leases of a name granted under one hold: one exclusive
+//     lease (or up to the limit), or any number of shared ones.
+//   - hold: one process's grant of a name from the backend, a [Hold]; the
+//     Queue keeps at most one per name.
+//   - backend: what excludes processes (or hosts) from each other, a
+//     [Backend]; the mount flag --engine picks it.
+//   - token: the fencing token of a grant (see above); a holder passes it
+//     to the resources it protects so they can refuse stale holders.
+//   - lost: a lease ended because the backend could no longer prove the
+//     hold (file removed or replaced, refresh failing, taken over, session
+//     expired) or because it was broken; its error wraps [ErrLost].
+//   - broken: lost by [Engine.Break] on an administrator's or holder's
+//     behalf; the error wraps [ErrBroken] too, and the name stays
+//     unavailable for the lock-delay.
+//   - released: ended by its holder with [Lease.Release]; the error wraps
+//     [ErrReleased].
 package lockengine
 
 import (
