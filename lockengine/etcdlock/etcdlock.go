@@ -90,11 +90,9 @@
 //
 // # Holds
 //
-// Besides Token and Unlock, the Holds a Backend returns have a method
-// Valid() bool (reach it with a type assertion to interface{ Valid() bool })
-// that reports synchronously whether the grant is still provably held; it
-// turns false as soon as the session lease's proven lifetime has run out, even
-// before the lost callback has run.
+// A Hold's Valid reports synchronously whether the grant is still provably
+// held; it turns false as soon as the session lease's proven lifetime has
+// run out, even before the lost callback has run.
 //
 // # Recovery time
 //
