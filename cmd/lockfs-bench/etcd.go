@@ -1,6 +1,6 @@
 package main
 
-// lockfs-bench etcd: what the etcd engine costs, side by side with etcd's
+// lockfs-bench etcd: what the etcd backend costs, side by side with etcd's
 // own lock in one run against one local single-node etcd.
 //
 //	lockfs-bench etcd [-n N] [-rounds R] [-handoffs N] [-lockfs PATH] [-etcdserver PATH] [-fsync=false]
@@ -12,7 +12,7 @@ package main
 //
 //   - an uncontended acquire+release through the mount: open(2)+close(2)
 //     of one name, which is what `exec 9>M/x; exec 9>&-` costs a script;
-//     also through a second daemon with the dir engine (the cost of FUSE
+//     also through a second daemon with the dir backend (the cost of FUSE
 //     and the daemon without etcd), and the etcdlock Backend called in
 //     process (what the engine asks of etcd);
 //   - etcd's client library lock (what `etcdctl lock` uses):
