@@ -93,6 +93,13 @@ func (h *fakeHold) Valid() bool {
 	return !h.freed
 }
 
+func (h *fakeHold) Bump() (uint64, error) {
+	h.b.mu.Lock()
+	defer h.b.mu.Unlock()
+	h.b.token++
+	return h.b.token, nil
+}
+
 func (h *fakeHold) Unlock() error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -136,7 +143,7 @@ type fixture struct {
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	b := newFakeBackend()
-	q := lockengine.NewQueue(b, nil)
+	q := lockengine.NewQueue(b, lockengine.QueueOptions{})
 	t.Cleanup(func() { _ = q.Close() })
 	logs := &syncBuffer{}
 	lg := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))

@@ -2,13 +2,41 @@
 //
 // An [Engine] grants shared and exclusive locks on names. The one
 // implementation, [Queue], keeps a fair FIFO queue per name inside the
-// process and asks a [Backend] for the lock across processes: [DirBackend]
-// (flock(2) on files in a local directory) or, for many hosts, an etcd
-// backend. Callers only ever see [Lease] values.
+// process and asks a [Backend] for the lock across processes: the dir
+// backend (package lockengine/dirlock: flock(2) on files in a local
+// directory) or, for many hosts, the etcd backend (package
+// lockengine/etcdlock). Callers only ever see [Lease] values.
 //
 // Every grant carries a fencing token. Every exclusive grant of a name gets a
 // token strictly greater than every earlier grant of that name made through
 // the same backend; shared grants carry the current generation.
+//
+// # Glossary
+//
+//   - name: what a lock is called; a valid file name (see [ValidateName]),
+//     the same in every process that shares the backend.
+//   - mode: [Shared] (any number of holders) or [Exclusive] (one holder, or
+//     up to the name's limit set with SetLimit).
+//   - request: one Acquire or TryAcquire call for a name in a mode; it
+//     waits in the name's FIFO queue until granted, failed or cancelled.
+//   - lease: one granted request, a [Lease]; it ends when released, lost or
+//     the engine closes.
+//   - group: the leases of a name granted under one hold: one exclusive
+//     lease (or up to the limit), or any number of shared ones.
+//   - hold: one process's grant of a name from the backend, a [Hold]; the
+//     Queue keeps at most one per name.
+//   - backend: what excludes processes (or hosts) from each other, a
+//     [Backend]; the mount flag --engine picks it.
+//   - token: the fencing token of a grant (see above); a holder passes it
+//     to the resources it protects so they can refuse stale holders.
+//   - lost: a lease ended because the backend could no longer prove the
+//     hold (file removed or replaced, refresh failing, taken over, session
+//     expired) or because it was broken; its error wraps [ErrLost].
+//   - broken: lost by [Engine.Break] on an administrator's or holder's
+//     behalf; the error wraps [ErrBroken] too, and the name stays
+//     unavailable for the lock-delay.
+//   - released: ended by its holder with [Lease.Release]; the error wraps
+//     [ErrReleased].
 package lockengine
 
 import (
@@ -250,15 +278,9 @@ func OwnerFrom(ctx context.Context) (Owner, bool) {
 	return o, ok
 }
 
-// Bumper is implemented by Holds that can raise their fencing token while
-// held exclusively, as Break does. Bump returns the new token, strictly
-// greater than every earlier one of the name.
-type Bumper interface {
-	Bump() (uint64, error)
-}
-
 // HeartbeatReporter is implemented by Holds that know when they last
-// refreshed their grant.
+// refreshed their grant. The Queue calls LastHeartbeat with the per-name
+// lock held (see Hold), for Snapshot and Inspect.
 type HeartbeatReporter interface {
 	LastHeartbeat() time.Time
 }
@@ -285,6 +307,12 @@ func (nopObserver) Lost(string, Mode, error)             {}
 // The Queue guarantees that for any one name there is at most one call in
 // progress and at most one Hold outstanding at a time, so a Backend needs no
 // per-name queueing of its own: it only excludes other processes.
+//
+// The Queue calls TryLock, Lock and Close without holding any lock of its
+// own: they may block on I/O (network round trips, waiting for another
+// holder). The lost callback they are given takes the per-name lock, so a
+// backend must never call it while holding a lock that it also takes in a
+// method the Queue calls with the per-name lock held (see Hold).
 type Backend interface {
 	// TryLock makes one attempt and returns an error wrapping ErrWouldBlock
 	// when another process holds name in a conflicting mode. It never waits
@@ -304,6 +332,18 @@ type Backend interface {
 }
 
 // Hold is one process's grant of a name from a Backend.
+//
+// The Queue calls Token and Bump (and LastHeartbeat, when the Hold is a
+// HeartbeatReporter) with the per-name lock held: the lock (entry.mu) that
+// every Acquire, Release, Break and loss of the name takes. They must
+// return promptly, Token and LastHeartbeat without I/O, Bump after at most
+// one bounded request (a write to the lock file, one etcd transaction
+// bounded by the operation timeout); they must not call back into the
+// Queue nor call the lost callback themselves. Valid is called without
+// the per-name lock, by Lease.Err on every check of a lease, from any
+// goroutine: it must be cheap and must not block on I/O. Unlock is called
+// without the per-name lock and may block on I/O; the Queue marks the name
+// busy meanwhile, so no other call for the name overlaps it.
 type Hold interface {
 	// Token is the fencing token of this grant.
 	Token() uint64
@@ -312,6 +352,13 @@ type Hold interface {
 	// possibly before the lost callback runs. Callers check it before
 	// acting on the lock's protection.
 	Valid() bool
+	// Bump raises the fencing token of an exclusive grant while it is
+	// held and returns the new token, strictly greater than every earlier
+	// token of the name. The Queue bumps when Break keeps the hold for the
+	// lock-delay and when a second or later exclusive holder joins a
+	// semaphore's group. A shared grant, or one no longer held, returns an
+	// error wrapping ErrNotHeld.
+	Bump() (uint64, error)
 	// Unlock gives the name back. It is idempotent.
 	Unlock() error
 }

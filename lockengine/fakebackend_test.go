@@ -61,10 +61,7 @@ type fakeHold struct {
 	unlocked sync.Once
 }
 
-var (
-	_ Hold   = (*fakeHold)(nil)
-	_ Bumper = (*fakeHold)(nil)
-)
+var _ Hold = (*fakeHold)(nil)
 
 func (h *fakeHold) Token() uint64 { return h.token }
 func (h *fakeHold) Valid() bool   { return h.valid.Load() }

@@ -15,7 +15,7 @@ import (
 // call Done and Err while leases are lost and released at the same time.
 func TestLeaseDoneRacesWithEnd(t *testing.T) {
 	b := newFakeBackend()
-	q := NewQueue(b, nil)
+	q := NewQueue(b, QueueOptions{})
 	t.Cleanup(func() { _ = q.Close() })
 	ctx := context.Background()
 

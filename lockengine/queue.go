@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,117 +36,6 @@ type Queue struct {
 
 var _ Engine = (*Queue)(nil)
 
-// entry is the state of one name. It lives in Queue.entries while anything
-// refers to it (an Acquire in progress, a waiter, a lease or a worker), and
-// a while longer when idle.
-type entry struct {
-	name string
-	// refs counts references. It goes up from zero only under Queue.mu;
-	// an entry whose refs are zero is idle and may be removed from the map
-	// (under Queue.mu).
-	refs atomic.Int64
-
-	mu      sync.Mutex
-	group   *group    // guarded by mu; the current holders, nil when none
-	waiters []*waiter // guarded by mu; FIFO
-	busy    busyKind  // guarded by mu; what is calling the backend for this name
-	worker  *worker   // guarded by mu; set when busy == busyWorker
-	lost    []*group  // guarded by mu; lost groups whose leases are not all released
-	limit   int       // guarded by mu; exclusive holders allowed at once (SetLimit), 1 by default
-	closed  bool      // guarded by mu
-}
-
-// admits reports whether a request in mode may join the current group g
-// (not lost): shared joins shared; exclusive joins exclusive while the
-// name's limit allows more holders. Called with e.mu held.
-func (e *entry) admits(g *group, mode Mode) bool {
-	if g.mode != mode {
-		return false
-	}
-	return mode == Shared || g.leases.n < e.limit
-}
-
-// busyKind says what is calling the backend for a name. Backend calls are
-// made without the entry lock (they may be network round trips), and while
-// one is in progress no other starts for the name: a Backend sees at most
-// one call and one hold per name. A group is only ever current while the
-// entry is notBusy.
-type busyKind uint8
-
-const (
-	notBusy    busyKind = iota
-	busyInline          // an uncontended Acquire's TryLock
-	busyWorker          // the worker's Lock, for the head of the queue
-	busyUnlock          // a hold being given back
-)
-
-// group is the set of leases granted under one backend Hold: one exclusive
-// lease, or any number of shared ones.
-type group struct {
-	mode  Mode
-	hold  Hold      // set when installed
-	token uint64    // hold.Token(), cached
-	since time.Time // when the hold was granted
-	// guarded by entry.mu:
-	leases  leaseList // unreleased leases
-	lostErr error     // set when the backend reported the hold lost
-}
-
-// leaseList is an intrusive doubly linked list of leases, so a grant costs
-// no allocation beyond the Lease itself.
-type leaseList struct {
-	head *Lease
-	n    int
-}
-
-func (ll *leaseList) add(l *Lease) {
-	l.next = ll.head
-	if ll.head != nil {
-		ll.head.prev = l
-	}
-	ll.head = l
-	l.listed = true
-	ll.n++
-}
-
-// remove unlinks l and reports whether it was listed.
-func (ll *leaseList) remove(l *Lease) bool {
-	if !l.listed {
-		return false
-	}
-	if l.prev != nil {
-		l.prev.next = l.next
-	} else {
-		ll.head = l.next
-	}
-	if l.next != nil {
-		l.next.prev = l.prev
-	}
-	l.prev, l.next, l.listed = nil, nil, false
-	ll.n--
-	return true
-}
-
-// endAll ends every listed lease with err; they stay listed until released.
-func (ll *leaseList) endAll(err error) {
-	for l := ll.head; l != nil; l = l.next {
-		l.end(err)
-	}
-}
-
-type waiter struct {
-	mode  Mode
-	owner Owner
-	since time.Time     // when the request was made
-	ready chan struct{} // closed once lease or err is set (under entry.mu)
-	lease *Lease
-	err   error
-}
-
-func newWaiter(mode Mode, owner Owner, since time.Time) *waiter {
-	return &waiter{mode: mode, owner: owner, since: since, ready: make(chan struct{})}
-}
-
 // grantWaiter grants w a lease in g and wakes it. Called with e.mu held.
 func (q *Queue) grantWaiter(e *entry, g *group, w *waiter, now time.Time) {
 	w.lease = q.grant(e, g, w.mode, w.owner, now)
@@ -155,39 +43,41 @@ func (q *Queue) grantWaiter(e *entry, g *group, w *waiter, now time.Time) {
 	close(w.ready)
 }
 
-type worker struct {
-	mode   Mode
-	cancel context.CancelFunc
+// QueueOptions configure a Queue. The zero value gives the defaults.
+type QueueOptions struct {
+	// Log receives the Queue's warnings (locks lost, acquisitions
+	// failed, locks broken); nil discards them.
+	Log *slog.Logger
+	// LockDelay is how long a name stays unavailable after Break, so
+	// that a stuck holder that wakes up cannot act at once while another
+	// holder already does (Chubby's lock-delay). Zero means
+	// DefaultLockDelay; NoLockDelay (any negative value) means none.
+	LockDelay time.Duration
+	// Observer, if not nil, is told of grants, releases and losses (for
+	// metrics).
+	Observer Observer
 }
 
-// DefaultLockDelay is how long a broken lock stays unavailable by default.
-const DefaultLockDelay = 5 * time.Second
+// NoLockDelay, as QueueOptions.LockDelay, makes a broken name available
+// to waiters at once.
+const NoLockDelay time.Duration = -1
 
-// QueueOption configures a Queue.
-type QueueOption func(*Queue)
-
-// WithLockDelay sets how long a name stays unavailable after Break, so that
-// a stuck holder that wakes up cannot act at once while another holder
-// already does (Chubby's lock-delay). Default DefaultLockDelay.
-func WithLockDelay(d time.Duration) QueueOption {
-	return func(q *Queue) { q.lockDelay = max(d, 0) }
-}
-
-// WithObserver reports grants, releases and losses to o (for metrics).
-func WithObserver(o Observer) QueueOption {
-	return func(q *Queue) { q.obs = o }
-}
-
-// NewQueue returns an Engine that grants locks through b. A nil log
-// discards log output. The Queue owns b: Close closes it.
-func NewQueue(b Backend, log *slog.Logger, opts ...QueueOption) *Queue {
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	q := &Queue{b: b, log: log, lockDelay: DefaultLockDelay, obs: nopObserver{},
+// NewQueue returns an Engine that grants locks through b, configured by
+// opts. The Queue owns b: Close closes it.
+func NewQueue(b Backend, opts QueueOptions) *Queue {
+	q := &Queue{b: b, log: opts.Log, lockDelay: opts.LockDelay, obs: opts.Observer,
 		entries: make(map[string]*entry)}
-	for _, o := range opts {
-		o(q)
+	if q.log == nil {
+		q.log = slog.New(slog.DiscardHandler)
+	}
+	switch {
+	case q.lockDelay == 0:
+		q.lockDelay = DefaultLockDelay
+	case q.lockDelay < 0:
+		q.lockDelay = 0
+	}
+	if q.obs == nil {
+		q.obs = nopObserver{}
 	}
 	return q
 }
@@ -391,63 +281,13 @@ func (q *Queue) grant(e *entry, g *group, mode Mode, owner Owner, now time.Time)
 func (q *Queue) join(e *entry, mode Mode, owner Owner, now time.Time) (*Lease, error) {
 	g := e.group
 	if mode == Exclusive && g.leases.n > 0 {
-		b, ok := g.hold.(Bumper)
-		if !ok {
-			return nil, fmt.Errorf("lock %q: %w: the backend cannot give a second exclusive holder a token of its own", e.name, ErrInvalidMode)
-		}
-		tok, err := b.Bump()
+		tok, err := g.hold.Bump()
 		if err != nil {
 			return nil, fmt.Errorf("lock %q: %w", e.name, err)
 		}
 		g.token = tok
 	}
 	return q.grant(e, g, mode, owner, now), nil
-}
-
-// SetLimit implements Engine.
-func (q *Queue) SetLimit(name string, n int) error {
-	if err := ValidateName(name); err != nil {
-		return err
-	}
-	if n < 1 {
-		return fmt.Errorf("lock %q: %w: limit %d is below 1", name, ErrInvalidLimit, n)
-	}
-	q.mu.Lock()
-	if q.closed {
-		q.mu.Unlock()
-		return ErrClosed
-	}
-	if n == 1 {
-		delete(q.limits, name)
-	} else {
-		if q.limits == nil {
-			q.limits = make(map[string]int)
-		}
-		q.limits[name] = n
-	}
-	e := q.entries[name]
-	if e != nil {
-		e.refs.Add(1)
-	}
-	q.mu.Unlock()
-	if e == nil {
-		return nil
-	}
-	defer q.unref(e)
-	e.mu.Lock()
-	e.limit = n
-	if !e.closed {
-		q.dispatch(e) // a raised limit admits waiters at once
-	}
-	e.mu.Unlock()
-	return nil
-}
-
-// Limit implements Engine.
-func (q *Queue) Limit(name string) int {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return max(q.limits[name], 1)
 }
 
 // dispatch grants what can be granted to the waiters at the head of the
@@ -482,15 +322,6 @@ func (q *Queue) dispatch(e *entry) {
 	}
 	if e.busy == busyWorker {
 		e.worker.cancel()
-	}
-}
-
-func (e *entry) removeWaiter(w *waiter) {
-	for i, x := range e.waiters {
-		if x == w {
-			e.waiters = append(e.waiters[:i], e.waiters[i+1:]...)
-			return
-		}
 	}
 }
 
@@ -612,15 +443,6 @@ func (q *Queue) release(l *Lease) error {
 	return nil
 }
 
-func (e *entry) dropLost(g *group) {
-	for i, x := range e.lost {
-		if x == g {
-			e.lost = append(e.lost[:i], e.lost[i+1:]...)
-			return
-		}
-	}
-}
-
 func (q *Queue) ref(name string) (*entry, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -656,174 +478,6 @@ func (q *Queue) unref(e *entry) {
 	}
 	q.idleHint.Store(0)
 	q.mu.Unlock()
-}
-
-// Snapshot implements Engine.
-func (q *Queue) Snapshot() []LockInfo {
-	q.mu.Lock()
-	es := make([]*entry, 0, len(q.entries))
-	for _, e := range q.entries {
-		es = append(es, e)
-	}
-	q.mu.Unlock()
-
-	infos := make([]LockInfo, 0, len(es))
-	for _, e := range es {
-		if info, ok := e.info(); ok {
-			infos = append(infos, info)
-		}
-	}
-	sort.Slice(infos, func(i, j int) bool { return infos[i].Name < infos[j].Name })
-	return infos
-}
-
-// Inspect implements Engine.
-func (q *Queue) Inspect(name string) (LockInfo, bool) {
-	q.mu.Lock()
-	e := q.entries[name]
-	q.mu.Unlock()
-	if e == nil {
-		return LockInfo{}, false
-	}
-	return e.info()
-}
-
-// info describes e; ok is false when nothing holds or waits for it.
-func (e *entry) info() (info LockInfo, ok bool) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	info = LockInfo{Name: e.name, Waiters: len(e.waiters)}
-	for _, w := range e.waiters {
-		info.Waiting = append(info.Waiting, w.owner)
-	}
-	if g := e.group; g != nil {
-		info.State = StateHeld
-		info.Mode, info.Holders, info.Token, info.Since = g.mode, g.leases.n, g.token, g.since
-		info.Heartbeat = g.since
-		if hb, ok := g.hold.(HeartbeatReporter); ok {
-			if t := hb.LastHeartbeat(); t.After(info.Heartbeat) {
-				info.Heartbeat = t
-			}
-		}
-		info.Leases = g.leases.infos(info.Leases, false)
-	}
-	for _, g := range e.lost {
-		if info.State == StateNone {
-			info.State, info.Mode, info.Token, info.Since = StateLost, g.mode, g.token, g.since
-			info.LostCause = g.lostErr.Error()
-		}
-		info.Leases = g.leases.infos(info.Leases, true)
-	}
-	if info.State == StateNone && info.Waiters > 0 {
-		info.State = StateWaiting
-	}
-	return info, info.State != StateNone
-}
-
-func (ll *leaseList) infos(dst []LeaseInfo, lost bool) []LeaseInfo {
-	for l := ll.head; l != nil; l = l.next {
-		dst = append(dst, LeaseInfo{Owner: l.owner, Mode: l.mode, Token: l.token, Granted: l.granted, Lost: lost})
-	}
-	return dst
-}
-
-// Break implements Engine.
-func (q *Queue) Break(ctx context.Context, name string, by Owner) error {
-	if err := ValidateName(name); err != nil {
-		return err
-	}
-	q.mu.Lock()
-	e := q.entries[name]
-	if e != nil && !q.closed {
-		e.refs.Add(1)
-	}
-	q.mu.Unlock()
-	if e == nil {
-		return fmt.Errorf("lock %q: %w", name, ErrNotHeld)
-	}
-	defer q.unref(e)
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	g := e.group
-	if g == nil || e.closed {
-		return fmt.Errorf("lock %q: %w", name, ErrNotHeld)
-	}
-	allowed := by.UID == 0
-	for l := g.leases.head; l != nil && !allowed; l = l.next {
-		allowed = l.owner.UID == by.UID
-	}
-	if !allowed {
-		q.log.Warn("lock break refused", "lock", name, "uid", by.UID, "pid", by.PID)
-		return fmt.Errorf("lock %q: %w: uid %d is neither root nor a holder", name, ErrPermission, by.UID)
-	}
-	cause := fmt.Errorf("%w: %w by uid %d pid %d", ErrLost, ErrBroken, by.UID, by.PID)
-	q.log.Warn("lock broken", "lock", name, "mode", g.mode, "token", g.token,
-		"uid", by.UID, "pid", by.PID, "lock_delay", q.lockDelay)
-	now := time.Now()
-	if b, ok := g.hold.(Bumper); ok && g.mode == Exclusive {
-		// Keep the backend hold across the break, so no other process
-		// gets in before the delay: end the leases, bump the token, and
-		// hand the hold to a lease of the engine's own.
-		g.lostErr = cause
-		e.group = nil
-		e.lost = append(e.lost, g)
-		for l := g.leases.head; l != nil; l = l.next {
-			q.obs.Lost(e.name, l.mode, cause)
-		}
-		g.leases.endAll(cause)
-		tok, err := b.Bump()
-		if err == nil {
-			ng := &group{mode: Exclusive, hold: g.hold, token: tok, since: now}
-			e.group = ng
-			q.delayRelease(e, q.grant(e, ng, Exclusive, by, now))
-			return nil
-		}
-		q.log.Warn("lock break: bump token", "lock", name, "err", err)
-		_ = q.unlockHold(e, g.hold)
-	} else {
-		q.loseGroup(e, g, cause)
-	}
-	if e.closed {
-		return nil
-	}
-	// Take the name exclusively ahead of every waiter: this bumps the
-	// token, and keeps this engine's waiters out for the lock-delay.
-	// (Another process may get the name first in between.)
-	w := newWaiter(Exclusive, by, now)
-	e.waiters = append([]*waiter{w}, e.waiters...)
-	e.refs.Add(1)
-	q.inflight.Add(1)
-	go func() {
-		defer q.inflight.Done()
-		defer q.unref(e)
-		<-w.ready
-		if w.lease != nil {
-			q.holdFor(w.lease, q.lockDelay)
-		}
-	}()
-	q.dispatch(e)
-	return nil
-}
-
-// delayRelease releases l after the lock-delay, in the background. Called
-// with e.mu held.
-func (q *Queue) delayRelease(e *entry, l *Lease) {
-	q.inflight.Add(1)
-	go func() {
-		defer q.inflight.Done()
-		q.holdFor(l, q.lockDelay)
-	}()
-}
-
-// holdFor releases l after d, or as soon as it ends otherwise.
-func (q *Queue) holdFor(l *Lease, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-l.Done():
-	}
-	_ = l.Release()
 }
 
 // Close implements Engine. It is idempotent.

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lockfs/lockfs/lockengine"
+	"github.com/lockfs/lockfs/lockengine/dirlock"
 )
 
 const childCmd = "engine-handoff-child"
@@ -49,11 +50,11 @@ func runEngine(args []string) error {
 }
 
 func benchUncontended(dir string, n int) error {
-	be, err := lockengine.OpenDir(filepath.Join(dir, "engine"), lockengine.DirOptions{})
+	be, err := dirlock.Open(filepath.Join(dir, "engine"), dirlock.Options{})
 	if err != nil {
 		return err
 	}
-	q := lockengine.NewQueue(be, nil)
+	q := lockengine.NewQueue(be, lockengine.QueueOptions{})
 	defer q.Close()
 	ctx := context.Background()
 	barePath := filepath.Join(dir, "bare")
@@ -161,11 +162,11 @@ func runHandoffChild(args []string) error {
 	}
 	rounds, _ := strconv.Atoi(args[1])
 	id, _ := strconv.Atoi(args[2])
-	be, err := lockengine.OpenDir(args[0], lockengine.DirOptions{})
+	be, err := dirlock.Open(args[0], dirlock.Options{})
 	if err != nil {
 		return err
 	}
-	q := lockengine.NewQueue(be, nil)
+	q := lockengine.NewQueue(be, lockengine.QueueOptions{})
 	defer q.Close()
 	w := bufio.NewWriter(os.Stdout)
 	defer w.Flush()
@@ -222,11 +223,11 @@ func monoNow() int64 {
 // benchManyNames holds n names at once and reports the memory and
 // descriptors they cost.
 func benchManyNames(dir string, n int) error {
-	be, err := lockengine.OpenDir(filepath.Join(dir, "many"), lockengine.DirOptions{})
+	be, err := dirlock.Open(filepath.Join(dir, "many"), dirlock.Options{})
 	if err != nil {
 		return err
 	}
-	q := lockengine.NewQueue(be, nil)
+	q := lockengine.NewQueue(be, lockengine.QueueOptions{})
 	defer q.Close()
 	ctx := context.Background()
 	before := heapInUse()

@@ -1,6 +1,6 @@
 package main
 
-// lockfs-bench etcd: what the etcd engine costs, side by side with etcd's
+// lockfs-bench etcd: what the etcd backend costs, side by side with etcd's
 // own lock in one run against one local single-node etcd.
 //
 //	lockfs-bench etcd [-n N] [-rounds R] [-handoffs N] [-lockfs PATH] [-etcdserver PATH] [-fsync=false]
@@ -12,7 +12,7 @@ package main
 //
 //   - an uncontended acquire+release through the mount: open(2)+close(2)
 //     of one name, which is what `exec 9>M/x; exec 9>&-` costs a script;
-//     also through a second daemon with the dir engine (the cost of FUSE
+//     also through a second daemon with the dir backend (the cost of FUSE
 //     and the daemon without etcd), and the etcdlock Backend called in
 //     process (what the engine asks of etcd);
 //   - etcd's client library lock (what `etcdctl lock` uses):
@@ -33,7 +33,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -50,6 +49,8 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"github.com/lockfs/lockfs/internal/launch"
+	"github.com/lockfs/lockfs/internal/syncbuf"
 	"github.com/lockfs/lockfs/lockengine"
 	"github.com/lockfs/lockfs/lockengine/etcdlock"
 )
@@ -58,30 +59,12 @@ import (
 type etcdBench struct {
 	tmp string
 
-	mu     sync.Mutex
-	procs  []*exec.Cmd // guarded by mu; started processes, stopped in reverse order
-	mounts []string    // guarded by mu; mountpoints to detach if still mounted
-	once   sync.Once
+	mu      sync.Mutex
+	procs   []*exec.Cmd      // guarded by mu; etcdserver, stopped after the daemons
+	daemons []*launch.Daemon // guarded by mu; the lockfs daemons, stopped in reverse order
+	once    sync.Once
 
-	daemonLog syncBuffer // the lockfs daemons' stderr, interleaved
-}
-
-// syncBuffer is a bytes.Buffer safe for a writer and a reader.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
+	daemonLog syncbuf.Buffer // the lockfs daemons' stderr, interleaved
 }
 
 func runEtcd(args []string) error {
@@ -484,51 +467,38 @@ func (b *etcdBench) startLockfs(bin, name, logLevel string, flags ...string) (st
 	if err := os.Mkdir(mnt, 0o755); err != nil {
 		return "", err
 	}
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		return "", err
-	}
-	defer pr.Close()
-	log := &b.daemonLog
 	args := append([]string{"mount", "--state-dir", filepath.Join(b.tmp, "state-"+name), "--log-level", logLevel,
 		"--ready-fd", "3"}, flags...)
-	cmd := exec.Command(bin, append(args, mnt)...)
-	cmd.Stderr = log
-	cmd.ExtraFiles = []*os.File{pw}
-	b.mu.Lock()
-	b.mounts = append(b.mounts, mnt)
-	b.mu.Unlock()
-	err = b.start(cmd)
-	pw.Close()
+	d, err := launch.Start(launch.Options{Path: bin, Args: append(args, mnt), Mountpoint: mnt, ReadyFD: 3,
+		LogTo: &b.daemonLog})
 	if err != nil {
 		return "", fmt.Errorf("start lockfs: %w", err)
 	}
-	ready := make(chan error, 1)
-	go func() {
-		line, err := io.ReadAll(pr)
-		if err == nil && !strings.HasPrefix(string(line), "ready") {
-			err = errors.New("no ready line")
+	b.mu.Lock()
+	b.daemons = append(b.daemons, d)
+	b.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := d.WaitReady(ctx); err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return "", fmt.Errorf("lockfs not mounted within 1m: %s", b.daemonLog.String())
 		}
-		ready <- err
-	}()
-	select {
-	case err := <-ready:
-		if err != nil {
-			return "", fmt.Errorf("lockfs did not mount (%w): %s", err, log.String())
-		}
-		return mnt, nil
-	case <-time.After(time.Minute):
-		return "", fmt.Errorf("lockfs not mounted within 1m: %s", log.String())
+		return "", fmt.Errorf("lockfs did not mount (%w): %s", err, b.daemonLog.String())
 	}
+	return mnt, nil
 }
 
-// cleanup stops what the run started (SIGTERM, then SIGKILL after 10 s),
-// detaches a mount still left and removes the temp dir. It runs once.
+// cleanup stops what the run started (SIGTERM, then SIGKILL after 10 s):
+// the lockfs daemons first, detaching a mount still left, then etcd; and
+// removes the temp dir. It runs once.
 func (b *etcdBench) cleanup() {
 	b.once.Do(func() {
 		b.mu.Lock()
-		procs, mounts := b.procs, b.mounts
+		procs, daemons := b.procs, b.daemons
 		b.mu.Unlock()
+		for _, d := range slices.Backward(daemons) {
+			_ = d.Stop(10 * time.Second)
+		}
 		for _, cmd := range slices.Backward(procs) {
 			_ = cmd.Process.Signal(syscall.SIGTERM)
 			done := make(chan struct{})
@@ -542,9 +512,6 @@ func (b *etcdBench) cleanup() {
 				_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 				<-done
 			}
-		}
-		for _, m := range mounts {
-			_ = unix.Unmount(m, unix.MNT_DETACH) // EINVAL when not mounted
 		}
 		_ = os.RemoveAll(b.tmp)
 	})

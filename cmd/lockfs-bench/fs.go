@@ -250,22 +250,16 @@ func (b *fsBench) traceRequests() error {
 // operation that appeared in the daemon's debug trace meanwhile.
 func (d *daemon) countRequests(ops int, run func() error) (string, error) {
 	time.Sleep(100 * time.Millisecond)
-	before, err := os.ReadFile(d.log)
-	if err != nil {
-		return "", err
-	}
+	before := d.log()
 	if err := run(); err != nil {
 		return "", err
 	}
 	// RELEASE is asynchronous: let the last one arrive.
 	time.Sleep(300 * time.Millisecond)
-	after, err := os.ReadFile(d.log)
-	if err != nil {
-		return "", err
-	}
+	after := d.log()
 	counts := map[string]int{}
-	for _, m := range rxRE.FindAllSubmatch(after[len(before):], -1) {
-		counts[string(m[1])]++
+	for _, m := range rxRE.FindAllStringSubmatch(after[len(before):], -1) {
+		counts[m[1]]++
 	}
 	keys := make([]string, 0, len(counts))
 	for k := range counts {

@@ -1,11 +1,10 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +15,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/lockfs/lockfs/internal/launch"
+	"github.com/lockfs/lockfs/internal/mountinfo"
 )
 
 // fsBench is the state of one 'lockfs-bench fs' run: its temp dir, the
@@ -29,14 +31,15 @@ type fsBench struct {
 	env    []string // extra environment of the lockfs daemons
 
 	mu      sync.Mutex
-	procs   map[*exec.Cmd]*proc
+	procs   map[*exec.Cmd]*proc // the clients
 	daemons []*daemon
 	once    sync.Once
 }
 
-// proc is a started process; a goroutine waits for it so that cleanup and
-// the benchmark code never call Wait twice. Entries stay in fsBench.procs
-// after the process exits, so its exit status can still be asked for.
+// proc is a started client process; a goroutine waits for it so that
+// cleanup and the benchmark code never call Wait twice. Entries stay in
+// fsBench.procs after the process exits, so its exit status can still be
+// asked for.
 type proc struct {
 	done chan struct{}
 	err  error
@@ -77,14 +80,10 @@ func (b *fsBench) waitTimeout(cmd *exec.Cmd, d time.Duration) error {
 	return b.wait(cmd)
 }
 
-// kill sends SIGKILL to every registered process that is not a daemon and
+// killClients sends SIGKILL to every registered client still running and
 // waits for them.
 func (b *fsBench) killClients() {
 	b.mu.Lock()
-	isDaemon := map[*exec.Cmd]bool{}
-	for _, d := range b.daemons {
-		isDaemon[d.cmd] = true
-	}
 	var ps []*proc
 	for cmd, p := range b.procs {
 		select {
@@ -92,10 +91,8 @@ func (b *fsBench) killClients() {
 			continue
 		default:
 		}
-		if !isDaemon[cmd] {
-			_ = cmd.Process.Kill()
-			ps = append(ps, p)
-		}
+		_ = cmd.Process.Kill()
+		ps = append(ps, p)
 	}
 	b.mu.Unlock()
 	for _, p := range ps {
@@ -113,14 +110,13 @@ func (b *fsBench) cleanup() {
 		b.mu.Unlock()
 		var wg sync.WaitGroup
 		for _, d := range ds {
-			wg.Add(1)
-			go func() { defer wg.Done(); d.stop() }()
+			wg.Go(d.stop)
 		}
 		wg.Wait()
 		mounted := false
 		for _, d := range ds {
-			if isMounted(d.mnt) {
-				fmt.Fprintf(os.Stderr, "lockfs-bench: %s is still mounted; leaving %s\n", d.mnt, b.tmp)
+			if ok, err := mountinfo.IsMounted(d.mnt); ok || err != nil {
+				fmt.Fprintf(os.Stderr, "lockfs-bench: %s is still mounted (%v); leaving %s\n", d.mnt, err, b.tmp)
 				mounted = true
 			}
 		}
@@ -132,12 +128,10 @@ func (b *fsBench) cleanup() {
 
 // daemon is a filesystem served by a child process: lockfs, or the floor.
 type daemon struct {
-	b    *fsBench
 	name string
-	cmd  *exec.Cmd
 	mnt  string
-	dir  string // holds mnt, the state dir and the log
-	log  string // the daemon's stderr
+	dir  string         // holds mnt and the state dir
+	proc *launch.Daemon // nil until started
 }
 
 // startLockfs starts 'lockfs mount' on a new mountpoint with a new state
@@ -147,144 +141,92 @@ func (b *fsBench) startLockfs(name string, extra ...string) (*daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	state := filepath.Join(d.dir, "state")
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		return nil, err
-	}
-	defer pr.Close()
-	args := []string{"mount", "--state-dir", state, "--log-level", "warn", "--ready-fd", "3"}
+	args := []string{"mount", "--state-dir", filepath.Join(d.dir, "state"), "--log-level", "warn", "--ready-fd", "3"}
 	args = append(append(args, extra...), d.mnt)
-	d.cmd = exec.Command(b.lockfs, args...)
-	d.cmd.Env = append(os.Environ(), b.env...)
-	d.cmd.ExtraFiles = []*os.File{pw}
-	err = d.run(pr, pw)
-	return d, err
+	return d, b.run(d, launch.Options{Path: b.lockfs, Args: args, Env: b.env, ReadyFD: 3})
 }
 
 // startFloor starts this binary as the server of a floor filesystem, with
-// extra flags (-floor-lock, -floor-debug) and environment (K=V).
+// extra flags (-floor-lock, -floor-debug) and environment (K=V); it says
+// "ready" on its stdout.
 func (b *fsBench) startFloor(name string, flags []string, env ...string) (*daemon, error) {
 	d, err := b.newDaemon(name)
 	if err != nil {
 		return nil, err
 	}
-	d.cmd = exec.Command(b.self, append(append([]string{"fs"}, flags...), "-serve-floor", d.mnt)...)
-	d.cmd.Env = append(os.Environ(), env...)
-	pr, err := d.cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	err = d.run(pr, nil)
-	return d, err
+	args := append(append([]string{"fs"}, flags...), "-serve-floor", d.mnt)
+	return d, b.run(d, launch.Options{Path: b.self, Args: args, Env: env, ReadyFD: 1})
 }
 
 func (b *fsBench) newDaemon(name string) (*daemon, error) {
-	d := &daemon{b: b, name: name, dir: filepath.Join(b.tmp, name)}
+	d := &daemon{name: name, dir: filepath.Join(b.tmp, name)}
 	d.mnt = filepath.Join(d.dir, "mnt")
-	d.log = filepath.Join(d.dir, "daemon.log")
 	if err := os.MkdirAll(d.mnt, 0o755); err != nil {
 		return nil, err
 	}
 	return d, nil
 }
 
-// run starts d.cmd and waits for "ready\n" on ready (whose write end pw,
-// if not nil, the child has inherited and the parent closes).
-func (d *daemon) run(ready io.Reader, pw *os.File) error {
-	logf, err := os.Create(d.log)
-	if err != nil {
-		return err
-	}
-	defer logf.Close()
-	d.cmd.Stderr = logf
+// run starts d with o, registers it for cleanup and waits for its ready
+// line and its mount.
+func (b *fsBench) run(d *daemon, o launch.Options) error {
+	o.Mountpoint = d.mnt
 	// Should the benchmark die without cleaning up, the daemon unmounts.
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
-	d.b.mu.Lock()
-	d.b.daemons = append(d.b.daemons, d)
-	d.b.mu.Unlock()
-	err = d.b.start(d.cmd)
-	if pw != nil {
-		pw.Close()
-	}
+	o.DeathSignal = syscall.SIGTERM
+	p, err := launch.Start(o)
 	if err != nil {
 		return fmt.Errorf("%s: start: %w", d.name, err)
 	}
-	got := make(chan string, 1)
-	go func() {
-		line, _ := bufio.NewReader(ready).ReadString('\n')
-		got <- line
-	}()
-	select {
-	case line := <-got:
-		if line == "ready\n" && isMounted(d.mnt) {
-			return nil
-		}
-		_ = d.b.waitTimeout(d.cmd, 5*time.Second)
-		return fmt.Errorf("%s: not mounted (%v); its log:\n%s", d.name, d.b.wait(d.cmd), d.tail())
-	case <-time.After(30 * time.Second):
+	d.proc = p
+	b.mu.Lock()
+	b.daemons = append(b.daemons, d)
+	b.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err = p.WaitReady(ctx)
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
 		return fmt.Errorf("%s: not ready after 30s; its log:\n%s", d.name, d.tail())
+	case err == nil:
+		if ok, merr := mountinfo.IsMounted(d.mnt); ok {
+			return nil
+		} else if merr != nil {
+			err = merr
+		} else {
+			err = errors.New("ready, but nothing is mounted")
+		}
 	}
+	// It said it failed (or said nothing): give it time to exit, then
+	// report how it ended.
+	ctx5, cancel5 := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel5()
+	if _, werr := p.Wait(ctx5); werr != nil {
+		_ = p.Kill()
+	}
+	return fmt.Errorf("%s: not mounted (%w; %v); its log:\n%s", d.name, err, p.WaitErr(), d.tail())
 }
 
 // pid is the daemon's process id.
-func (d *daemon) pid() int { return d.cmd.Process.Pid }
+func (d *daemon) pid() int { return d.proc.Pid() }
+
+// log returns the daemon's output so far.
+func (d *daemon) log() string { return d.proc.Log() }
 
 // tail returns the end of the daemon's log.
 func (d *daemon) tail() string {
-	data, _ := os.ReadFile(d.log)
+	data := d.log()
 	if len(data) > 4000 {
 		data = data[len(data)-4000:]
 	}
-	return string(data)
+	return data
 }
 
 // stop stops the daemon with SIGTERM (SIGKILL after 10 s) and detaches its
 // mount if it is still there.
 func (d *daemon) stop() {
-	if d.cmd.Process != nil {
-		_ = d.cmd.Process.Signal(syscall.SIGTERM)
-		_ = d.b.waitTimeout(d.cmd, 10*time.Second)
+	if d.proc != nil {
+		_ = d.proc.Stop(10 * time.Second)
 	}
-	if isMounted(d.mnt) {
-		_ = unix.Unmount(d.mnt, unix.MNT_DETACH)
-	}
-}
-
-// isMounted reports whether path is a mount point in /proc/self/mountinfo.
-func isMounted(path string) bool {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) > 4 && unescapeMountinfo(fields[4]) == path {
-			return true
-		}
-	}
-	return false
-}
-
-// unescapeMountinfo undoes the octal escapes (\040 etc.) of mountinfo.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var out strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				out.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		out.WriteByte(s[i])
-	}
-	return out.String()
 }
 
 // memKiB is the resident memory of a process in KiB: VmRSS (all of it),

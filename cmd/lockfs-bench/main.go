@@ -3,14 +3,14 @@
 //
 //	lockfs-bench engine [flags]   the lock engine alone
 //	lockfs-bench fs [flags]       through a mounted filesystem (root)
-//	lockfs-bench etcd [flags]     the etcd engine against etcd's own mutex (root)
+//	lockfs-bench etcd [flags]     the etcd backend against etcd's own mutex (root)
 //
 // The engine benchmark compares an uncontended Acquire+Release with a bare
 // open+flock(EX)+flock(UN)+close on the same directory, measures the
 // handoff latency between two processes, and the memory held per name when
 // many names are held at once. The fs benchmark compares lockfs with a
 // minimal go-fuse filesystem and with flock(1); the etcd benchmark compares
-// the etcd engine through the mount with concurrency.Mutex. Each prints the
+// the etcd backend through the mount with concurrency.Mutex. Each prints the
 // figures quoted in the README; run with -h for the flags.
 package main
 

@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lockfs/lockfs/fsnode"
+	"github.com/lockfs/lockfs/internal/mountinfo"
 	"github.com/lockfs/lockfs/lockengine"
 )
 
@@ -19,9 +20,6 @@ const defaultMount = "/mnt/locks"
 
 // mountEnv names the environment variable with the default mountpoint.
 const mountEnv = "LOCKFS_MOUNT"
-
-// fuseSuperMagic is statfs(2)'s f_type of every FUSE filesystem.
-const fuseSuperMagic = 0x65735546
 
 // mountOrDefault returns m, else $LOCKFS_MOUNT, else /mnt/locks.
 func mountOrDefault(m string) string {
@@ -45,7 +43,7 @@ func checkLockfsDir(dir string) error {
 	if err := unix.Statfs(dir, &st); err != nil {
 		return fmt.Errorf("%s: %w", dir, err)
 	}
-	if st.Type != fuseSuperMagic {
+	if st.Type != mountinfo.FUSESuperMagic {
 		return fmt.Errorf("%s: %w (mount one with 'lockfs mount %s', or pass --mount)", dir, errNotLockfs, dir)
 	}
 	return nil

@@ -90,17 +90,3 @@ func TestParseMountArgs(t *testing.T) {
 	assert.Equal(t, -1, cfg.readyFd)
 	assert.NotEmpty(t, cfg.stateDir)
 }
-
-func TestParseMountinfo(t *testing.T) {
-	data := []byte(`22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
-43 27 0:39 / /tmp/lt/m rw,nosuid,nodev,relatime - fuse.lockfs lockfs rw,user_id=0,group_id=0,allow_other
-44 27 0:40 / /tmp/with\040space\134x rw shared:5 master:3 - fuse.lockfs lockfs rw
-garbage line
-`)
-	got := parseMountinfo(data)
-	require.Len(t, got, 3)
-	assert.Equal(t, mountEntry{"/", "ext4"}, got[0])
-	assert.Equal(t, mountEntry{"/tmp/lt/m", "fuse.lockfs"}, got[1])
-	assert.Equal(t, mountEntry{`/tmp/with space\x`, "fuse.lockfs"}, got[2])
-	assert.Equal(t, `a\0`, unescapeMountinfo(`a\0`), "short escapes are kept")
-}

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/lockfs/lockfs/lockengine"
+	"github.com/lockfs/lockfs/lockengine/dirlock"
 )
 
 // Metric names served at /metrics with --metrics-addr. Labels are bounded:
@@ -24,7 +25,7 @@ const (
 	metricLosses        = "lockfs_losses_total"             // counter{mode}: leases lost (heartbeat, takeover, break)
 	metricWaitSeconds   = "lockfs_wait_seconds"             // histogram{mode}: open(2) to grant
 	metricHoldSeconds   = "lockfs_hold_seconds"             // histogram{mode}: grant to release
-	metricHeartbeatFail = "lockfs_heartbeat_failures_total" // counter: failed heartbeats (dir engine)
+	metricHeartbeatFail = "lockfs_heartbeat_failures_total" // counter: failed heartbeats (dir backend)
 )
 
 // metrics is the Prometheus side of a mount: a lockengine.Observer for the
@@ -61,7 +62,7 @@ func (m *metrics) forMode(mode lockengine.Mode) *modeMetrics {
 }
 
 // newMetrics registers every metric; heartbeat failures only when backend
-// is a *lockengine.DirBackend.
+// is a *dirlock.Backend.
 func newMetrics(backend lockengine.Backend) *metrics {
 	m := &metrics{reg: prometheus.NewRegistry()}
 	buckets := []float64{.0001, .0005, .001, .005, .01, .05, .1, .5, 1, 5, 10, 30, 60, 300, 1800, 3600}
@@ -90,7 +91,7 @@ func newMetrics(backend lockengine.Backend) *metrics {
 	}
 	m.reg.MustRegister(m.acq, m.rel, m.losses, m.wait, m.hold, m,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	if db, ok := backend.(*lockengine.DirBackend); ok {
+	if db, ok := backend.(*dirlock.Backend); ok {
 		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: metricHeartbeatFail,
 			Help: "Heartbeat refreshes or verifications of held locks that failed."},
 			func() float64 { return float64(db.HeartbeatFailures()) }))

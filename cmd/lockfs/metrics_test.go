@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/lockfs/lockfs/lockengine"
+	"github.com/lockfs/lockfs/lockengine/dirlock"
 )
 
 // gather returns the value of every sample without labels, and of the
@@ -47,10 +48,10 @@ func hasLabel(s *dto.Metric, name, value string) bool {
 }
 
 func TestMetricsCollect(t *testing.T) {
-	b, err := lockengine.OpenDir(t.TempDir(), lockengine.DirOptions{})
+	b, err := dirlock.Open(t.TempDir(), dirlock.Options{})
 	require.NoError(t, err)
 	m := newMetrics(b)
-	q := lockengine.NewQueue(b, nil, lockengine.WithObserver(m), lockengine.WithLockDelay(0))
+	q := lockengine.NewQueue(b, lockengine.QueueOptions{Observer: m, LockDelay: lockengine.NoLockDelay})
 	t.Cleanup(func() { _ = q.Close() })
 	m.setEngine(q)
 

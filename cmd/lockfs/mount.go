@@ -32,8 +32,8 @@ type mountConfig struct {
 	logLevel      slog.Level
 	readyFd       int // -1: none
 	debugFUSE     bool
-	engine        engineFlags     // --engine and --etcd-*, see engine.go
-	vis           visibilityFlags // --lock-delay, --metrics-addr, see visibility_flags.go
+	backend       backendFlags // --engine and --etcd-*, see backend.go
+	queue         queueFlags   // --lock-delay, --metrics-addr, see queueflags.go
 }
 
 func newMountFlags(cfg *mountConfig, logLevel *string) *flag.FlagSet {
@@ -47,8 +47,8 @@ func newMountFlags(cfg *mountConfig, logLevel *string) *flag.FlagSet {
 	fl.StringVar(logLevel, "log-level", "info", "log level: debug, info, warn or error (slog text on stderr)")
 	fl.IntVar(&cfg.readyFd, "ready-fd", -1, "when mounted, write \"ready\\n\" to this file descriptor and close it")
 	fl.BoolVar(&cfg.debugFUSE, "debug-fuse", false, "print every FUSE request and reply (go-fuse debug) on stderr")
-	registerEngineFlags(fl, &cfg.engine)
-	registerVisibilityFlags(fl, &cfg.vis)
+	registerBackendFlags(fl, &cfg.backend)
+	registerQueueFlags(fl, &cfg.queue)
 	return fl
 }
 
@@ -225,14 +225,14 @@ func runMount(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	vis, err := startVisibility(cfg.vis, backend, logger)
+	qs, err := startQueueSetup(cfg.queue, backend, logger)
 	if err != nil {
 		_ = backend.Close()
 		return err
 	}
-	defer vis.stop()
-	eng := lockengine.NewQueue(backend, logger, vis.queueOptions...)
-	vis.setEngine(eng)
+	defer qs.stop()
+	eng := lockengine.NewQueue(backend, qs.queueOptions)
+	qs.setEngine(eng)
 
 	// Catch signals before mounting so that none is lost in between.
 	sigs := make(chan os.Signal, 2)
@@ -256,10 +256,10 @@ func runMount(args []string, stdout, stderr io.Writer) error {
 		return errors.New(msg)
 	}
 	where := slog.String("state_dir", cfg.stateDir)
-	if cfg.engine.engine == "etcd" {
-		where = slog.String("etcd_endpoints", cfg.engine.endpoints)
+	if cfg.backend.kind == "etcd" {
+		where = slog.String("etcd_endpoints", cfg.backend.endpoints)
 	}
-	logger.Info("mounted", "mountpoint", mnt, "engine", cfg.engine.engine, where, "pid", os.Getpid(),
+	logger.Info("mounted", "mountpoint", mnt, "engine", cfg.backend.kind, where, "pid", os.Getpid(),
 		"allow_other", allowOther)
 	if cfg.readyFd >= 0 {
 		signalReady(cfg.readyFd, logger)

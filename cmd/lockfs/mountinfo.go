@@ -1,14 +1,10 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"os/exec"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -16,76 +12,21 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lockfs/lockfs/fsnode"
+	"github.com/lockfs/lockfs/internal/mountinfo"
 )
-
-// mountEntry is one line of /proc/self/mountinfo, reduced to what lockfs
-// needs.
-type mountEntry struct {
-	mountpoint string
-	fstype     string
-}
-
-// parseMountinfo parses the mountinfo format of proc(5): field 5 is the
-// mount point (octal-escaped), and the filesystem type follows the " - "
-// separator.
-func parseMountinfo(data []byte) []mountEntry {
-	var out []mountEntry
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 7 {
-			continue
-		}
-		sep := -1
-		for i := 6; i < len(fields); i++ {
-			if fields[i] == "-" {
-				sep = i
-				break
-			}
-		}
-		if sep < 0 || sep+1 >= len(fields) {
-			continue
-		}
-		out = append(out, mountEntry{mountpoint: unescapeMountinfo(fields[4]), fstype: fields[sep+1]})
-	}
-	return out
-}
-
-// unescapeMountinfo undoes the \ooo octal escapes the kernel uses for space,
-// tab, newline and backslash.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
 
 // topMount returns the fstype of the topmost mount at mnt, or "" when
 // nothing is mounted there.
 func topMount(mnt string) (string, error) {
-	data, err := os.ReadFile("/proc/self/mountinfo")
+	ms, err := mountinfo.Read()
 	if err != nil {
-		return "", fmt.Errorf("read mountinfo: %w", err)
+		return "", err
 	}
-	fstype := ""
-	for _, e := range parseMountinfo(data) {
-		if e.mountpoint == mnt {
-			fstype = e.fstype // later lines are mounted on top
-		}
+	at := mountinfo.At(ms, mnt)
+	if len(at) == 0 {
+		return "", nil
 	}
-	return fstype, nil
+	return at[len(at)-1].FSType, nil // later lines are mounted on top
 }
 
 // errNoAnswer: stat of the mountpoint did not return in time.

@@ -21,7 +21,7 @@ import (
 
 // Factory returns two engines that share one backing store, as two daemons
 // sharing a state directory or an etcd cluster would. The factory registers
-// their Close with t.Cleanup and creates them with WithLockDelay(LockDelay).
+// their Close with t.Cleanup and creates them with QueueOptions.LockDelay set to LockDelay.
 type Factory func(t *testing.T) (a, b lockengine.Engine)
 
 // Cases is the suite, by name. Run runs all of them.

@@ -73,7 +73,7 @@ func (b *Backend) acquire(ctx context.Context, name string, mode lockengine.Mode
 		}
 		h, err := b.attempt(ctx, s, b.keys(name), mode, lost, wait)
 		if err != nil && attempt == 0 && errors.Is(err, errLeaseGone) {
-			// The lease died before the keepalive loop noticed: end the
+			// The session lease died before the keepalive loop noticed: end the
 			// session (its holds are lost anyway) and retry once with a
 			// new one.
 			s.end(fmt.Errorf("%w: lease %s not found", ErrSessionExpired, leaseHex(s.id)))
@@ -337,7 +337,7 @@ func (b *Backend) grantAt(ctx context.Context, r *request, gen, at int64, lost f
 	return b.grant(ctx, r, uint64(resp.Header.Revision), resp.Header.Revision, lost)
 }
 
-// keyGone is the error when a waiting request's key vanished: the lease
+// keyGone is the error when a waiting request's key vanished: the session lease
 // expired, or someone deleted the key.
 func (b *Backend) keyGone(ctx context.Context, r *request) error {
 	r.s.check()
@@ -361,8 +361,13 @@ func (b *Backend) grant(ctx context.Context, r *request, token uint64, at int64,
 		return nil, b.requestErr(ctx, s, r.k.name, "lock",
 			fmt.Errorf("%w: lease %s not proven alive at grant", ErrSessionExpired, leaseHex(s.id)))
 	}
-	b.wg.Add(1) // inside a counted call
-	go h.watchLoop(wctx, at+1)
+	if !b.goBackground(func() { h.watchLoop(wctx, at+1) }) {
+		// Closing: Close revokes the session lease, and the key with it.
+		s.remove(h)
+		cancel()
+		b.removeKey(ctx, r)
+		return nil, fmt.Errorf("etcdlock: lock %q: %w", r.k.name, lockengine.ErrClosed)
+	}
 	b.log.Debug("lock granted", "lock", r.k.name, "mode", r.mode, "token", token)
 	return h, nil
 }
@@ -391,27 +396,28 @@ func (b *Backend) removeKey(ctx context.Context, r *request) {
 // lease), then gives the slot back.
 func (b *Backend) removeLater(r *request) {
 	b.log.Warn("cannot delete lock key; retrying in the background", "lock", r.k.name, "key", r.key)
-	if !b.track() {
-		r.release()
-		return
+	if !b.goBackground(func() { b.removeLoop(r) }) {
+		r.release() // closing: Close revokes the session lease
 	}
-	go func() {
-		defer b.wg.Done()
-		defer r.release()
-		delay := 100 * time.Millisecond
-		for {
-			if !sleepCtx(r.s.ctx, delay) {
-				return
-			}
-			ctx, cancel := b.opCtx(r.s.ctx)
-			_, err := b.client.Txn(ctx).If(r.mine()).Then(clientv3.OpDelete(r.key)).Commit()
-			cancel()
-			if err == nil {
-				return
-			}
-			delay = min(2*delay, 2*time.Second)
+}
+
+// removeLoop is removeLater's background loop; it gives r's slot back when
+// it ends.
+func (b *Backend) removeLoop(r *request) {
+	defer r.release()
+	delay := 100 * time.Millisecond
+	for {
+		if !sleepCtx(r.s.ctx, delay) {
+			return
 		}
-	}()
+		ctx, cancel := b.opCtx(r.s.ctx)
+		_, err := b.client.Txn(ctx).If(r.mine()).Then(clientv3.OpDelete(r.key)).Commit()
+		cancel()
+		if err == nil {
+			return
+		}
+		delay = min(2*delay, 2*time.Second)
+	}
 }
 
 // reapFor bounds how long reap watches for a late key. A request that
@@ -421,37 +427,38 @@ const reapFor = 5 * time.Minute
 
 // reap deletes the key of r, whose creation timed out and may still be
 // applied, in the background: now, and again whenever it appears, until
-// the session ends (then the lease takes the key with it) or reapFor
+// the session ends (then the session lease takes the key with it) or reapFor
 // passes. The create revision is unknown, so the deletes are not
 // conditional: r keeps its slot until reap ends, so no later request of
 // the session uses the key meanwhile.
 func (b *Backend) reap(r *request) {
 	b.log.Warn("lock request timed out; reaping its key in the background", "lock", r.k.name, "key", r.key)
-	if !b.track() {
-		r.release()
-		return
+	if !b.goBackground(func() { b.reapLoop(r) }) {
+		r.release() // closing: Close revokes the session lease
 	}
-	go func() {
-		defer b.wg.Done()
-		defer r.release()
-		rctx, stop := context.WithTimeout(r.s.ctx, reapFor)
-		defer stop()
-		for rctx.Err() == nil {
-			ctx, cancel := b.opCtx(rctx)
-			resp, err := b.client.Delete(ctx, r.key)
-			cancel()
-			if err != nil {
-				sleepCtx(rctx, 500*time.Millisecond)
-				continue
-			}
-			wctx, wcancel := context.WithCancel(rctx)
-			for wr := range b.client.Watch(wctx, r.key, clientv3.WithRev(resp.Header.Revision+1), clientv3.WithFilterDelete()) {
-				if len(wr.Events) > 0 || wr.Err() != nil {
-					break // put after all (or the watch failed): delete again
-				}
-			}
-			wcancel()
-			sleepCtx(rctx, 100*time.Millisecond)
+}
+
+// reapLoop is reap's background loop; it gives r's slot back when it
+// ends.
+func (b *Backend) reapLoop(r *request) {
+	defer r.release()
+	rctx, stop := context.WithTimeout(r.s.ctx, reapFor)
+	defer stop()
+	for rctx.Err() == nil {
+		ctx, cancel := b.opCtx(rctx)
+		resp, err := b.client.Delete(ctx, r.key)
+		cancel()
+		if err != nil {
+			sleepCtx(rctx, 500*time.Millisecond)
+			continue
 		}
-	}()
+		wctx, wcancel := context.WithCancel(rctx)
+		for wr := range b.client.Watch(wctx, r.key, clientv3.WithRev(resp.Header.Revision+1), clientv3.WithFilterDelete()) {
+			if len(wr.Events) > 0 || wr.Err() != nil {
+				break // put after all (or the watch failed): delete again
+			}
+		}
+		wcancel()
+		sleepCtx(rctx, 100*time.Millisecond)
+	}
 }

@@ -309,7 +309,7 @@ func TestTokensAboveBump(t *testing.T) {
 			waitFor(t, "request queued", func() bool { return queued(t, prefix, "b") == 2 })
 			w2 := lockAsync(ctx, bs[2], "b", ex, nil)
 			waitFor(t, "second request queued", func() bool { return queued(t, prefix, "b") == 3 })
-			bumped, err := h.(lockengine.Bumper).Bump()
+			bumped, err := h.Bump()
 			require.NoError(t, err)
 			require.Greater(t, bumped, h.Token()-1, "Bump stores the new token")
 			require.Equal(t, bumped, h.Token())

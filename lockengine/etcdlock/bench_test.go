@@ -36,7 +36,7 @@ func BenchmarkBackendLockUnlock(b *testing.B) {
 func BenchmarkQueueAcquireRelease(b *testing.B) {
 	be, err := etcdlock.New(context.Background(), etcdlock.Options{Endpoints: []string{endpoint}, Prefix: newPrefix()})
 	require.NoError(b, err)
-	q := lockengine.NewQueue(be, nil)
+	q := lockengine.NewQueue(be, lockengine.QueueOptions{})
 	defer q.Close()
 	ctx := context.Background()
 	for b.Loop() {

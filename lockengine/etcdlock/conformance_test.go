@@ -15,7 +15,7 @@ import (
 func etcdEngines(t *testing.T) (a, b lockengine.Engine) {
 	_, bs := backends(t, 2, etcdlock.Options{})
 	open := func(be *etcdlock.Backend) lockengine.Engine {
-		q := lockengine.NewQueue(be, nil, lockengine.WithLockDelay(enginetest.LockDelay))
+		q := lockengine.NewQueue(be, lockengine.QueueOptions{LockDelay: enginetest.LockDelay})
 		t.Cleanup(func() { require.NoError(t, q.Close()) })
 		return q
 	}

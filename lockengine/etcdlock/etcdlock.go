@@ -3,20 +3,20 @@
 //
 // # Sessions
 //
-// A Backend keeps one etcd lease (its session), granted with Options.TTL
+// A Backend keeps one etcd lease, its session lease,, granted with Options.TTL
 // and renewed every TTL/3 with a keepalive. The session counts as alive
-// only while the lease is proven alive: after each renewal the backend
-// knows the lease lives at least until the time the renewal was SENT plus
+// only while the session lease is proven alive: after each renewal the backend
+// knows the session lease lives at least until the time the renewal was SENT plus
 // the granted TTL (etcd restarts the TTL when it receives the request,
 // which is later). When that moment passes without a newer renewal, or
-// when etcd says the lease is gone (revoked or expired), the session ends:
+// when etcd says the session lease is gone (revoked or expired), the session ends:
 // the lost callback of every Hold granted under it is called at once (from
 // another goroutine) with an error wrapping lockengine.ErrLost and
 // ErrSessionExpired, waiting Lock calls fail with ErrSessionExpired, and
-// the lease is revoked on a best-effort basis so the names free up as soon
+// the session lease is revoked on a best-effort basis so the names free up as soon
 // as etcd can be reached. Each Hold also watches its own key: if anyone
 // but Unlock deletes it (an administrator, or etcd when it revokes or
-// expires the lease), that Hold is lost at once with ErrKeyDeleted and the
+// expires the session lease), that Hold is lost at once with ErrKeyDeleted and the
 // lease is checked immediately. A session never comes back:
 // the next Lock or TryLock starts a new session (a new lease), bounded by
 // Options.OpTimeout, and fails with ErrUnavailable if etcd cannot be reached.
@@ -90,21 +90,19 @@
 //
 // # Holds
 //
-// Besides Token and Unlock, the Holds a Backend returns have a method
-// Valid() bool (reach it with a type assertion to interface{ Valid() bool })
-// that reports synchronously whether the grant is still provably held; it
-// turns false as soon as the lease's proven lifetime has run out, even
-// before the lost callback has run.
+// A Hold's Valid reports synchronously whether the grant is still provably
+// held; it turns false as soon as the session lease's proven lifetime has
+// run out, even before the lost callback has run.
 //
 // # Recovery time
 //
 // When a daemon dies, or is cut off from etcd, its keys and so its locks
-// disappear when etcd expires its lease: at most TTL after the last
+// disappear when etcd expires its session lease: at most TTL after the last
 // renewal etcd received, so at most TTL after the death (plus an etcd
 // leader election, if one happens meanwhile: a new leader extends every
 // lease). A cut-off daemon reports its holds lost no later than etcd can
 // expire them, because it counts the TTL from when it sent the renewal.
-// A daemon that shuts down with Close revokes its lease: its names are
+// A daemon that shuts down with Close revokes its session lease: its names are
 // free at once.
 package etcdlock
 
@@ -143,7 +141,7 @@ var (
 	// session return it.
 	ErrSessionExpired = errors.New("etcdlock: session expired")
 	// ErrKeyDeleted: the key of a grant was deleted by anyone but its
-	// holder: an administrator (etcdctl del), or etcd itself when the lease
+	// holder: an administrator (etcdctl del), or etcd itself when the session lease
 	// was revoked or expired (then the session ends too). Lost holds wrap
 	// it together with lockengine.ErrLost.
 	ErrKeyDeleted = errors.New("etcdlock: lock key deleted")
@@ -206,7 +204,7 @@ type Backend struct {
 
 	mu     sync.Mutex
 	closed bool           // guarded by mu
-	wg     sync.WaitGroup // calls in progress and background goroutines; Add under mu unless already counted
+	wg     sync.WaitGroup // calls in progress and background goroutines; Add only through track, under mu
 
 	// watchFrom, if set (by tests only), chooses the revision a waiter's
 	// watch starts at instead of the one after its snapshot.
@@ -291,7 +289,7 @@ func New(ctx context.Context, opts Options) (*Backend, error) {
 // and the session lease is revoked, which releases every Hold still
 // outstanding at once (their lost callbacks are not called: the caller is
 // closing them). Close is idempotent; it returns an error wrapping
-// ErrUnavailable if the lease could not be revoked, in which case the keys
+// ErrUnavailable if the session lease could not be revoked, in which case the keys
 // expire with the lease TTL.
 func (b *Backend) Close() error {
 	b.mu.Lock()
@@ -326,7 +324,9 @@ func (b *Backend) Close() error {
 }
 
 // track counts a call or background goroutine in b.wg. It returns false
-// once Close has begun.
+// once Close has begun. It is the only way anything is counted: the check
+// of closed and the Add happen under mu, so no Add can follow Close's
+// Wait.
 func (b *Backend) track() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -395,16 +395,17 @@ func (b *Backend) requestErr(ctx context.Context, s *session, name, op string, e
 	return fmt.Errorf("etcdlock: %s %q: %w", op, name, b.classify(err))
 }
 
-// goBackground runs f in a goroutine counted in b.wg, unless the backend
-// is closing.
-func (b *Backend) goBackground(f func()) {
+// goBackground runs f in a goroutine counted in b.wg and reports true,
+// or reports false and does nothing once Close has begun.
+func (b *Backend) goBackground(f func()) bool {
 	if !b.track() {
-		return
+		return false
 	}
 	go func() {
 		defer b.wg.Done()
 		f()
 	}()
+	return true
 }
 
 func leaseHex(id clientv3.LeaseID) string { return strconv.FormatInt(int64(id), 16) }

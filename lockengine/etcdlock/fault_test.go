@@ -255,7 +255,7 @@ func TestEtcdStopped(t *testing.T) {
 // The engine's lease reports loss through Done/Err when the session ends.
 func TestQueueLeaseLost(t *testing.T) {
 	prefix, bs := backends(t, 2, etcdlock.Options{})
-	qa, qb := lockengine.NewQueue(bs[0], nil), lockengine.NewQueue(bs[1], nil)
+	qa, qb := lockengine.NewQueue(bs[0], lockengine.QueueOptions{}), lockengine.NewQueue(bs[1], lockengine.QueueOptions{})
 	t.Cleanup(func() { require.NoError(t, qa.Close()) })
 	t.Cleanup(func() { require.NoError(t, qb.Close()) })
 	ctx := ctxT(t)

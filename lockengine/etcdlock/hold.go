@@ -40,9 +40,7 @@ var _ lockengine.Hold = (*hold)(nil)
 // the package documentation).
 func (h *hold) Token() uint64 { return h.token.Load() }
 
-var _ lockengine.Bumper = (*hold)(nil)
-
-// Bump implements lockengine.Bumper for exclusive grants: it writes the
+// Bump implements lockengine.Hold for exclusive grants: it writes the
 // generation key while the grant's key still exists, and the revision of
 // that write is the new token. Requests queued before the write see it
 // when they are granted and take a token above it (see grantAt).
@@ -142,7 +140,6 @@ func (h *hold) lose(cause error) {
 func (h *hold) watchLoop(ctx context.Context, from int64) {
 	r := h.r
 	b := r.s.b
-	defer b.wg.Done()
 	for ctx.Err() == nil {
 		wch := b.client.Watch(ctx, r.key, clientv3.WithRev(from), clientv3.WithFilterPut())
 		for wr := range wch {

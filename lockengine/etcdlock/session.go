@@ -13,7 +13,7 @@ import (
 	"github.com/lockfs/lockfs/lockengine"
 )
 
-// session is one etcd lease kept alive by keepAliveLoop. It ends once; a
+// session is one session lease kept alive by keepAliveLoop. It ends once; a
 // Backend then starts a new one for later requests.
 type session struct {
 	b   *Backend
@@ -50,8 +50,14 @@ func (b *Backend) newSession(ctx context.Context) (*session, error) {
 		until: sent.Add(time.Duration(resp.TTL) * time.Second),
 	}
 	s.ctx, s.cancel = context.WithCancel(b.root)
-	b.wg.Add(1) // New, or inside a counted call
-	go s.keepAliveLoop(s.until)
+	if !b.goBackground(func() { s.keepAliveLoop(s.until) }) {
+		// Closing: give the new lease back at once.
+		s.cancel()
+		rctx, cancel := context.WithTimeout(context.Background(), b.opts.OpTimeout)
+		_, _ = b.client.Revoke(rctx, s.id)
+		cancel()
+		return nil, lockengine.ErrClosed
+	}
 	b.log.Info("etcd session started", "lease", leaseHex(s.id), "ttl", s.ttl)
 	return s, nil
 }
@@ -79,10 +85,7 @@ func (b *Backend) session(ctx context.Context) (*session, error) {
 	st := b.starting
 	if st == nil {
 		st = &sessionStart{done: make(chan struct{})}
-		b.starting = st
-		b.wg.Add(1) // inside a counted call
-		go func() {
-			defer b.wg.Done()
+		started := b.goBackground(func() {
 			gctx, cancel := context.WithTimeout(b.root, b.opts.OpTimeout)
 			s, err := b.newSession(gctx)
 			cancel()
@@ -94,7 +97,12 @@ func (b *Backend) session(ctx context.Context) (*session, error) {
 			st.s, st.err = s, err
 			b.sessMu.Unlock()
 			close(st.done)
-		}()
+		})
+		if !started {
+			b.sessMu.Unlock()
+			return nil, lockengine.ErrClosed
+		}
+		b.starting = st
 	}
 	b.sessMu.Unlock()
 	select {
@@ -111,11 +119,10 @@ func (b *Backend) session(ctx context.Context) (*session, error) {
 	}
 }
 
-// keepAliveLoop renews the lease every ttl/3 (sooner after a failure or a
-// poke) and ends the session when the lease can no longer be proven alive.
-// deadline is the time until which the lease is known to live.
+// keepAliveLoop renews the session lease every ttl/3 (sooner after a failure or a
+// poke) and ends the session when the session lease can no longer be proven alive.
+// deadline is the time until which the session lease is known to live.
 func (s *session) keepAliveLoop(deadline time.Time) {
-	defer s.b.wg.Done()
 	interval := s.ttl / 3
 	retry := min(interval, 500*time.Millisecond)
 	expiry := time.NewTimer(time.Until(deadline))
@@ -166,7 +173,7 @@ func (s *session) keepAliveLoop(deadline time.Time) {
 }
 
 // check asks the keepalive loop to renew at once, to find out quickly
-// whether the lease still lives.
+// whether the session lease still lives.
 func (s *session) check() {
 	select {
 	case s.poke <- struct{}{}:
@@ -176,9 +183,8 @@ func (s *session) check() {
 
 // end ends the session because of cause (wrapping ErrSessionExpired): every
 // hold is reported lost (from another goroutine), waits under the session
-// stop, and the lease is revoked in the background in case etcd still
-// keeps it. Only the first call has an effect. Callers are counted in
-// b.wg.
+// stop, and the session lease is revoked in the background in case etcd still
+// keeps it. Only the first call has an effect.
 func (s *session) end(cause error) {
 	s.mu.Lock()
 	if s.err != nil {
@@ -193,18 +199,18 @@ func (s *session) end(cause error) {
 	s.b.log.Warn("etcd session ended", "lease", leaseHex(s.id), "holds", len(holds), "err", cause)
 	// Lost callbacks run on a goroutine of their own: end may be called
 	// by a Lock or TryLock whose caller holds locks the callbacks take.
-	s.b.wg.Add(1) // end runs in a counted call or the keepalive loop
-	go func() {
-		defer s.b.wg.Done()
+	// Once Close has begun nothing runs: Close revokes the session lease, and the
+	// lost callbacks of a closing backend are not called.
+	s.b.goBackground(func() {
 		for h := range holds {
 			h.lose(cause)
 		}
 		s.revokeLoop()
-	}()
+	})
 }
 
-// revokeLoop revokes the lease of an ended session, retrying for a while:
-// if etcd still keeps the lease (the session ended because etcd could not
+// revokeLoop revokes the session lease of an ended session, retrying for a while:
+// if etcd still keeps the session lease (the session ended because etcd could not
 // be reached, or etcd restarted and restored it), revoking frees its keys
 // before the TTL runs out.
 func (s *session) revokeLoop() {
@@ -239,7 +245,7 @@ func (s *session) cause() error {
 	return nil
 }
 
-// alive reports whether the lease is proven alive now: the session has
+// alive reports whether the session lease is proven alive now: the session has
 // not ended and its last renewal covers the present (the keepalive loop may
 // not have noticed a missed deadline yet, e.g. right after SIGCONT).
 func (s *session) alive() bool {
@@ -249,7 +255,7 @@ func (s *session) alive() bool {
 }
 
 // add registers h so that it is lost when the session ends. It returns
-// false when the session has ended or its lease is not proven alive.
+// false when the session has ended or its session lease is not proven alive.
 func (s *session) add(h *hold) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/lockfs/lockfs/internal/mountinfo"
 )
 
 // cmdTimeout bounds one docker CLI call.
@@ -198,7 +200,11 @@ func (c *container) waitMounted(point string) {
 			}
 			return r.err
 		}
-		if n := len(lockfsMountsAt(parseMountinfo(r.stdout), point)); n != 1 {
+		ms, err := mountinfo.Parse([]byte(r.stdout))
+		if err != nil {
+			return err
+		}
+		if n := len(lockfsMountsAt(ms, point)); n != 1 {
 			return fmt.Errorf("%d fuse.lockfs mounts at %s", n, point)
 		}
 		return nil
@@ -206,15 +212,11 @@ func (c *container) waitMounted(point string) {
 }
 
 // lockfsMounts returns c's fuse.lockfs mounts.
-func (c *container) lockfsMounts() []mountEntry {
+func (c *container) lockfsMounts() []mountinfo.Mount {
 	c.t.Helper()
-	var out []mountEntry
-	for _, m := range parseMountinfo(c.mustSh("cat /proc/self/mountinfo")) {
-		if m.fstype == "fuse.lockfs" {
-			out = append(out, m)
-		}
-	}
-	return out
+	ms, err := mountinfo.Parse([]byte(c.mustSh("cat /proc/self/mountinfo")))
+	require.NoError(c.t, err, "mountinfo of %s", c.name)
+	return mountinfo.Lockfs(ms)
 }
 
 // try opens path without waiting (path should be M/.try/NAME) for writing

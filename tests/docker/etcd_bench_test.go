@@ -19,6 +19,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
+
+	"github.com/lockfs/lockfs/internal/mountinfo"
 )
 
 const (
@@ -207,7 +209,11 @@ func benchWaitMounted(b *testing.B, c, point string) {
 		if r.err != nil {
 			return r.err
 		}
-		if n := len(lockfsMountsAt(parseMountinfo(r.stdout), point)); n != 1 {
+		ms, err := mountinfo.Parse([]byte(r.stdout))
+		if err != nil {
+			return err
+		}
+		if n := len(lockfsMountsAt(ms, point)); n != 1 {
 			return fmt.Errorf("%d fuse.lockfs mounts at %s", n, point)
 		}
 		return nil

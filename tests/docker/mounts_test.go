@@ -11,81 +11,22 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
+
+	"github.com/lockfs/lockfs/internal/mountinfo"
 )
-
-// mountEntry is one line of /proc/PID/mountinfo.
-type mountEntry struct {
-	id     int
-	point  string // mount point, unescaped
-	fstype string
-	prop   string // optional fields, e.g. "shared:4 master:2"
-}
-
-// parseMountinfo parses the text of a mountinfo file.
-func parseMountinfo(text string) []mountEntry {
-	var out []mountEntry
-	for _, line := range strings.Split(text, "\n") {
-		f := strings.Fields(line)
-		sep := -1
-		for i, s := range f {
-			if s == "-" && i >= 6 {
-				sep = i
-				break
-			}
-		}
-		if sep < 0 || sep+1 >= len(f) {
-			continue
-		}
-		var id int
-		fmt.Sscan(f[0], &id)
-		out = append(out, mountEntry{
-			id:     id,
-			point:  unescapeOctal(f[4]),
-			fstype: f[sep+1],
-			prop:   strings.Join(f[6:sep], " "),
-		})
-	}
-	return out
-}
-
-// unescapeOctal undoes the \NNN escapes of mountinfo paths.
-func unescapeOctal(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			var v int
-			if _, err := fmt.Sscanf(s[i+1:i+4], "%03o", &v); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
 
 // hostMounts returns the mounts of the test process's mount namespace (the
 // host's: dockerd shares it on these machines).
-func hostMounts(t testing.TB) []mountEntry {
+func hostMounts(t testing.TB) []mountinfo.Mount {
 	t.Helper()
-	b, err := os.ReadFile("/proc/self/mountinfo")
+	ms, err := mountinfo.Read()
 	require.NoError(t, err)
-	return parseMountinfo(string(b))
+	return ms
 }
 
 // lockfsMountsAt returns the fuse.lockfs mounts at point.
-func lockfsMountsAt(mounts []mountEntry, point string) []mountEntry {
-	var out []mountEntry
-	for _, m := range mounts {
-		if m.point == point && m.fstype == "fuse.lockfs" {
-			out = append(out, m)
-		}
-	}
-	return out
+func lockfsMountsAt(mounts []mountinfo.Mount, point string) []mountinfo.Mount {
+	return mountinfo.Lockfs(mountinfo.At(mounts, point))
 }
 
 // unmountBelow lazily unmounts every mount at or below dir, topmost first,
@@ -93,31 +34,26 @@ func lockfsMountsAt(mounts []mountEntry, point string) []mountEntry {
 func unmountBelow(dir string) error {
 	dir = filepath.Clean(dir)
 	for round := 0; round < 50; round++ {
-		b, err := os.ReadFile("/proc/self/mountinfo")
+		ms, err := mountinfo.Read()
 		if err != nil {
-			return fmt.Errorf("read mountinfo: %w", err)
+			return err
 		}
-		var below []mountEntry
-		for _, m := range parseMountinfo(string(b)) {
-			if m.point == dir || strings.HasPrefix(m.point, dir+"/") {
-				below = append(below, m)
-			}
-		}
+		below := mountinfo.Under(ms, dir)
 		if len(below) == 0 {
 			return nil
 		}
 		// Deepest path first; among equal paths the newest (stacked on top).
 		sort.Slice(below, func(i, j int) bool {
-			di, dj := strings.Count(below[i].point, "/"), strings.Count(below[j].point, "/")
+			di, dj := strings.Count(below[i].Point, "/"), strings.Count(below[j].Point, "/")
 			if di != dj {
 				return di > dj
 			}
-			return below[i].id > below[j].id
+			return below[i].ID > below[j].ID
 		})
 		var errs []error
 		for _, m := range below {
-			if err := unix.Unmount(m.point, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
-				errs = append(errs, fmt.Errorf("umount -l %s (%s): %w", m.point, m.fstype, err))
+			if err := unix.Unmount(m.Point, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+				errs = append(errs, fmt.Errorf("umount -l %s (%s): %w", m.Point, m.FSType, err))
 			}
 		}
 		if len(errs) > 0 && round > 3 {

@@ -12,9 +12,10 @@ import (
 	"github.com/lockfs/lockfs/tests/e2e/harness"
 )
 
-// Bounds asserted by the tests are 10x the figures of the issue (EINTR
-// within 10ms, SIGKILL frees within 100ms, next waiter not delayed), so a
-// loaded machine never trips them; the measured values are logged.
+// The bounds the tests assert are ten times the latencies lockfs is built
+// for (EINTR within 10ms of the signal; a lock released by close or by its
+// holder's SIGKILL granted to the next waiter within 100ms), so a loaded
+// machine never trips them; the measured values are logged.
 const (
 	eintrBound   = 100 * time.Millisecond
 	handoffBound = time.Second

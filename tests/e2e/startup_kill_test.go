@@ -9,11 +9,12 @@ import (
 	"github.com/lockfs/lockfs/tests/e2e/harness"
 )
 
-// Regression: a daemon SIGKILLed the moment its mount appeared could hang
-// in D state forever. go-fuse's WaitMount opens a file in the new mount
-// from the daemon itself; the thread waiting for that answer kept
-// /dev/fuse open after the serving threads died. lockfs no longer does
-// that self-open. The window is small, so the test repeats the race.
+// A daemon SIGKILLed the moment its mount appears exits and is reaped; it
+// does not hang in D state. A daemon that opens a file in its own new
+// mount while starting (go-fuse's WaitMount does; fsnode.Mount does not)
+// would hang: the thread waiting for that answer keeps /dev/fuse open
+// after the serving threads die. The window is small, so the test repeats
+// the race.
 func TestKillRightAfterMount(t *testing.T) {
 	e := setup(t)
 	for i := range 40 {

@@ -1,19 +1,20 @@
 package harness
 
 import (
-	"bytes"
+	"context"
 	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/lockfs/lockfs/internal/launch"
+	"github.com/lockfs/lockfs/internal/mountinfo"
 )
 
 // DaemonConfig describes one `lockfs mount` daemon.
@@ -53,10 +54,9 @@ type Daemon struct {
 	logLevel   string
 	Mountpoint string
 	StateDir   string
-	Cmd        *exec.Cmd
+	Cmd        *exec.Cmd // started by proc; call no method that waits on it
 
-	mu     sync.Mutex
-	stderr bytes.Buffer // guarded by mu
+	proc *launch.Daemon
 
 	// stale are the fuse.lockfs mounts at Mountpoint before the start (a
 	// killed daemon's), which do not count as ready; mountID is the mount
@@ -64,9 +64,6 @@ type Daemon struct {
 	stale   []int
 	mountID int
 	dev     string // MAJ:MIN of the mount WaitReady found
-
-	exit
-	readDone chan struct{} // closed when stderr reached EOF
 }
 
 // StartDaemon starts `lockfs mount` as a subprocess and waits until its
@@ -103,64 +100,24 @@ func (e *Env) SpawnDaemon(t testing.TB, c DaemonConfig) *Daemon {
 	args = append(args, c.Args...)
 	args = append(args, c.Mountpoint)
 
-	d := &Daemon{t: t, root: e.Root, logLevel: c.LogLevel, Mountpoint: c.Mountpoint, StateDir: c.StateDir,
-		exit: newExit(), readDone: make(chan struct{})}
+	d := &Daemon{t: t, root: e.Root, logLevel: c.LogLevel, Mountpoint: c.Mountpoint, StateDir: c.StateDir}
 	var err error
 	if d.stale, err = LockfsMountIDs(c.Mountpoint); err != nil {
 		t.Fatal(err)
 	}
-	d.Cmd = exec.Command(e.Lockfs, args...)
-	// Pdeathsig: if the test binary dies (a go test timeout), the daemon
-	// dies with it instead of serving forever.
-	d.Cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if c.PidNamespace {
-		// With Pdeathsig the child checks getppid() against its parent's
-		// pid, and getppid() is 0 in a new namespace: the child then sends
-		// itself SIGKILL, which the kernel discards for a namespace's init
-		// (it ignores signals from inside its namespace it has no handler
-		// for). The parent-death signal itself comes from outside the
-		// namespace and is delivered.
-		d.Cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWPID
-	}
-	null, err := os.Open(os.DevNull)
+	// The launcher's parent-death SIGKILL: if the test binary dies (a go
+	// test timeout), the daemon dies with it instead of serving forever.
+	d.proc, err = launch.Start(launch.Options{
+		Path:            e.Lockfs,
+		Args:            args,
+		Mountpoint:      c.Mountpoint,
+		ExtraFiles:      c.ExtraFiles,
+		NewPIDNamespace: c.PidNamespace,
+	})
 	if err != nil {
-		t.Fatalf("harness: %v", err)
-	}
-	defer null.Close()
-	errR, errW, err := os.Pipe()
-	if err != nil {
-		t.Fatalf("harness: pipe: %v", err)
-	}
-	d.Cmd.Stdin, d.Cmd.Stdout, d.Cmd.Stderr = null, errW, errW
-	d.Cmd.ExtraFiles = c.ExtraFiles
-	err = d.Cmd.Start()
-	errW.Close()
-	if err != nil {
-		errR.Close()
 		t.Fatalf("harness: start lockfs: %v", err)
 	}
-	go func() {
-		defer close(d.readDone)
-		defer errR.Close()
-		buf := make([]byte, 8192)
-		for {
-			n, err := errR.Read(buf)
-			d.mu.Lock()
-			d.stderr.Write(buf[:n])
-			d.mu.Unlock()
-			if err != nil {
-				return
-			}
-		}
-	}()
-	go func() {
-		err := d.Cmd.Wait()
-		select { // the log is complete once the pipe is drained
-		case <-d.readDone:
-		case <-time.After(time.Second):
-		}
-		d.reaped(d.Cmd, err)
-	}()
+	d.Cmd = d.proc.Cmd()
 	t.Cleanup(d.cleanup)
 	return d
 }
@@ -170,10 +127,10 @@ func (e *Env) SpawnDaemon(t testing.TB, c DaemonConfig) *Daemon {
 // and info, until the daemon has logged msg=mounted. It fails t (with the
 // daemon's log) if the daemon exits first or timeout passes.
 //
-// The mount shows in mountinfo before go-fuse has finished mounting: its
-// WaitMount then opens a file on the new mount (.go-fuse-epoll-hack), served
-// by the daemon itself. A daemon SIGKILLed in that window keeps a thread in
-// D state forever, so tests wait for the log line too.
+// The mount shows in mountinfo while the daemon is still inside
+// fsnode.Mount; msg=mounted is logged once Mount has returned and the
+// daemon serves, so a test that then signals or kills the daemon sees its
+// steady-state behaviour, not its start-up.
 func (d *Daemon) WaitReady(timeout time.Duration) {
 	d.t.Helper()
 	deadline := time.Now().Add(timeout)
@@ -183,8 +140,8 @@ func (d *Daemon) WaitReady(timeout time.Duration) {
 			if err != nil {
 				d.t.Fatal(err)
 			}
-			for _, m := range ms {
-				if m.Point == d.Mountpoint && m.FSType == "fuse.lockfs" && !slices.Contains(d.stale, m.ID) {
+			for _, m := range mountinfo.Lockfs(mountinfo.At(ms, d.Mountpoint)) {
+				if !slices.Contains(d.stale, m.ID) {
 					d.mountID, d.dev = m.ID, m.Dev
 				}
 			}
@@ -194,7 +151,7 @@ func (d *Daemon) WaitReady(timeout time.Duration) {
 		}
 		if d.Exited() {
 			d.t.Fatalf("lockfs mount %s exited (%v) before the mount was ready; log:\n%s",
-				d.Mountpoint, d.waitErr, d.Log())
+				d.Mountpoint, d.proc.WaitErr(), d.Log())
 		}
 		if time.Now().After(deadline) {
 			d.t.Fatalf("lockfs mount %s: not mounted after %v; log:\n%s", d.Mountpoint, timeout, d.Log())
@@ -205,26 +162,25 @@ func (d *Daemon) WaitReady(timeout time.Duration) {
 
 func (d *Daemon) cleanup() {
 	t := d.t
-	if !d.Exited() {
-		// Continue a stopped daemon first, so SIGTERM is handled.
-		_ = unix.Kill(d.Pid(), unix.SIGCONT)
-		_ = unix.Kill(d.Pid(), unix.SIGTERM)
-		select {
-		case <-d.done:
-			if d.exitCode != 0 {
-				t.Errorf("lockfs mount %s: exit code %d after SIGTERM, want 0 (%v)", d.Mountpoint, d.exitCode, d.waitErr)
-			}
-		case <-time.After(Patience):
-			t.Errorf("lockfs mount %s: still running %v after SIGTERM (state %s); sending SIGKILL",
-				d.Mountpoint, Patience, ProcStateString(d.Pid()))
-			d.killHard()
-		}
+	// SIGTERM (after SIGCONT, so a stopped daemon handles it), then SIGKILL
+	// after Patience; nothing is sent to a daemon that already exited.
+	err := d.proc.Terminate(Patience)
+	switch {
+	case err == nil:
+	case errors.Is(err, launch.ErrNotReaped):
+		t.Errorf("lockfs mount %s: %v", d.Mountpoint, err)
+		d.abortStuck()
+	case errors.Is(err, launch.ErrKilled):
+		t.Errorf("lockfs mount %s: %v", d.Mountpoint, err)
+	default:
+		t.Errorf("lockfs mount %s: exit code %d after SIGTERM, want 0 (%v)",
+			d.Mountpoint, d.proc.ExitCode(), d.proc.WaitErr())
 	}
 	// A killed daemon leaves its mount behind (ENOTCONN); so may a buggy one.
 	// Only this daemon's mount is detached, not a later daemon's.
 	if d.Mounted() {
-		if err := unix.Unmount(d.Mountpoint, unix.MNT_DETACH); err != nil {
-			t.Errorf("harness: unmount %s: %v", d.Mountpoint, err)
+		if err := launch.Detach(d.Mountpoint); err != nil {
+			t.Errorf("harness: %v", err)
 		}
 	}
 	if t.Failed() {
@@ -232,26 +188,29 @@ func (d *Daemon) cleanup() {
 	}
 }
 
-// killHard sends SIGKILL and, if the daemon is still not reaped after a
-// while (a thread of it waits on its own mount), aborts its FUSE
-// connection, failing the test in that case.
+// killHard sends SIGKILL and, if the daemon is still not reaped after
+// launch.KillWait (a thread of it waits on its own mount), fails the test
+// and aborts its FUSE connection.
 func (d *Daemon) killHard() {
-	_ = unix.Kill(d.Pid(), unix.SIGKILL)
-	select {
-	case <-d.done:
-		return
-	case <-time.After(5 * time.Second):
+	if err := d.proc.Kill(); err != nil {
+		d.t.Errorf("lockfs mount %s: %v", d.Mountpoint, err)
+		d.abortStuck()
 	}
-	d.t.Errorf("lockfs mount %s: pid %d not reaped 5s after SIGKILL (state %s); aborting its FUSE connection %s",
-		d.Mountpoint, d.Pid(), ProcStateString(d.Pid()), d.dev)
+}
+
+// abortStuck aborts the FUSE connection of a daemon that survived SIGKILL,
+// and fails the test if even that does not let it be reaped within
+// Patience.
+func (d *Daemon) abortStuck() {
+	d.t.Errorf("lockfs mount %s: aborting the FUSE connection %s of pid %d", d.Mountpoint, d.dev, d.Pid())
 	if d.dev != "" {
 		if err := AbortFUSE(d.root, d.dev); err != nil {
 			d.t.Error(err)
 		}
 	}
-	select {
-	case <-d.done:
-	case <-time.After(Patience):
+	ctx, cancel := context.WithTimeout(context.Background(), Patience)
+	defer cancel()
+	if _, err := d.proc.Wait(ctx); err != nil {
 		d.t.Errorf("lockfs mount %s: pid %d survives SIGKILL and a FUSE abort", d.Mountpoint, d.Pid())
 	}
 }
@@ -261,14 +220,13 @@ func (d *Daemon) Path(name string) string { return filepath.Join(d.Mountpoint, n
 
 // Pid returns the daemon's process id in the test's pid namespace (also
 // with DaemonConfig.PidNamespace, where the daemon is pid 1 of its own).
-func (d *Daemon) Pid() int { return d.Cmd.Process.Pid }
+func (d *Daemon) Pid() int { return d.proc.Pid() }
 
-// Log returns the daemon's stderr so far.
-func (d *Daemon) Log() string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.stderr.String()
-}
+// Log returns the daemon's stderr (and stdout) so far.
+func (d *Daemon) Log() string { return d.proc.Log() }
+
+// Exited reports whether the daemon has exited and been reaped.
+func (d *Daemon) Exited() bool { return d.proc.Exited() }
 
 // WaitLog waits until the daemon's log has a line containing every one of
 // substrs, and returns that line.
@@ -297,7 +255,7 @@ func (d *Daemon) WaitLog(timeout time.Duration, substrs ...string) string {
 // Signal sends sig to the daemon.
 func (d *Daemon) Signal(sig unix.Signal) {
 	d.t.Helper()
-	if err := unix.Kill(d.Pid(), sig); err != nil && !errors.Is(err, unix.ESRCH) {
+	if err := d.proc.Signal(sig); err != nil {
 		d.t.Fatalf("harness: kill lockfs %v: %v", sig, err)
 	}
 }
@@ -306,8 +264,10 @@ func (d *Daemon) Signal(sig unix.Signal) {
 // code (-1 when killed by a signal), failing t on timeout.
 func (d *Daemon) Wait(timeout time.Duration) int {
 	d.t.Helper()
-	code, ok := d.waitExit(timeout)
-	if !ok {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	code, err := d.proc.Wait(ctx)
+	if err != nil {
 		d.t.Fatalf("lockfs mount %s did not exit within %v (state %s); log:\n%s",
 			d.Mountpoint, timeout, ProcStateString(d.Pid()), d.Log())
 	}

@@ -5,7 +5,7 @@ import (
 	"time"
 )
 
-// exit records how a started process ended, for Proc and Daemon.
+// exit records how a started client process (Proc) ended.
 type exit struct {
 	done     chan struct{} // closed once the process has been reaped
 	waitErr  error         // set before done is closed

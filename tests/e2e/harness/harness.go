@@ -30,6 +30,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/lockfs/lockfs/internal/mountinfo"
 )
 
 // RequiredEnv is the environment variable that turns missing prerequisites
@@ -43,8 +45,11 @@ const RequiredEnv = "LOCKFS_E2E_REQUIRED"
 const Patience = 15 * time.Second
 
 // Settle is how long a test lets a request that is already blocked in the
-// kernel reach the daemon before it relies on the daemon's arrival order. No
-// interface shows a daemon's queue, so this one sleep cannot be a poll.
+// kernel reach the daemon's queue before it relies on the daemon's arrival
+// order. It is a fixed sleep, not a poll of the lock file's
+// user.lockfs.waiters xattr (the count of its queued opens), because
+// Proc.WaitBlockedInOpen, which uses it, knows the waiting process but not
+// the lock's path.
 const Settle = 150 * time.Millisecond
 
 //go:embed pyclient.py
@@ -223,64 +228,17 @@ func (e *Env) Require(t testing.TB) {
 	}
 }
 
-// Mount is one line of /proc/self/mountinfo.
-type Mount struct {
-	ID     int    // mount ID, unique among current mounts
-	Dev    string // MAJ:MIN of the filesystem; for FUSE the minor names the connection
-	Point  string // mountpoint, unescaped
-	FSType string // e.g. "fuse.lockfs"
-	Source string
-}
+// Mount is one line of /proc/self/mountinfo (ID, Dev, Point, FSType,
+// Source, ...; see mountinfo.Mount).
+type Mount = mountinfo.Mount
 
 // Mounts parses /proc/self/mountinfo.
 func Mounts() ([]Mount, error) {
-	data, err := os.ReadFile("/proc/self/mountinfo")
+	ms, err := mountinfo.Read()
 	if err != nil {
 		return nil, fmt.Errorf("harness: %w", err)
 	}
-	var ms []Mount
-	for line := range strings.SplitSeq(string(data), "\n") {
-		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS
-		pre, post, ok := strings.Cut(line, " - ")
-		if !ok {
-			continue
-		}
-		f, g := strings.Fields(pre), strings.Fields(post)
-		if len(f) < 5 || len(g) < 2 {
-			continue
-		}
-		id, _ := strconv.Atoi(f[0])
-		ms = append(ms, Mount{ID: id, Dev: f[2], Point: unescapeMountinfo(f[4]), FSType: g[0], Source: unescapeMountinfo(g[1])})
-	}
 	return ms, nil
-}
-
-// unescapeMountinfo undoes the kernel's octal escapes (\040 for space, ...).
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			var v byte
-			ok := true
-			for _, c := range []byte(s[i+1 : i+4]) {
-				if c < '0' || c > '7' {
-					ok = false
-					break
-				}
-				v = v*8 + (c - '0')
-			}
-			if ok {
-				b.WriteByte(v)
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // IsLockfsMounted reports whether a fuse.lockfs mount is at path.
@@ -297,10 +255,8 @@ func LockfsMountIDs(path string) ([]int, error) {
 		return nil, err
 	}
 	var ids []int
-	for _, m := range ms {
-		if m.Point == path && m.FSType == "fuse.lockfs" {
-			ids = append(ids, m.ID)
-		}
+	for _, m := range mountinfo.Lockfs(mountinfo.At(ms, path)) {
+		ids = append(ids, m.ID)
 	}
 	return ids, nil
 }
@@ -311,13 +267,7 @@ func MountsUnder(dir string) ([]Mount, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out []Mount
-	for _, m := range ms {
-		if m.Point == dir || strings.HasPrefix(m.Point, dir+"/") {
-			out = append(out, m)
-		}
-	}
-	return out, nil
+	return mountinfo.Under(ms, dir), nil
 }
 
 // LockfsMountsUnder lists the fuse.lockfs mountpoints at or below dir.
@@ -327,10 +277,8 @@ func LockfsMountsUnder(dir string) ([]string, error) {
 		return nil, err
 	}
 	var out []string
-	for _, m := range ms {
-		if m.FSType == "fuse.lockfs" {
-			out = append(out, m.Point)
-		}
+	for _, m := range mountinfo.Lockfs(ms) {
+		out = append(out, m.Point)
 	}
 	return out, nil
 }

@@ -15,6 +15,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/lockfs/lockfs/internal/launch"
+	"github.com/lockfs/lockfs/internal/syncbuf"
 )
 
 // Proc is a client process started by a test, in its own process group
@@ -32,7 +35,8 @@ type Proc struct {
 	next    int           // guarded by mu; first line WaitLine has not consumed
 	eof     bool          // guarded by mu; stdout reached EOF
 	changed chan struct{} // guarded by mu; closed and replaced on every change
-	stderr  bytes.Buffer  // guarded by mu
+
+	stderr syncbuf.Buffer
 
 	outDone chan struct{} // closed when stdout reached EOF
 	errDone chan struct{} // closed when stderr reached EOF
@@ -142,9 +146,7 @@ func (p *Proc) readStderr(r *os.File) {
 	buf := make([]byte, 4096)
 	for {
 		n, err := r.Read(buf)
-		p.mu.Lock()
-		p.stderr.Write(buf[:n])
-		p.mu.Unlock()
+		_, _ = p.stderr.Write(buf[:n])
 		if err != nil {
 			return
 		}
@@ -186,11 +188,7 @@ func (p *Proc) Lines() []string {
 }
 
 // Stderr returns the stderr so far.
-func (p *Proc) Stderr() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.stderr.String()
-}
+func (p *Proc) Stderr() string { return p.stderr.String() }
 
 // Send writes one line to the process's stdin.
 func (p *Proc) Send(line string) {
@@ -397,15 +395,8 @@ func procState(statPath string) byte {
 }
 
 // ProcStateString describes pid's state and kernel wait channel for
-// failure messages.
-func ProcStateString(pid int) string {
-	s := ProcState(pid)
-	if s == 0 {
-		return "gone"
-	}
-	wchan, _ := os.ReadFile(fmt.Sprintf("/proc/%d/wchan", pid))
-	return fmt.Sprintf("%c (wchan %s)", s, wchan)
-}
+// failure messages ("gone" when there is no such process).
+func ProcStateString(pid int) string { return launch.ProcState(pid) }
 
 // DescendantsInState lists the descendants of pid (via /proc/*/stat parent
 // links) whose state is s.

@@ -1,25 +1,31 @@
-package lockengine
+// Package dirlock is the lockengine.Backend of one host: each lock name is
+// a file in a local backing directory, held with flock(2), so processes
+// (and containers) that share the directory on one kernel exclude each
+// other. A heartbeat refreshes and verifies every held lock file and
+// reports a lock lost when its file is removed or replaced; an optional
+// takeover replaces the file of a holder that stopped refreshing it; a
+// sweeper removes unused files. See docs/design.md for the invariants.
+package dirlock
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/lockfs/lockfs/heartbeat"
+	"github.com/lockfs/lockfs/lockengine"
+	"github.com/lockfs/lockfs/lockengine/dirlock/internal/heartbeat"
 )
 
-// DirOptions configures a DirBackend. The zero value is usable.
-type DirOptions struct {
+// Options configures a Backend. The zero value is usable.
+type Options struct {
 	// Heartbeat is how often a held lock file is refreshed and verified
 	// (default heartbeat.DefaultInterval, 10s). A lock whose file is
 	// removed or replaced is reported lost within one interval.
@@ -53,7 +59,7 @@ type DirOptions struct {
 	Logger *slog.Logger
 }
 
-func (o *DirOptions) setDefaults() error {
+func (o *Options) setDefaults() error {
 	if o.Heartbeat <= 0 {
 		o.Heartbeat = heartbeat.DefaultInterval
 	}
@@ -88,7 +94,7 @@ func (o *DirOptions) setDefaults() error {
 	return nil
 }
 
-// DirBackend is the local Backend: each name is a file in a backing
+// Backend is the local Backend: each name is a file in a backing
 // directory, held with flock(2). Processes (and containers) that share the
 // directory on one kernel exclude each other. See docs/design.md for the
 // invariants.
@@ -99,19 +105,19 @@ func (o *DirOptions) setDefaults() error {
 //
 // The directory must be on a local filesystem: flock(2) on NFS or SMB does
 // not exclude other clients reliably, and attribute caching defeats the
-// inode checks. OpenDir refuses such filesystems unless AllowRemote is set.
-type DirBackend struct {
+// inode checks. Open refuses such filesystems unless AllowRemote is set.
+type Backend struct {
 	dir     string
 	locksFd int // O_DIRECTORY descriptor of dir/locks
 	tmpFd   int // O_DIRECTORY descriptor of dir/tmp
 	guard   guard
 	hb      *heartbeat.Loop
-	opts    DirOptions
+	opts    Options
 	log     *slog.Logger
 
 	mu     sync.Mutex
 	idle   map[string]lockFile // guarded by mu; unlocked descriptors kept for reuse
-	holds  map[string]*dirHold // guarded by mu; outstanding holds by name
+	holds  map[string]*hold    // guarded by mu; outstanding holds by name
 	closed bool                // guarded by mu
 
 	// Whether some backend on this directory may take over locks: the
@@ -125,10 +131,10 @@ type DirBackend struct {
 	sweepDone chan struct{}
 }
 
-var _ Backend = (*DirBackend)(nil)
+var _ lockengine.Backend = (*Backend)(nil)
 
-// OpenDir opens (creating if needed) the backing directory dir.
-func OpenDir(dir string, opts DirOptions) (*DirBackend, error) {
+// Open opens (creating if needed) the backing directory dir.
+func Open(dir string, opts Options) (*Backend, error) {
 	if err := opts.setDefaults(); err != nil {
 		return nil, err
 	}
@@ -147,7 +153,7 @@ func OpenDir(dir string, opts DirOptions) (*DirBackend, error) {
 	}
 	if name, ok := remoteFS[typ]; ok {
 		if !opts.AllowRemote {
-			return nil, fmt.Errorf("%w: %s is on %s; use a local directory", ErrRemoteFS, dir, name)
+			return nil, fmt.Errorf("%w: %s is on %s; use a local directory", lockengine.ErrRemoteFS, dir, name)
 		}
 		opts.Logger.Warn("backing directory is on a network filesystem; locks may not exclude other clients",
 			"dir", dir, "fs", name)
@@ -156,7 +162,7 @@ func OpenDir(dir string, opts DirOptions) (*DirBackend, error) {
 			"dir", dir)
 	}
 
-	b := &DirBackend{
+	b := &Backend{
 		dir:       dir,
 		locksFd:   -1,
 		tmpFd:     -1,
@@ -164,13 +170,13 @@ func OpenDir(dir string, opts DirOptions) (*DirBackend, error) {
 		opts:      opts,
 		log:       opts.Logger,
 		idle:      make(map[string]lockFile),
-		holds:     make(map[string]*dirHold),
+		holds:     make(map[string]*hold),
 		epoch:     time.Now(),
 		dirFd:     -1,
 		stopSweep: make(chan struct{}),
 		sweepDone: make(chan struct{}),
 	}
-	fail := func(err error) (*DirBackend, error) {
+	fail := func(err error) (*Backend, error) {
 		b.closeFds()
 		return nil, fmt.Errorf("lockengine: state dir %s: %w", dir, err)
 	}
@@ -191,7 +197,7 @@ func OpenDir(dir string, opts DirOptions) (*DirBackend, error) {
 		return fail(fmt.Errorf("stat guard: %w", err))
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return fail(fmt.Errorf("guard: %w", ErrNotRegular))
+		return fail(fmt.Errorf("guard: %w", lockengine.ErrNotRegular))
 	}
 	if opts.TakeoverAfter > 0 {
 		// Arm the guard for every backend on this directory before this
@@ -213,15 +219,15 @@ func OpenDir(dir string, opts DirOptions) (*DirBackend, error) {
 }
 
 // HeartbeatFailures returns how many heartbeat refreshes or verifications
-// have failed since OpenDir.
-func (b *DirBackend) HeartbeatFailures() uint64 { return b.hb.Failures() }
+// have failed since Open.
+func (b *Backend) HeartbeatFailures() uint64 { return b.hb.Failures() }
 
 // Dir returns the absolute path of the backing directory.
-func (b *DirBackend) Dir() string { return b.dir }
+func (b *Backend) Dir() string { return b.dir }
 
 // TryLock implements Backend.
-func (b *DirBackend) TryLock(ctx context.Context, name string, mode Mode, lost func(error)) (Hold, error) {
-	if err := ValidateName(name); err != nil {
+func (b *Backend) TryLock(ctx context.Context, name string, mode lockengine.Mode, lost func(error)) (lockengine.Hold, error) {
+	if err := lockengine.ValidateName(name); err != nil {
 		return nil, err
 	}
 	// A replaced file is retried with a fresh descriptor; a few rounds
@@ -238,7 +244,7 @@ func (b *DirBackend) TryLock(ctx context.Context, name string, mode Mode, lost f
 		case errors.Is(err, errReplaced):
 			closeFd(lf.fd)
 			continue
-		case errors.Is(err, ErrWouldBlock):
+		case errors.Is(err, lockengine.ErrWouldBlock):
 			b.putIdle(name, lf)
 			return nil, fmt.Errorf("lock %q: %w", name, err)
 		default:
@@ -246,13 +252,13 @@ func (b *DirBackend) TryLock(ctx context.Context, name string, mode Mode, lost f
 			return nil, err
 		}
 	}
-	return nil, fmt.Errorf("lock %q: %w: lock file keeps being replaced", name, ErrWouldBlock)
+	return nil, fmt.Errorf("lock %q: %w: lock file keeps being replaced", name, lockengine.ErrWouldBlock)
 }
 
 // Lock implements Backend. It polls with exponential backoff between
 // PollMin and PollMax while another process holds the name.
-func (b *DirBackend) Lock(ctx context.Context, name string, mode Mode, lost func(error)) (Hold, error) {
-	if err := ValidateName(name); err != nil {
+func (b *Backend) Lock(ctx context.Context, name string, mode lockengine.Mode, lost func(error)) (lockengine.Hold, error) {
+	if err := lockengine.ValidateName(name); err != nil {
 		return nil, err
 	}
 	lf, err := b.openFile(name)
@@ -281,7 +287,7 @@ func (b *DirBackend) Lock(ctx context.Context, name string, mode Mode, lost func
 			}
 			delay = b.opts.PollMin
 			continue
-		case !errors.Is(err, ErrWouldBlock):
+		case !errors.Is(err, lockengine.ErrWouldBlock):
 			closeFd(lf.fd)
 			return nil, err
 		}
@@ -313,11 +319,11 @@ func (b *DirBackend) Lock(ctx context.Context, name string, mode Mode, lost func
 // cache or freshly opened (created if missing). Anything but a regular file
 // with one link is refused with ErrNotRegular and left untouched: the open
 // uses O_NOFOLLOW and O_NONBLOCK and never truncates.
-func (b *DirBackend) openFile(name string) (lockFile, error) {
+func (b *Backend) openFile(name string) (lockFile, error) {
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
-		return lockFile{}, ErrClosed
+		return lockFile{}, lockengine.ErrClosed
 	}
 	lf, ok := b.idle[name]
 	if ok {
@@ -342,11 +348,11 @@ func (b *DirBackend) openFile(name string) (lockFile, error) {
 	if err != nil {
 		switch err {
 		case unix.ELOOP:
-			return lockFile{}, fmt.Errorf("lock %q: %w: a symlink is at the lock path", name, ErrNotRegular)
+			return lockFile{}, fmt.Errorf("lock %q: %w: a symlink is at the lock path", name, lockengine.ErrNotRegular)
 		case unix.EISDIR:
-			return lockFile{}, fmt.Errorf("lock %q: %w: a directory is at the lock path", name, ErrNotRegular)
+			return lockFile{}, fmt.Errorf("lock %q: %w: a directory is at the lock path", name, lockengine.ErrNotRegular)
 		case unix.ENXIO, unix.EOPNOTSUPP:
-			return lockFile{}, fmt.Errorf("lock %q: %w: a socket or device is at the lock path", name, ErrNotRegular)
+			return lockFile{}, fmt.Errorf("lock %q: %w: a socket or device is at the lock path", name, lockengine.ErrNotRegular)
 		case unix.ENOENT:
 			return lockFile{}, fmt.Errorf("lock %q: open %s/locks: %w (backing directory removed?)", name, b.dir, err)
 		}
@@ -359,11 +365,11 @@ func (b *DirBackend) openFile(name string) (lockFile, error) {
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		closeFd(fd)
-		return lockFile{}, fmt.Errorf("lock %q: %w: file type %#o at the lock path", name, ErrNotRegular, st.Mode&unix.S_IFMT)
+		return lockFile{}, fmt.Errorf("lock %q: %w: file type %#o at the lock path", name, lockengine.ErrNotRegular, st.Mode&unix.S_IFMT)
 	}
 	if st.Nlink > 1 {
 		closeFd(fd)
-		return lockFile{}, fmt.Errorf("lock %q: %w: the lock file has %d hard links", name, ErrNotRegular, st.Nlink)
+		return lockFile{}, fmt.Errorf("lock %q: %w: the lock file has %d hard links", name, lockengine.ErrNotRegular, st.Nlink)
 	}
 	return lockFile{fd: fd, dev: st.Dev, ino: st.Ino}, nil
 }
@@ -373,7 +379,7 @@ func (b *DirBackend) openFile(name string) (lockFile, error) {
 // and write the new record (exclusive) or refresh the file (shared). It
 // returns the grant's token. On any failure the flock is dropped; lf stays
 // open and is the caller's.
-func (b *DirBackend) tryFile(name string, lf lockFile, mode Mode, waitGuard bool) (uint64, error) {
+func (b *Backend) tryFile(name string, lf lockFile, mode lockengine.Mode, waitGuard bool) (uint64, error) {
 	switch err := flock(lf.fd, flockHow(mode)|unix.LOCK_NB); err {
 	case nil:
 	case unix.EWOULDBLOCK:
@@ -385,7 +391,7 @@ func (b *DirBackend) tryFile(name string, lf lockFile, mode Mode, waitGuard bool
 			(err == nil && (st.Dev != lf.dev || st.Ino != lf.ino)) {
 			return 0, errReplaced
 		}
-		return 0, ErrWouldBlock
+		return 0, lockengine.ErrWouldBlock
 	default:
 		return 0, fmt.Errorf("lock %q: flock: %w", name, err)
 	}
@@ -397,11 +403,11 @@ func (b *DirBackend) tryFile(name string, lf lockFile, mode Mode, waitGuard bool
 	return tok, nil
 }
 
-func (b *DirBackend) verifyAndRecord(name string, lf lockFile, mode Mode, waitGuard bool) (uint64, error) {
+func (b *Backend) verifyAndRecord(name string, lf lockFile, mode lockengine.Mode, waitGuard bool) (uint64, error) {
 	guarded := b.armed.Load()
 	if guarded {
 		if err := b.guard.lockShared(waitGuard); err != nil {
-			if errors.Is(err, ErrWouldBlock) {
+			if errors.Is(err, lockengine.ErrWouldBlock) {
 				return 0, err
 			}
 			return 0, fmt.Errorf("lock %q: %w", name, err)
@@ -417,37 +423,7 @@ func (b *DirBackend) verifyAndRecord(name string, lf lockFile, mode Mode, waitGu
 	return tok, err
 }
 
-// unarmedRecently reports whether the takeover marker was seen absent at
-// most half a heartbeat ago (or is absent now). An unguarded attempt calls
-// it after its record write: see takeoverMarker.
-func (b *DirBackend) unarmedRecently() bool {
-	if b.sinceEpoch()-b.checkedAt.Load() <= int64(b.opts.Heartbeat)/2 && !b.armed.Load() {
-		return true
-	}
-	b.refreshArmed()
-	return !b.armed.Load()
-}
-
-// readFloor reads the token floor. A sweeper may be rewriting it (under
-// the guard held exclusively); an attempt that does not hold the guard
-// reads until two consecutive reads agree, so a read torn by a concurrent
-// write is never used, and a stopped sweeper cannot block new names.
-func (b *DirBackend) readFloor(guarded bool) (uint64, error) {
-	prev, err := b.guard.floor()
-	if guarded || err != nil {
-		return prev, err
-	}
-	for range 100 {
-		cur, err := b.guard.floor()
-		if err != nil || cur == prev {
-			return cur, err
-		}
-		prev = cur
-	}
-	return 0, fmt.Errorf("guard: token floor keeps changing: %w", ErrWouldBlock)
-}
-
-func (b *DirBackend) verifyAndRecordLocked(name string, lf lockFile, mode Mode, guarded bool) (uint64, error) {
+func (b *Backend) verifyAndRecordLocked(name string, lf lockFile, mode lockengine.Mode, guarded bool) (uint64, error) {
 	var st unix.Stat_t
 	switch err := fstatat(b.locksFd, name, &st); {
 	case err == unix.ENOENT:
@@ -457,7 +433,7 @@ func (b *DirBackend) verifyAndRecordLocked(name string, lf lockFile, mode Mode, 
 	case st.Dev != lf.dev || st.Ino != lf.ino:
 		return 0, errReplaced
 	case st.Nlink != 1:
-		return 0, fmt.Errorf("lock %q: %w: the lock file has %d hard links", name, ErrNotRegular, st.Nlink)
+		return 0, fmt.Errorf("lock %q: %w: the lock file has %d hard links", name, lockengine.ErrNotRegular, st.Nlink)
 	}
 	tok, empty, err := readRecord(lf.fd, tokenPrefix)
 	if err != nil {
@@ -469,7 +445,7 @@ func (b *DirBackend) verifyAndRecordLocked(name string, lf lockFile, mode Mode, 
 			return 0, fmt.Errorf("lock %q: %w", name, err)
 		}
 	}
-	if mode == Exclusive {
+	if mode == lockengine.Exclusive {
 		tok++
 		err = writeRecord(lf.fd, tokenPrefix, tok)
 	} else {
@@ -481,38 +457,8 @@ func (b *DirBackend) verifyAndRecordLocked(name string, lf lockFile, mode Mode, 
 	return tok, nil
 }
 
-// takeoverMarker is the file whose existence says that some backend on the
-// directory may take over locks (TakeoverAfter > 0). It is never removed by
-// lockfs.
-//
-// The guard only protects acquirers against takeovers: removal of unused
-// files is done by a process holding the file's flock exclusively, which no
-// acquirer can hold at the same time. So while no backend on the directory
-// has takeover enabled, acquirers skip the guard. This is safe because a
-// takeover backend creates the marker before it starts watching any file,
-// and takes over only after watching an unchanged file for TakeoverAfter
-// (at least 3 heartbeats). An unguarded acquirer, right after writing its
-// record, confirms that the marker was absent at most half a heartbeat
-// earlier (or is absent now), else it gives the grant up and retries under
-// the guard. So its write either lands inside any takeover's watch window,
-// which it resets, or precedes the window, in which case its verification
-// also preceded the takeover's replacement of the file.
-const takeoverMarker = "takeover"
-
-// refreshArmed looks for the takeover marker.
-func (b *DirBackend) refreshArmed() {
-	now := b.sinceEpoch()
-	var st unix.Stat_t
-	if err := fstatat(b.dirFd, takeoverMarker, &st); err != unix.ENOENT {
-		b.armed.Store(true) // present, or unknown: take the safe path
-	}
-	b.checkedAt.Store(now)
-}
-
-func (b *DirBackend) sinceEpoch() int64 { return int64(time.Since(b.epoch)) }
-
 // putIdle keeps an unlocked descriptor for the next attempt on name.
-func (b *DirBackend) putIdle(name string, lf lockFile) {
+func (b *Backend) putIdle(name string, lf lockFile) {
 	b.mu.Lock()
 	keep := b.keepIdleLocked(name, lf)
 	b.mu.Unlock()
@@ -523,7 +469,7 @@ func (b *DirBackend) putIdle(name string, lf lockFile) {
 
 // keepIdleLocked adds lf to the idle cache unless it is full or closed,
 // and reports whether it did. Called with b.mu held.
-func (b *DirBackend) keepIdleLocked(name string, lf lockFile) bool {
+func (b *Backend) keepIdleLocked(name string, lf lockFile) bool {
 	if _, dup := b.idle[name]; dup || b.closed || len(b.idle) >= b.opts.IdleFiles {
 		return false
 	}
@@ -531,121 +477,16 @@ func (b *DirBackend) keepIdleLocked(name string, lf lockFile) bool {
 	return true
 }
 
-func closeFd(fd int) {
-	if fd >= 0 {
-		_ = unix.Close(fd)
-	}
-}
-
-// staleWatch tracks how long the file at a lock path has gone without a
-// refresh, on this process's monotonic clock, so that wall-clock jumps and
-// suspends of the holder's machine cannot make a holder look stale.
-type staleWatch struct {
-	valid       bool
-	dev, ino    uint64
-	mtim, ctim  unix.Timespec
-	since, last time.Time
-}
-
-// watchStale observes the lock file and, once it has been unchanged for
-// TakeoverAfter while its flock stays held, takes the name over. It returns
-// a hold when it took over.
-func (b *DirBackend) watchStale(w *staleWatch, name string, lf lockFile, mode Mode, lost func(error)) (Hold, error) {
-	now := time.Now()
-	if w.valid && now.Sub(w.last) < b.opts.TakeoverAfter/16 {
-		return nil, nil
-	}
-	w.last = now
-	var st unix.Stat_t
-	if err := fstatat(b.locksFd, name, &st); err != nil {
-		w.valid = false
-		return nil, nil // vanished: the next attempt reopens
-	}
-	if !w.valid || st.Dev != w.dev || st.Ino != w.ino || st.Mtim != w.mtim || st.Ctim != w.ctim {
-		*w = staleWatch{valid: true, dev: st.Dev, ino: st.Ino, mtim: st.Mtim, ctim: st.Ctim, since: now, last: now}
-		return nil, nil
-	}
-	if now.Sub(w.since) < b.opts.TakeoverAfter {
-		return nil, nil
-	}
-	h, err := b.takeover(name, lf, mode, w, lost)
-	if err != nil {
-		w.valid = false
-		if errors.Is(err, ErrWouldBlock) {
-			return nil, nil
-		}
-		return nil, err
-	}
-	return h, nil
-}
-
-// takeover replaces the lock file of a stuck holder with a new inode that
-// this process holds, under the guard held exclusively, with a token above
-// the old one. The old holder's heartbeat sees the replacement and reports
-// the lock lost. lf is closed on success.
-func (b *DirBackend) takeover(name string, lf lockFile, mode Mode, w *staleWatch, lost func(error)) (Hold, error) {
-	if err := b.guard.lockExclusive(); err != nil {
-		return nil, err
-	}
-	defer b.guard.unlockExclusive()
-	var st unix.Stat_t
-	if err := fstatat(b.locksFd, name, &st); err != nil ||
-		st.Dev != w.dev || st.Ino != w.ino || st.Mtim != w.mtim || st.Ctim != w.ctim ||
-		st.Dev != lf.dev || st.Ino != lf.ino {
-		return nil, fmt.Errorf("lock %q: changed before takeover: %w", name, ErrWouldBlock)
-	}
-	// Still held? If the flock is free this is an ordinary acquisition.
-	if err := flock(lf.fd, unix.LOCK_EX|unix.LOCK_NB); err == nil {
-		_ = flock(lf.fd, unix.LOCK_UN)
-		return nil, fmt.Errorf("lock %q: holder left: %w", name, ErrWouldBlock)
-	}
-	old, _, err := readRecord(lf.fd, tokenPrefix)
-	if err != nil {
-		return nil, fmt.Errorf("lock %q: takeover: %w", name, err)
-	}
-	floor, err := b.guard.floor()
-	if err != nil {
-		return nil, fmt.Errorf("lock %q: takeover: %w", name, err)
-	}
-	tok := max(old, floor) + 1
-	tmpName := "takeover-" + strconv.FormatUint(rand.Uint64(), 36)
-	fd, err := unix.Openat(b.tmpFd, tmpName, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("lock %q: takeover: create: %w", name, err)
-	}
-	var nst unix.Stat_t
-	err = unix.Fstat(fd, &nst)
-	if err == nil {
-		err = writeRecord(fd, tokenPrefix, tok)
-	}
-	if err == nil {
-		err = flock(fd, flockHow(mode)|unix.LOCK_NB)
-	}
-	if err == nil {
-		err = unix.Renameat(b.tmpFd, tmpName, b.locksFd, name)
-	}
-	if err != nil {
-		_ = unix.Unlinkat(b.tmpFd, tmpName, 0)
-		closeFd(fd)
-		return nil, fmt.Errorf("lock %q: takeover: %w", name, err)
-	}
-	closeFd(lf.fd)
-	b.log.Warn("took over lock from a holder that stopped refreshing it",
-		"lock", name, "mode", mode, "token", tok, "old_token", old,
-		"unrefreshed_for", time.Since(w.since).Round(time.Millisecond))
-	return b.newHold(name, lockFile{fd: fd, dev: nst.Dev, ino: nst.Ino}, mode, tok, lost), nil
-}
-
 // Close implements Backend: it stops the sweeper and the heartbeat, and
 // closes every descriptor, which releases every flock still held.
-func (b *DirBackend) Close() error {
+func (b *Backend) Close() error {
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
 		return nil
 	}
 	b.closed = true
-	holds := make([]*dirHold, 0, len(b.holds))
+	holds := make([]*hold, 0, len(b.holds))
 	for _, h := range b.holds {
 		holds = append(holds, h)
 	}
@@ -666,7 +507,7 @@ func (b *DirBackend) Close() error {
 	return nil
 }
 
-func (b *DirBackend) closeFds() {
+func (b *Backend) closeFds() {
 	closeFd(b.dirFd)
 	closeFd(b.locksFd)
 	closeFd(b.tmpFd)

@@ -12,7 +12,7 @@ import (
 
 // Engine flags are parsed with the mount flags and checked before anything
 // is mounted: inconsistent combinations are usage errors.
-func TestEngineFlagsCheck(t *testing.T) {
+func TestBackendFlagsCheck(t *testing.T) {
 	mnt := t.TempDir()
 	for _, c := range []struct {
 		args []string
@@ -36,7 +36,7 @@ func TestEngineFlagsCheck(t *testing.T) {
 	} {
 		cfg, err := parseMountArgs(append(append([]string{}, c.args...), mnt))
 		require.NoError(t, err, "%q", c.args)
-		err = cfg.engine.check()
+		err = cfg.backend.check()
 		if c.ok {
 			assert.NoError(t, err, "%q", c.args)
 			continue
@@ -47,8 +47,8 @@ func TestEngineFlagsCheck(t *testing.T) {
 }
 
 // TLS flags load the CA and client files; missing or bad files are errors.
-func TestEngineTLSConfig(t *testing.T) {
-	ef := engineFlags{engine: engineEtcd, endpoints: "http://a:2379"}
+func TestBackendTLSConfig(t *testing.T) {
+	ef := backendFlags{kind: backendEtcd, endpoints: "http://a:2379"}
 	tc, err := ef.tlsConfig()
 	require.NoError(t, err)
 	assert.Nil(t, tc, "plain http without TLS flags")

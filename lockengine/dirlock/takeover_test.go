@@ -1,10 +1,9 @@
-package lockengine
+package dirlock
 
-// The seed's failing scenario, rebuilt: a stuck live holder and 12
-// contenders. With takeover off nobody may ever acquire while the holder
-// is stuck, however old its lock file looks. With takeover on, every stuck
-// holder is replaced by exactly one contender at a time, tokens grow, and
-// the replaced holder learns that it lost the lock.
+// A stuck live holder and 12 contenders. With takeover off nobody may ever
+// acquire while the holder is stuck, however old its lock file looks. With
+// takeover on, every stuck holder is replaced by exactly one contender at a
+// time, tokens grow, and the replaced holder learns that it lost the lock.
 
 import (
 	"context"
@@ -20,35 +19,37 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
+
+	"github.com/lockfs/lockfs/lockengine"
 )
 
-const seedContenders = 12
+const contenders = 12
 
-// fxAgeFile sets a file's times to the epoch, so that any age-based
+// ageFile sets a file's times to the epoch, so that any age-based
 // staleness rule would call its holder dead.
-func fxAgeFile(t *testing.T, path string) {
+func ageFile(t *testing.T, path string) {
 	t.Helper()
 	ts := []unix.Timespec{{Sec: 1}, {Sec: 1}}
 	require.NoError(t, unix.UtimesNanoAt(unix.AT_FDCWD, path, ts, unix.AT_SYMLINK_NOFOLLOW))
 }
 
-// takeoverOffContenders runs the takeover-off half of the seed scenario
-// once the stuck holder exists: 12 contenders, each with its own backend
+// takeoverOffContenders runs the takeover-off half of the stuck-holder
+// scenario once the stuck holder exists: 12 contenders, each with its own backend
 // and queue, wait through 20 heartbeat intervals and none may acquire;
 // then unstick releases the holder and every contender must get the lock,
 // one at a time.
 func takeoverOffContenders(t *testing.T, dir, name string, hb time.Duration, unstick func()) {
-	ctx := fxCtx(t, time.Minute)
+	ctx := testCtx(t, time.Minute)
 	var (
 		inside atomic.Int32
 		double atomic.Int32
 	)
-	grants := make(chan fxResult, seedContenders)
-	queues := make([]*Queue, seedContenders)
+	grants := make(chan result, contenders)
+	queues := make([]*lockengine.Queue, contenders)
 	for i := range queues {
-		_, queues[i] = fxOpen(t, dir, DirOptions{Heartbeat: hb})
-		go func(q *Queue) {
-			l, err := q.Acquire(ctx, name, Exclusive)
+		_, queues[i] = openQueue(t, dir, Options{Heartbeat: hb})
+		go func(q *lockengine.Queue) {
+			l, err := q.Acquire(ctx, name, lockengine.Exclusive)
 			if err == nil {
 				if inside.Add(1) != 1 {
 					double.Add(1)
@@ -56,10 +57,10 @@ func takeoverOffContenders(t *testing.T, dir, name string, hb time.Duration, uns
 				inside.Add(-1)
 				err = l.Release()
 			}
-			grants <- fxResult{l, err, time.Now()}
+			grants <- result{l, err, time.Now()}
 		}(queues[i])
 	}
-	fxEventually(t, 30*time.Second, "all contenders to queue", func() bool {
+	eventually(t, 30*time.Second, "all contenders to queue", func() bool {
 		for _, q := range queues {
 			if s := q.Snapshot(); len(s) != 1 || s[0].Waiters != 1 {
 				return false
@@ -76,12 +77,12 @@ func takeoverOffContenders(t *testing.T, dir, name string, hb time.Duration, uns
 	t.Logf("no contender acquired during %v (%d heartbeat intervals)", window, window/hb)
 
 	unstick()
-	for i := range seedContenders {
+	for i := range contenders {
 		select {
 		case r := <-grants:
 			require.NoError(t, r.err, "contender %d", i)
 		case <-time.After(30 * time.Second):
-			t.Fatalf("only %d of %d contenders acquired after the holder went away", i, seedContenders)
+			t.Fatalf("only %d of %d contenders acquired after the holder went away", i, contenders)
 		}
 	}
 	assert.Zero(t, double.Load(), "two contenders inside at once")
@@ -95,29 +96,29 @@ func TestTakeoverOffStuckHolder(t *testing.T) {
 	const hb = 20 * time.Millisecond
 	t.Run("stopped heartbeat", func(t *testing.T) {
 		dir := t.TempDir()
-		_, q := fxOpen(t, dir, DirOptions{Heartbeat: hb})
-		l := fxAcquire(t, q, "seed", Exclusive)
-		fxHold(t, l).reg.Stop() // stuck: flock held, never refreshed
-		fxAgeFile(t, fxLockPath(dir, "seed"))
-		takeoverOffContenders(t, dir, "seed", hb, func() {
+		b, q := openQueue(t, dir, Options{Heartbeat: hb})
+		l := acquire(t, q, "stuck", lockengine.Exclusive)
+		mustHold(t, b, "stuck").reg.Stop() // stuck: flock held, never refreshed
+		ageFile(t, lockPath(dir, "stuck"))
+		takeoverOffContenders(t, dir, "stuck", hb, func() {
 			require.NoError(t, l.Err(), "the stuck holder still holds")
 			require.NoError(t, l.Release())
 		})
 	})
 	t.Run("stopped process", func(t *testing.T) {
 		dir := t.TempDir()
-		p := mpStart(t, "contend", mpArgs{Dir: dir, Name: "seed", Heartbeat: hb})
+		p := startHelper(t, "contend", helperArgs{Dir: dir, Name: "stuck", Heartbeat: hb})
 		p.expect(t, "waiting", 30*time.Second)
 		p.expect(t, "granted", 30*time.Second)
 		p.signal(t, syscall.SIGSTOP)
 		p.waitStopped(t)
-		fxAgeFile(t, fxLockPath(dir, "seed"))
-		takeoverOffContenders(t, dir, "seed", hb, func() { p.signal(t, syscall.SIGKILL) })
+		ageFile(t, lockPath(dir, "stuck"))
+		takeoverOffContenders(t, dir, "stuck", hb, func() { p.signal(t, syscall.SIGKILL) })
 	})
 }
 
-// TestTakeoverStuckHolders: the seed scenario with takeover on and short
-// intervals. 13 instances (each its own backend and queue) share a
+// TestTakeoverStuckHolders: the stuck-holder scenario with takeover on and
+// short intervals. 13 instances (each its own backend and queue) share a
 // directory; whoever is granted enters an exclusive section, leaves it and
 // becomes a stuck holder (its heartbeat blocked, never released), so each
 // of the next grants needs a real takeover while 12 contenders race for it.
@@ -126,13 +127,13 @@ func TestTakeoverOffStuckHolder(t *testing.T) {
 // the lock lost at once.
 func TestTakeoverStuckHolders(t *testing.T) {
 	const hb = 5 * time.Millisecond
-	opts := DirOptions{Heartbeat: hb, TakeoverAfter: 3 * hb}
+	opts := Options{Heartbeat: hb, TakeoverAfter: 3 * hb}
 	trials := 200
-	if fxLong() {
+	if longRun() {
 		trials = 2000
 	}
 	dir := t.TempDir()
-	const name = "seed"
+	const name = "stuck"
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 
@@ -157,13 +158,13 @@ func TestTakeoverStuckHolders(t *testing.T) {
 	grants := make(chan grant)
 
 	var wg sync.WaitGroup
-	for i := range seedContenders + 1 {
-		_, q := fxOpen(t, dir, opts)
+	for i := range contenders + 1 {
+		b, q := openQueue(t, dir, opts)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for ctx.Err() == nil {
-				l, err := q.Acquire(ctx, name, Exclusive)
+				l, err := q.Acquire(ctx, name, lockengine.Exclusive)
 				if err != nil {
 					if ctx.Err() == nil {
 						violate("instance %d: acquire: %v", i, err)
@@ -183,14 +184,25 @@ func TestTakeoverStuckHolders(t *testing.T) {
 				inside.Add(-1)
 
 				// Become a stuck holder: flock held, heartbeat blocked.
-				h := l.g.hold.(*dirHold)
-				h.mu.Lock()
-				ino := h.lf.ino
+				// No hold means it was taken over and given back
+				// already: its lease is lost, as the test expects of
+				// every superseded holder.
+				h := b.holdOf(name)
+				var ino uint64
+				if h != nil {
+					h.mu.Lock()
+					ino = h.lf.ino
+				}
+				unfreeze := func() {
+					if h != nil {
+						h.mu.Unlock()
+					}
+				}
 				g := grant{inst: i, token: l.Token(), ino: ino, resume: make(chan bool, 1)}
 				select {
 				case grants <- g:
 				case <-ctx.Done():
-					h.mu.Unlock()
+					unfreeze()
 					_ = l.Release()
 					return
 				}
@@ -200,7 +212,7 @@ func TestTakeoverStuckHolders(t *testing.T) {
 				case <-ctx.Done():
 				}
 				t0 := time.Now()
-				h.mu.Unlock() // resume: the pending beat runs
+				unfreeze() // resume: the pending beat runs
 				if superseded {
 					select {
 					case <-l.Done():
@@ -208,7 +220,7 @@ func TestTakeoverStuckHolders(t *testing.T) {
 						vmu.Lock()
 						lostLat = append(lostLat, d)
 						vmu.Unlock()
-						if err := l.Err(); !errors.Is(err, ErrLost) {
+						if err := l.Err(); !errors.Is(err, lockengine.ErrLost) {
 							violate("instance %d: replaced holder ended with %v, want ErrLost", i, err)
 						}
 					case <-time.After(10 * time.Second):
@@ -262,13 +274,13 @@ func TestTakeoverStuckHolders(t *testing.T) {
 		worst = max(worst, d)
 	}
 	t.Logf("%d takeovers in %v (%v each), winners per instance %v", trials, elapsed.Round(time.Millisecond), (elapsed / time.Duration(trials)).Round(time.Microsecond), winners)
-	t.Logf("resumed stuck holder -> lost: median %v, max %v (%d samples)", fxMedian(lostLat), worst, len(lostLat))
+	t.Logf("resumed stuck holder -> lost: median %v, max %v (%d samples)", median(lostLat), worst, len(lostLat))
 	assert.LessOrEqual(t, worst, time.Second, "a resumed stuck holder must report lost within about one interval")
 }
 
-// fxLostBound is how long a holder may take to report a loss that its
+// lostBound is how long a holder may take to report a loss that its
 // heartbeat (interval hb) can see: one interval plus generous slack.
-func fxLostBound(hb time.Duration) time.Duration { return hb + 500*time.Millisecond }
+func lostBound(hb time.Duration) time.Duration { return hb + 500*time.Millisecond }
 
 // TestTakeoverLiveHolderSeesLost: when another process takes the name over
 // (white-box: the takeover is forced, without waiting for staleness), the
@@ -277,22 +289,22 @@ func fxLostBound(hb time.Duration) time.Duration { return hb + 500*time.Millisec
 func TestTakeoverLiveHolderSeesLost(t *testing.T) {
 	const hb = 500 * time.Millisecond
 	dir := t.TempDir()
-	_, q1 := fxOpen(t, dir, DirOptions{Heartbeat: hb})
-	b2, _ := fxOpen(t, dir, DirOptions{Heartbeat: hb, TakeoverAfter: 3 * hb})
-	l1 := fxAcquire(t, q1, "x", Exclusive)
+	_, q1 := openQueue(t, dir, Options{Heartbeat: hb})
+	b2, _ := openQueue(t, dir, Options{Heartbeat: hb, TakeoverAfter: 3 * hb})
+	l1 := acquire(t, q1, "x", lockengine.Exclusive)
 
 	var (
-		h   Hold
+		h   lockengine.Hold
 		err error
 	)
-	fxEventually(t, 30*time.Second, "a forced takeover", func() bool {
+	eventually(t, 30*time.Second, "a forced takeover", func() bool {
 		lf, oerr := b2.openFile("x")
 		require.NoError(t, oerr)
 		var st unix.Stat_t
 		require.NoError(t, fstatat(b2.locksFd, "x", &st))
 		w := staleWatch{valid: true, dev: st.Dev, ino: st.Ino, mtim: st.Mtim, ctim: st.Ctim, since: time.Now()}
-		h, err = b2.takeover("x", lf, Exclusive, &w, nil)
-		if errors.Is(err, ErrWouldBlock) { // the holder refreshed in between
+		h, err = b2.takeover("x", lf, lockengine.Exclusive, &w, nil)
+		if errors.Is(err, lockengine.ErrWouldBlock) { // the holder refreshed in between
 			closeFd(lf.fd)
 			return false
 		}
@@ -309,12 +321,12 @@ func TestTakeoverLiveHolderSeesLost(t *testing.T) {
 	}
 	d := time.Since(t0)
 	t.Logf("taken over -> old holder lost after %v (heartbeat %v)", d, hb)
-	require.ErrorIs(t, l1.Err(), ErrLost)
-	assert.LessOrEqual(t, d, fxLostBound(hb))
+	require.ErrorIs(t, l1.Err(), lockengine.ErrLost)
+	assert.LessOrEqual(t, d, lostBound(hb))
 }
 
-// TestTakeoverStoppedProcessSeesLost: the seed's heartbeat-starvation case
-// with takeover on. A helper holding the name is SIGSTOPped; a contender
+// TestTakeoverStoppedProcessSeesLost: heartbeat starvation with takeover
+// on. A helper holding the name is SIGSTOPped; a contender
 // takes over, no sooner than TakeoverAfter after the holder's last
 // possible refresh, with a larger token; when the helper is continued it
 // reports the lock lost within about one interval.
@@ -322,17 +334,17 @@ func TestTakeoverStoppedProcessSeesLost(t *testing.T) {
 	const hb = 20 * time.Millisecond
 	const after = 3 * hb
 	dir := t.TempDir()
-	p := mpStart(t, "contend", mpArgs{Dir: dir, Name: "x", Heartbeat: hb})
+	p := startHelper(t, "contend", helperArgs{Dir: dir, Name: "x", Heartbeat: hb})
 	p.expect(t, "waiting", 30*time.Second)
 	f := p.expect(t, "granted", 30*time.Second)
 	oldTok, err := strconv.ParseUint(f[2], 10, 64)
 	require.NoError(t, err)
 
-	_, q := fxOpen(t, dir, DirOptions{Heartbeat: hb, TakeoverAfter: after})
+	_, q := openQueue(t, dir, Options{Heartbeat: hb, TakeoverAfter: after})
 	tStop := monoNow()
 	p.signal(t, syscall.SIGSTOP)
 	p.waitStopped(t)
-	l := fxAcquire(t, q, "x", Exclusive)
+	l := acquire(t, q, "x", lockengine.Exclusive)
 	tGrant := monoNow()
 	t.Logf("taken over %v after SIGSTOP (TakeoverAfter %v)", tGrant-tStop, after)
 	assert.GreaterOrEqual(t, tGrant-tStop, after-hb, "taken over before the holder could have been stale for TakeoverAfter")
@@ -343,7 +355,7 @@ func TestTakeoverStoppedProcessSeesLost(t *testing.T) {
 	f = p.expect(t, "lost", 30*time.Second)
 	d := parseMono(t, f[1]) - tCont
 	t.Logf("continued -> helper reported lost after %v", d)
-	assert.LessOrEqual(t, d, fxLostBound(hb))
+	assert.LessOrEqual(t, d, lostBound(hb))
 	assert.NoError(t, l.Err(), "the new holder keeps the lock")
 	require.NoError(t, l.Release())
 }
@@ -355,26 +367,26 @@ func TestTakeoverStoppedProcessSeesLost(t *testing.T) {
 // is free.
 func TestTakeoverWaiterOnOrphanedFile(t *testing.T) {
 	const hb = 10 * time.Millisecond
-	opts := DirOptions{Heartbeat: hb, TakeoverAfter: 3 * hb}
+	opts := Options{Heartbeat: hb, TakeoverAfter: 3 * hb}
 
 	// stuck returns a directory in which a stuck holder holds name.
 	stuck := func(t *testing.T) string {
 		dir := t.TempDir()
-		_, q := fxOpen(t, dir, opts)
-		l := fxAcquire(t, q, "x", Exclusive)
-		fxHold(t, l).reg.Stop()
+		b, q := openQueue(t, dir, opts)
+		acquire(t, q, "x", lockengine.Exclusive)
+		mustHold(t, b, "x").reg.Stop()
 		return dir
 	}
 
 	t.Run("waiter after takeover", func(t *testing.T) {
 		dir := stuck(t)
-		ctx := fxCtx(t, time.Minute)
-		_, q1 := fxOpen(t, dir, opts)
-		_, q2 := fxOpen(t, dir, opts)
-		r1 := fxAcquireAsync(ctx, q1, "x", Exclusive)
-		r2 := fxAcquireAsync(ctx, q2, "x", Exclusive)
-		var first fxResult
-		var other <-chan fxResult
+		ctx := testCtx(t, time.Minute)
+		_, q1 := openQueue(t, dir, opts)
+		_, q2 := openQueue(t, dir, opts)
+		r1 := acquireAsync(ctx, q1, "x", lockengine.Exclusive)
+		r2 := acquireAsync(ctx, q2, "x", lockengine.Exclusive)
+		var first result
+		var other <-chan result
 		select {
 		case first = <-r1:
 			other = r2
@@ -398,27 +410,27 @@ func TestTakeoverWaiterOnOrphanedFile(t *testing.T) {
 
 	t.Run("try after takeover", func(t *testing.T) {
 		dir := stuck(t)
-		_, q1 := fxOpen(t, dir, opts)
-		_, q2 := fxOpen(t, dir, opts)
-		_, err := q2.TryAcquire(context.Background(), "x", Exclusive)
-		require.ErrorIs(t, err, ErrWouldBlock)
-		l := fxAcquire(t, q1, "x", Exclusive) // takes over
+		_, q1 := openQueue(t, dir, opts)
+		_, q2 := openQueue(t, dir, opts)
+		_, err := q2.TryAcquire(context.Background(), "x", lockengine.Exclusive)
+		require.ErrorIs(t, err, lockengine.ErrWouldBlock)
+		l := acquire(t, q1, "x", lockengine.Exclusive) // takes over
 		require.NoError(t, l.Release())
-		l, err = q2.TryAcquire(context.Background(), "x", Exclusive)
+		l, err = q2.TryAcquire(context.Background(), "x", lockengine.Exclusive)
 		require.NoError(t, err, "BUG: the name is free but TryAcquire tried the replaced lock file it had cached")
 		require.NoError(t, l.Release())
 	})
 
 	t.Run("waiter after removal by hand", func(t *testing.T) {
 		dir := stuck(t)
-		ctx := fxCtx(t, time.Minute)
-		_, q1 := fxOpen(t, dir, DirOptions{Heartbeat: hb})
-		r1 := fxAcquireAsync(ctx, q1, "x", Exclusive)
-		fxEventually(t, 10*time.Second, "the waiter to queue", func() bool {
+		ctx := testCtx(t, time.Minute)
+		_, q1 := openQueue(t, dir, Options{Heartbeat: hb})
+		r1 := acquireAsync(ctx, q1, "x", lockengine.Exclusive)
+		eventually(t, 10*time.Second, "the waiter to queue", func() bool {
 			s := q1.Snapshot()
 			return len(s) == 1 && s[0].Waiters == 1
 		})
-		require.NoError(t, unix.Unlink(fxLockPath(dir, "x")))
+		require.NoError(t, unix.Unlink(lockPath(dir, "x")))
 		select {
 		case r := <-r1:
 			require.NoError(t, r.err)
@@ -426,8 +438,8 @@ func TestTakeoverWaiterOnOrphanedFile(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			// A newcomer gets the name at once from the new file, so the
 			// waiter that came first is starved, not merely kept waiting.
-			_, q2 := fxOpen(t, dir, DirOptions{Heartbeat: hb})
-			l, err := q2.TryAcquire(ctx, "x", Exclusive)
+			_, q2 := openQueue(t, dir, Options{Heartbeat: hb})
+			l, err := q2.TryAcquire(ctx, "x", lockengine.Exclusive)
 			if err == nil {
 				_ = l.Release()
 			}

@@ -1,11 +1,11 @@
-package lockengine
+package dirlock
 
 // This file holds TestMain, the helper processes that the multi-process
 // tests (torture_test.go, takeover_test.go, fault_test.go) start by
 // re-executing the test binary, and small fixtures those tests share.
 //
-// A helper process is the test binary started with mpModeEnv set to a mode
-// and mpArgsEnv to its JSON arguments; TestMain runs the helper instead of
+// A helper process is the test binary started with helperModeEnv set to a mode
+// and helperArgsEnv to its JSON arguments; TestMain runs the helper instead of
 // the tests. Helpers talk to the test over stdout, one line per event, and
 // report failures through their exit status and stdout, never through
 // testing.T. Every helper exits when its stdin reaches EOF, and is started
@@ -34,25 +34,27 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
+
+	"github.com/lockfs/lockfs/lockengine"
 )
 
 const (
-	mpModeEnv = "LOCKFS_LOCKENGINE_TEST_HELPER"
-	mpArgsEnv = "LOCKFS_LOCKENGINE_TEST_HELPER_ARGS"
+	helperModeEnv = "LOCKFS_DIRLOCK_TEST_HELPER"
+	helperArgsEnv = "LOCKFS_DIRLOCK_TEST_HELPER_ARGS"
 )
 
 // TestMain runs a helper process when the binary was re-executed as one,
 // and the tests otherwise.
 func TestMain(m *testing.M) {
-	if mode := os.Getenv(mpModeEnv); mode != "" {
-		os.Exit(mpHelperMain(mode, os.Getenv(mpArgsEnv)))
+	if mode := os.Getenv(helperModeEnv); mode != "" {
+		os.Exit(helperMain(mode, os.Getenv(helperArgsEnv)))
 	}
 	os.Exit(m.Run())
 }
 
-// fxLong reports whether the long mode of the stress tests was asked for
+// longRun reports whether the long mode of the stress tests was asked for
 // (LOCKFS_LONG=1).
-func fxLong() bool { return os.Getenv("LOCKFS_LONG") == "1" }
+func longRun() bool { return os.Getenv("LOCKFS_LONG") == "1" }
 
 // monoNow reads CLOCK_MONOTONIC, which all processes on the machine share,
 // so that timestamps taken in different processes can be subtracted.
@@ -64,13 +66,13 @@ func monoNow() time.Duration {
 	return time.Duration(ts.Nano())
 }
 
-// mpArgs are a helper process's arguments.
-type mpArgs struct {
+// helperArgs are a helper process's arguments.
+type helperArgs struct {
 	Dir           string        // backing directory
 	Name          string        // lock name
 	Shared        bool          // contend: acquire shared instead of exclusive
-	Heartbeat     time.Duration // DirOptions.Heartbeat
-	TakeoverAfter time.Duration // DirOptions.TakeoverAfter
+	Heartbeat     time.Duration // Options.Heartbeat
+	TakeoverAfter time.Duration // Options.TakeoverAfter
 	Path          string        // flock: the file to flock exclusively
 
 	// torture
@@ -83,36 +85,36 @@ type mpArgs struct {
 	Deadline     time.Duration // give up (a violation) after this long
 }
 
-func mpHelperMain(mode, raw string) int {
-	var a mpArgs
+func helperMain(mode, raw string) int {
+	var a helperArgs
 	if err := json.Unmarshal([]byte(raw), &a); err != nil {
 		fmt.Fprintf(os.Stderr, "helper: bad arguments: %v\n", err)
 		return 2
 	}
 	switch mode {
 	case "torture":
-		return mpTortureChild(a)
+		return tortureChild(a)
 	case "contend":
-		return mpContendChild(a)
+		return contendChild(a)
 	case "flock":
-		return mpFlockChild(a)
+		return flockChild(a)
 	}
 	fmt.Fprintf(os.Stderr, "helper: unknown mode %q\n", mode)
 	return 2
 }
 
-var mpOutMu sync.Mutex
+var sayMu sync.Mutex
 
-// mpSay writes one line to the test.
-func mpSay(format string, args ...any) {
-	mpOutMu.Lock()
-	defer mpOutMu.Unlock()
+// say writes one line to the test.
+func say(format string, args ...any) {
+	sayMu.Lock()
+	defer sayMu.Unlock()
 	fmt.Fprintf(os.Stdout, format+"\n", args...)
 }
 
-// mpStdinEOF returns a channel closed when stdin reaches EOF (the test
+// stdinEOF returns a channel closed when stdin reaches EOF (the test
 // closed it or died).
-func mpStdinEOF() <-chan struct{} {
+func stdinEOF() <-chan struct{} {
 	c := make(chan struct{})
 	go func() {
 		_, _ = io.Copy(io.Discard, os.Stdin)
@@ -121,17 +123,17 @@ func mpStdinEOF() <-chan struct{} {
 	return c
 }
 
-// mpContendChild acquires Name and holds it until stdin closes. Lines:
+// contendChild acquires Name and holds it until stdin closes. Lines:
 // "waiting" (about to call Acquire), "granted MONO TOKEN", "lost MONO ERR"
 // if the lease is lost, "error ERR" if Acquire fails.
-func mpContendChild(a mpArgs) int {
-	eof := mpStdinEOF()
-	b, err := OpenDir(a.Dir, DirOptions{Heartbeat: a.Heartbeat, TakeoverAfter: a.TakeoverAfter, SweepInterval: -1})
+func contendChild(a helperArgs) int {
+	eof := stdinEOF()
+	b, err := Open(a.Dir, Options{Heartbeat: a.Heartbeat, TakeoverAfter: a.TakeoverAfter, SweepInterval: -1})
 	if err != nil {
-		mpSay("error %v", err)
+		say("error %v", err)
 		return 1
 	}
-	q := NewQueue(b, nil)
+	q := lockengine.NewQueue(b, lockengine.QueueOptions{})
 	defer q.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -139,21 +141,21 @@ func mpContendChild(a mpArgs) int {
 		<-eof
 		cancel()
 	}()
-	mode := Exclusive
+	mode := lockengine.Exclusive
 	if a.Shared {
-		mode = Shared
+		mode = lockengine.Shared
 	}
-	mpSay("waiting")
+	say("waiting")
 	l, err := q.Acquire(ctx, a.Name, mode)
 	if err != nil {
-		mpSay("error %v", err)
+		say("error %v", err)
 		return 1
 	}
-	mpSay("granted %d %d", monoNow(), l.Token())
+	say("granted %d %d", monoNow(), l.Token())
 	go func() {
 		<-l.Done()
-		if err := l.Err(); errors.Is(err, ErrLost) {
-			mpSay("lost %d %v", monoNow(), err)
+		if err := l.Err(); errors.Is(err, lockengine.ErrLost) {
+			say("lost %d %v", monoNow(), err)
 		}
 	}()
 	<-eof
@@ -161,26 +163,26 @@ func mpContendChild(a mpArgs) int {
 	return 0
 }
 
-// mpFlockChild holds an exclusive flock on Path until stdin closes. Line:
+// flockChild holds an exclusive flock on Path until stdin closes. Line:
 // "ready" once held.
-func mpFlockChild(a mpArgs) int {
-	eof := mpStdinEOF()
+func flockChild(a helperArgs) int {
+	eof := stdinEOF()
 	fd, err := unix.Open(a.Path, unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o644)
 	if err != nil {
-		mpSay("error %v", err)
+		say("error %v", err)
 		return 1
 	}
 	if err := unix.Flock(fd, unix.LOCK_EX); err != nil {
-		mpSay("error %v", err)
+		say("error %v", err)
 		return 1
 	}
-	mpSay("ready")
+	say("ready")
 	<-eof
 	return 0
 }
 
-// mpProc is a running helper process.
-type mpProc struct {
+// helperProc is a running helper process.
+type helperProc struct {
 	mode  string
 	cmd   *exec.Cmd
 	stdin io.WriteCloser
@@ -192,15 +194,15 @@ type mpProc struct {
 	stop   chan struct{} // closed by cleanup: drop further lines
 }
 
-// mpStart starts a helper. Cleanup kills it (by its pid) and reaps it.
-func mpStart(t *testing.T, mode string, a mpArgs) *mpProc {
+// startHelper starts a helper. Cleanup kills it (by its pid) and reaps it.
+func startHelper(t *testing.T, mode string, a helperArgs) *helperProc {
 	t.Helper()
 	raw, err := json.Marshal(a)
 	require.NoError(t, err)
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), mpModeEnv+"="+mode, mpArgsEnv+"="+string(raw))
+	cmd.Env = append(os.Environ(), helperModeEnv+"="+mode, helperArgsEnv+"="+string(raw))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	p := &mpProc{mode: mode, cmd: cmd, lines: make(chan string), done: make(chan struct{}), stop: make(chan struct{})}
+	p := &helperProc{mode: mode, cmd: cmd, lines: make(chan string), done: make(chan struct{}), stop: make(chan struct{})}
 	cmd.Stderr = &p.stderr
 	p.stdin, err = cmd.StdinPipe()
 	require.NoError(t, err)
@@ -236,11 +238,11 @@ func mpStart(t *testing.T, mode string, a mpArgs) *mpProc {
 	return p
 }
 
-func (p *mpProc) pid() int { return p.cmd.Process.Pid }
+func (p *helperProc) pid() int { return p.cmd.Process.Pid }
 
 // next returns the helper's next line, failing the test after timeout or
 // at EOF.
-func (p *mpProc) next(t *testing.T, timeout time.Duration) string {
+func (p *helperProc) next(t *testing.T, timeout time.Duration) string {
 	t.Helper()
 	select {
 	case line, ok := <-p.lines:
@@ -256,7 +258,7 @@ func (p *mpProc) next(t *testing.T, timeout time.Duration) string {
 }
 
 // expect reads the next line and requires it to start with word.
-func (p *mpProc) expect(t *testing.T, word string, timeout time.Duration) []string {
+func (p *helperProc) expect(t *testing.T, word string, timeout time.Duration) []string {
 	t.Helper()
 	line := p.next(t, timeout)
 	f := strings.Fields(line)
@@ -264,13 +266,13 @@ func (p *mpProc) expect(t *testing.T, word string, timeout time.Duration) []stri
 	return f
 }
 
-func (p *mpProc) signal(t *testing.T, sig syscall.Signal) {
+func (p *helperProc) signal(t *testing.T, sig syscall.Signal) {
 	t.Helper()
 	require.NoError(t, p.cmd.Process.Signal(sig))
 }
 
 // waitExit waits for the process to exit and returns cmd.Wait's error.
-func (p *mpProc) waitExit(t *testing.T, timeout time.Duration) error {
+func (p *helperProc) waitExit(t *testing.T, timeout time.Duration) error {
 	t.Helper()
 	select {
 	case <-p.done:
@@ -282,9 +284,9 @@ func (p *mpProc) waitExit(t *testing.T, timeout time.Duration) error {
 }
 
 // waitStopped polls /proc until the process is in the stopped state.
-func (p *mpProc) waitStopped(t *testing.T) {
+func (p *helperProc) waitStopped(t *testing.T) {
 	t.Helper()
-	fxEventually(t, 10*time.Second, "helper stopped", func() bool {
+	eventually(t, 10*time.Second, "helper stopped", func() bool {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.pid()))
 		if err != nil {
 			return false
@@ -327,9 +329,9 @@ func (s *syncBuffer) Len() int {
 	return s.b.Len()
 }
 
-// fxEventually polls cond every millisecond until it holds or timeout
+// eventually polls cond every millisecond until it holds or timeout
 // passes.
-func fxEventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
@@ -340,81 +342,92 @@ func fxEventually(t *testing.T, timeout time.Duration, what string, cond func() 
 	}
 }
 
-// fxOpen opens a backend and a queue on dir; cleanup closes them.
-func fxOpen(t *testing.T, dir string, opts DirOptions) (*DirBackend, *Queue) {
+// openQueue opens a backend and a queue on dir; cleanup closes them.
+func openQueue(t *testing.T, dir string, opts Options) (*Backend, *lockengine.Queue) {
 	t.Helper()
 	if opts.SweepInterval == 0 {
 		opts.SweepInterval = -1
 	}
-	b, err := OpenDir(dir, opts)
+	b, err := Open(dir, opts)
 	require.NoError(t, err)
-	q := NewQueue(b, nil)
+	q := lockengine.NewQueue(b, lockengine.QueueOptions{})
 	t.Cleanup(func() { _ = q.Close() })
 	return b, q
 }
 
-// fxCtx returns a context that ends with the test or after a generous
+// testCtx returns a context that ends with the test or after a generous
 // deadline, whichever is first.
-func fxCtx(t *testing.T, d time.Duration) context.Context {
+func testCtx(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
 }
 
-// fxAcquire acquires and fails the test on error.
-func fxAcquire(t *testing.T, q *Queue, name string, mode Mode) *Lease {
+// acquire acquires and fails the test on error.
+func acquire(t *testing.T, q *lockengine.Queue, name string, mode lockengine.Mode) *lockengine.Lease {
 	t.Helper()
-	l, err := q.Acquire(fxCtx(t, 30*time.Second), name, mode)
+	l, err := q.Acquire(testCtx(t, 30*time.Second), name, mode)
 	require.NoError(t, err)
 	return l
 }
 
-type fxResult struct {
-	l   *Lease
+type result struct {
+	l   *lockengine.Lease
 	err error
 	at  time.Time
 }
 
-// fxAcquireAsync acquires in a goroutine; the result arrives on the
+// acquireAsync acquires in a goroutine; the result arrives on the
 // returned channel (buffered, so the goroutine never leaks).
-func fxAcquireAsync(ctx context.Context, q *Queue, name string, mode Mode) <-chan fxResult {
-	c := make(chan fxResult, 1)
+func acquireAsync(ctx context.Context, q *lockengine.Queue, name string, mode lockengine.Mode) <-chan result {
+	c := make(chan result, 1)
 	go func() {
 		l, err := q.Acquire(ctx, name, mode)
-		c <- fxResult{l, err, time.Now()}
+		c <- result{l, err, time.Now()}
 	}()
 	return c
 }
 
-// fxHold returns the DirBackend hold behind a lease (white-box).
-func fxHold(t *testing.T, l *Lease) *dirHold {
+// holdOf returns b's outstanding hold of name, or nil when b holds no
+// grant of it. The Queue keeps at most one hold per name per backend, so
+// while a lease of name granted through b is held and not lost, this is
+// the hold behind it.
+func (b *Backend) holdOf(name string) *hold {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.holds[name]
+}
+
+// mustHold returns the hold behind b's lease of name and fails the test
+// when there is none.
+func mustHold(t *testing.T, b *Backend, name string) *hold {
 	t.Helper()
-	h, ok := l.g.hold.(*dirHold)
-	require.True(t, ok, "lease is not backed by a DirBackend hold")
+	h := b.holdOf(name)
+	require.NotNil(t, h, "backend holds no grant of %q", name)
 	return h
 }
 
-// fxStat stats a path without following symlinks.
-func fxStat(t *testing.T, path string) unix.Stat_t {
+// lstat stats a path without following symlinks.
+func lstat(t *testing.T, path string) unix.Stat_t {
 	t.Helper()
 	var st unix.Stat_t
 	require.NoError(t, unix.Lstat(path, &st))
 	return st
 }
 
-// fxLockPath is the path of name's lock file in a backing directory.
-func fxLockPath(dir, name string) string { return filepath.Join(dir, "locks", name) }
+// lockPath is the path of name's lock file in a backing directory.
+func lockPath(dir, name string) string { return filepath.Join(dir, "locks", name) }
 
-// fxMedian returns the median of ds.
-func fxMedian(ds []time.Duration) time.Duration {
+// median returns the median of ds.
+func median(ds []time.Duration) time.Duration {
 	s := slices.Clone(ds)
 	slices.Sort(s)
 	return s[len(s)/2]
 }
 
-// fxGosched yields a random small number of times, to widen the windows in
+// gosched yields a random small number of times, to widen the windows in
 // which a second holder would be caught.
-func fxGosched(r *rand.Rand) {
+func gosched(r *rand.Rand) {
 	for range r.IntN(3) {
 		runtime.Gosched()
 	}

@@ -1,7 +1,7 @@
-package lockengine
+package dirlock
 
 // Multi-process torture and SIGKILL handoff tests: several processes, each
-// with its own DirBackend and Queue on one backing directory, hammer one
+// with its own Backend and Queue on one backing directory, hammer one
 // name, and the test checks from outside that the locks really excluded
 // each other.
 
@@ -23,6 +23,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
+
+	"github.com/lockfs/lockfs/lockengine"
 )
 
 // Files of the torture work directory. Only exclusive holders write
@@ -46,11 +48,11 @@ type tortureResult struct {
 	Violations []string
 }
 
-// mpTortureChild runs Goroutines workers that each complete Iterations
+// tortureChild runs Goroutines workers that each complete Iterations
 // locked sections on Name, then prints "RESULT {json}". It exits 3 if any
 // violation was seen.
-func mpTortureChild(a mpArgs) int {
-	eof := mpStdinEOF()
+func tortureChild(a helperArgs) int {
+	eof := stdinEOF()
 	ctx, cancel := context.WithTimeout(context.Background(), a.Deadline)
 	defer cancel()
 	go func() {
@@ -69,28 +71,28 @@ func mpTortureChild(a mpArgs) int {
 			res.Violations = append(res.Violations, fmt.Sprintf("pid %d: ", os.Getpid())+fmt.Sprintf(format, args...))
 		}
 	}
-	opts := DirOptions{Heartbeat: 50 * time.Millisecond, TakeoverAfter: a.TakeoverAfter, SweepInterval: -1}
+	opts := Options{Heartbeat: 50 * time.Millisecond, TakeoverAfter: a.TakeoverAfter, SweepInterval: -1}
 	if a.Sweep {
 		opts.IdleTTL = time.Nanosecond
 	}
 	var (
-		backends []*DirBackend
-		queues   []*Queue
+		backends []*Backend
+		queues   []*lockengine.Queue
 	)
-	open := func() *Queue {
-		b, err := OpenDir(a.Dir, opts)
+	open := func() *lockengine.Queue {
+		b, err := Open(a.Dir, opts)
 		if err != nil {
 			violate("open: %v", err)
 			return nil
 		}
-		q := NewQueue(b, nil)
+		q := lockengine.NewQueue(b, lockengine.QueueOptions{})
 		backends = append(backends, b)
 		queues = append(queues, q)
 		return q
 	}
 	shared := open()
 	if shared == nil {
-		return mpTortureReport(&res)
+		return tortureReport(&res)
 	}
 
 	var wg sync.WaitGroup
@@ -145,15 +147,15 @@ func mpTortureChild(a mpArgs) int {
 			violate("close: %v", err)
 		}
 	}
-	return mpTortureReport(&res)
+	return tortureReport(&res)
 }
 
-func mpTortureReport(res *tortureResult) int {
+func tortureReport(res *tortureResult) int {
 	raw, err := json.Marshal(res)
 	if err != nil {
 		panic(err)
 	}
-	mpSay("RESULT %s", raw)
+	say("RESULT %s", raw)
 	if len(res.Violations) > 0 {
 		return 3
 	}
@@ -161,8 +163,8 @@ func mpTortureReport(res *tortureResult) int {
 }
 
 type tortureWorker struct {
-	a       mpArgs
-	q       *Queue
+	a       helperArgs
+	q       *lockengine.Queue
 	g       int
 	rng     *rand.Rand
 	violate func(format string, args ...any)
@@ -174,12 +176,12 @@ func (w *tortureWorker) path(name string) string { return filepath.Join(w.a.Work
 
 func (w *tortureWorker) run(ctx context.Context) {
 	for done := 0; done < w.a.Iterations; {
-		mode := Shared
+		mode := lockengine.Shared
 		if w.rng.IntN(2) == 0 {
-			mode = Exclusive
+			mode = lockengine.Exclusive
 		}
 		var (
-			l   *Lease
+			l   *lockengine.Lease
 			err error
 		)
 		switch r := w.rng.IntN(10); {
@@ -187,7 +189,7 @@ func (w *tortureWorker) run(ctx context.Context) {
 			// Try first, wait only if that would block.
 			w.tries++
 			l, err = w.q.TryAcquire(ctx, w.a.Name, mode)
-			if errors.Is(err, ErrWouldBlock) {
+			if errors.Is(err, lockengine.ErrWouldBlock) {
 				l, err = w.q.Acquire(ctx, w.a.Name, mode)
 			}
 		case r == 1:
@@ -207,7 +209,7 @@ func (w *tortureWorker) run(ctx context.Context) {
 			w.violate("goroutine %d: acquire %v after %d sections: %v", w.g, mode, done, err)
 			return
 		}
-		if mode == Exclusive {
+		if mode == lockengine.Exclusive {
 			w.exclusiveSection(l)
 			w.exclusive++
 		} else {
@@ -224,7 +226,7 @@ func (w *tortureWorker) run(ctx context.Context) {
 	}
 }
 
-func (w *tortureWorker) exclusiveSection(l *Lease) {
+func (w *tortureWorker) exclusiveSection(l *lockengine.Lease) {
 	fd, err := unix.Open(w.path(tortureExMark), unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_CLOEXEC, 0o644)
 	mine := err == nil
 	switch {
@@ -246,7 +248,7 @@ func (w *tortureWorker) exclusiveSection(l *Lease) {
 	if err != nil || perr != nil {
 		w.violate("goroutine %d: read counter %q: %v %v", w.g, raw, err, perr)
 	}
-	fxGosched(w.rng)
+	gosched(w.rng)
 	if err := os.WriteFile(w.path(tortureCounter), []byte(strconv.Itoa(n+1)), 0o644); err != nil {
 		w.violate("goroutine %d: write counter: %v", w.g, err)
 	}
@@ -258,7 +260,7 @@ func (w *tortureWorker) exclusiveSection(l *Lease) {
 	if err := os.WriteFile(w.path(tortureToken), []byte(strconv.FormatUint(l.Token(), 10)), 0o644); err != nil {
 		w.violate("goroutine %d: write token: %v", w.g, err)
 	}
-	fxGosched(w.rng)
+	gosched(w.rng)
 
 	if mine {
 		if err := os.Remove(w.path(tortureExMark)); err != nil {
@@ -267,7 +269,7 @@ func (w *tortureWorker) exclusiveSection(l *Lease) {
 	}
 }
 
-func (w *tortureWorker) sharedSection(l *Lease) {
+func (w *tortureWorker) sharedSection(l *lockengine.Lease) {
 	mark := filepath.Join(w.path(tortureShDir), fmt.Sprintf("%d-%d", os.Getpid(), w.g))
 	fd, err := unix.Open(mark, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_CLOEXEC, 0o644)
 	if err != nil {
@@ -284,7 +286,7 @@ func (w *tortureWorker) sharedSection(l *Lease) {
 	if last := w.lastToken(); l.Token() < last {
 		w.violate("goroutine %d: shared token %d below the last exclusive token %d", w.g, l.Token(), last)
 	}
-	fxGosched(w.rng)
+	gosched(w.rng)
 	after, _ := os.ReadFile(w.path(tortureCounter))
 	if string(before) != string(after) {
 		w.violate("goroutine %d: counter changed under a shared lock: %q -> %q", w.g, before, after)
@@ -339,7 +341,7 @@ func TestTortureMultiProcess(t *testing.T) {
 func tortureRun(t *testing.T, takeoverAfter time.Duration) {
 	const procs, goroutines = 4, 2
 	iters, deadline := 200, 90*time.Second
-	if fxLong() {
+	if longRun() {
 		iters, deadline = 2500, 15*time.Minute
 	}
 	root := t.TempDir()
@@ -349,9 +351,9 @@ func tortureRun(t *testing.T, takeoverAfter time.Duration) {
 	seed := rand.Uint64()
 	t.Logf("seed %d, %d processes x %d goroutines x %d iterations", seed, procs, goroutines, iters)
 
-	ps := make([]*mpProc, procs)
+	ps := make([]*helperProc, procs)
 	for i := range ps {
-		ps[i] = mpStart(t, "torture", mpArgs{
+		ps[i] = startHelper(t, "torture", helperArgs{
 			Dir: state, Name: "torture", Work: work,
 			Goroutines: goroutines, Iterations: iters, Seed: seed + uint64(i),
 			PerGoroutine: i%2 == 1, Sweep: i == 0, TakeoverAfter: takeoverAfter,
@@ -398,19 +400,19 @@ func tortureRun(t *testing.T, takeoverAfter time.Duration) {
 func TestKillHolderHandoff(t *testing.T) {
 	const procs, trials = 3, 10
 	dir := t.TempDir()
-	args := mpArgs{Dir: dir, Name: "handoff"}
+	args := helperArgs{Dir: dir, Name: "handoff"}
 	rng := rand.New(rand.NewPCG(rand.Uint64(), 0))
 
 	type event struct {
-		p    *mpProc
+		p    *helperProc
 		line string
 	}
 	events := make(chan event)
 	stop := make(chan struct{})
 	t.Cleanup(func() { close(stop) })
-	live := map[*mpProc]string{} // "starting", "waiting", "holding"
+	live := map[*helperProc]string{} // "starting", "waiting", "holding"
 	start := func() {
-		p := mpStart(t, "contend", args)
+		p := startHelper(t, "contend", args)
 		live[p] = "starting"
 		go func() {
 			for line := range p.lines {
@@ -463,9 +465,9 @@ func TestKillHolderHandoff(t *testing.T) {
 	}
 	// settle processes events until every process waits or holds, with
 	// exactly one holder.
-	settle := func() *mpProc {
+	settle := func() *helperProc {
 		for {
-			var holder *mpProc
+			var holder *helperProc
 			ready := true
 			for p, s := range live {
 				switch s {
@@ -481,7 +483,7 @@ func TestKillHolderHandoff(t *testing.T) {
 			handle(next("the helpers to settle"))
 		}
 	}
-	kill := func(p *mpProc) time.Duration {
+	kill := func(p *helperProc) time.Duration {
 		t0 := monoNow()
 		p.signal(t, syscall.SIGKILL)
 		delete(live, p)
@@ -496,7 +498,7 @@ func TestKillHolderHandoff(t *testing.T) {
 		holder := settle()
 		if rng.IntN(2) == 0 {
 			// Kill a random waiter: nothing may be granted.
-			var ws []*mpProc
+			var ws []*helperProc
 			for p, s := range live {
 				if s == "waiting" {
 					ws = append(ws, p)
@@ -525,7 +527,7 @@ func TestKillHolderHandoff(t *testing.T) {
 		lat = append(lat, d)
 		start()
 	}
-	med := fxMedian(lat)
+	med := median(lat)
 	t.Logf("kill -> grant: median %v, all %v", med, lat)
 	assert.LessOrEqual(t, med, 100*time.Millisecond, "median handoff after SIGKILL")
 	for _, d := range lat {

@@ -16,19 +16,21 @@ import (
 	"time"
 
 	"github.com/lockfs/lockfs/lockengine"
+	"github.com/lockfs/lockfs/lockengine/dirlock"
 	"github.com/lockfs/lockfs/lockengine/etcdlock"
 )
 
-// Engine names accepted by --engine.
+// Backend names accepted by --engine: the flag keeps its name, what it
+// picks is the Queue's backend.
 const (
-	engineDir  = "dir"  // flock(2) on files in --state-dir: one host
-	engineEtcd = "etcd" // etcd sessions and keys: many hosts
+	backendDir  = "dir"  // flock(2) on files in --state-dir: one host
+	backendEtcd = "etcd" // etcd sessions and keys: many hosts
 )
 
-// engineFlags are the flags of 'lockfs mount' that choose and configure the
-// lock engine's backend.
-type engineFlags struct {
-	engine      string
+// backendFlags are the flags of 'lockfs mount' that choose and configure the
+// backend of the lock engine: --engine and --etcd-*.
+type backendFlags struct {
+	kind        string // --engine: backendDir or backendEtcd
 	endpoints   string // comma-separated etcd client URLs
 	prefix      string
 	ttl         time.Duration
@@ -38,9 +40,9 @@ type engineFlags struct {
 	cert, key   string
 }
 
-// registerEngineFlags adds the engine flags to fl, storing into ef.
-func registerEngineFlags(fl *flag.FlagSet, ef *engineFlags) {
-	fl.StringVar(&ef.engine, "engine", engineDir,
+// registerBackendFlags adds the backend flags to fl, storing into ef.
+func registerBackendFlags(fl *flag.FlagSet, ef *backendFlags) {
+	fl.StringVar(&ef.kind, "engine", backendDir,
 		"lock engine: dir (flock on files in --state-dir, one host) or etcd (an etcd cluster, many hosts)")
 	fl.StringVar(&ef.endpoints, "etcd-endpoints", "",
 		"etcd client URLs, comma-separated (http://host:2379,...); required with --engine etcd")
@@ -59,7 +61,7 @@ func registerEngineFlags(fl *flag.FlagSet, ef *engineFlags) {
 }
 
 // endpointList splits --etcd-endpoints.
-func (ef *engineFlags) endpointList() []string {
+func (ef *backendFlags) endpointList() []string {
 	var out []string
 	for e := range strings.SplitSeq(ef.endpoints, ",") {
 		if e = strings.TrimSpace(e); e != "" {
@@ -69,18 +71,18 @@ func (ef *engineFlags) endpointList() []string {
 	return out
 }
 
-// check returns a usage error for inconsistent engine flags.
-func (ef *engineFlags) check() error {
+// check returns a usage error for inconsistent backend flags.
+func (ef *backendFlags) check() error {
 	tlsSet := ef.caCert != "" || ef.cert != "" || ef.key != ""
-	switch ef.engine {
-	case engineDir:
+	switch ef.kind {
+	case backendDir:
 		if ef.endpoints != "" || tlsSet || ef.prefix != etcdlock.DefaultPrefix {
 			return usageErrorf("mount: --etcd-* flags need --engine etcd")
 		}
 		return nil
-	case engineEtcd:
+	case backendEtcd:
 	default:
-		return usageErrorf("mount: --engine %q: want %s or %s", ef.engine, engineDir, engineEtcd)
+		return usageErrorf("mount: --engine %q: want %s or %s", ef.kind, backendDir, backendEtcd)
 	}
 	eps := ef.endpointList()
 	if len(eps) == 0 {
@@ -112,7 +114,7 @@ func (ef *engineFlags) check() error {
 
 // tlsConfig returns the TLS configuration for etcd, nil when no TLS flag
 // (and no https endpoint) asks for it.
-func (ef *engineFlags) tlsConfig() (*tls.Config, error) {
+func (ef *backendFlags) tlsConfig() (*tls.Config, error) {
 	https := false
 	for _, e := range ef.endpointList() {
 		if strings.HasPrefix(e, "https://") {
@@ -144,20 +146,21 @@ func (ef *engineFlags) tlsConfig() (*tls.Config, error) {
 	return cfg, nil
 }
 
-// openBackend builds the lock engine's backend that cfg's flags ask for:
-// the backing directory (created if missing) or an etcd session. An etcd
+// openBackend builds the backend that cfg's flags ask for: the dir backend
+// on the backing directory (created if missing) or the etcd backend with
+// its session. An etcd
 // that cannot be reached within --etcd-dial-timeout is an error wrapping
 // etcdlock.ErrUnavailable, so nothing gets mounted.
 func openBackend(cfg mountConfig, root bool, logger *slog.Logger) (lockengine.Backend, error) {
-	ef := &cfg.engine
+	ef := &cfg.backend
 	if err := ef.check(); err != nil {
 		return nil, err
 	}
-	if ef.engine == engineDir {
+	if ef.kind == backendDir {
 		if err := os.MkdirAll(cfg.stateDir, stateDirPerm(root)); err != nil {
 			return nil, fmt.Errorf("mount: state dir: %w", err)
 		}
-		b, err := lockengine.OpenDir(cfg.stateDir, lockengine.DirOptions{
+		b, err := dirlock.Open(cfg.stateDir, dirlock.Options{
 			Heartbeat:     cfg.heartbeat,
 			TakeoverAfter: cfg.takeoverAfter,
 			Logger:        logger,
@@ -165,7 +168,7 @@ func openBackend(cfg mountConfig, root bool, logger *slog.Logger) (lockengine.Ba
 		if err != nil {
 			return nil, fmt.Errorf("mount: %w", err)
 		}
-		logger.Info("lock engine ready", "engine", engineDir, "state_dir", cfg.stateDir)
+		logger.Info("lock engine ready", "engine", backendDir, "state_dir", cfg.stateDir)
 		return b, nil
 	}
 	tc, err := ef.tlsConfig()
@@ -195,9 +198,9 @@ func openBackend(cfg mountConfig, root bool, logger *slog.Logger) (lockengine.Ba
 			return nil, fmt.Errorf("mount: etcd at %s is unreachable (within --etcd-dial-timeout %v); not mounting: %w",
 				strings.Join(eps, ","), ef.dialTimeout, err)
 		}
-		return nil, fmt.Errorf("mount: etcd engine: %w", err)
+		return nil, fmt.Errorf("mount: etcd backend: %w", err)
 	}
-	logger.Info("lock engine ready", "engine", engineEtcd, "endpoints", strings.Join(eps, ","),
+	logger.Info("lock engine ready", "engine", backendEtcd, "endpoints", strings.Join(eps, ","),
 		"prefix", ef.prefix, "ttl", ef.ttl)
 	return b, nil
 }

@@ -1,4 +1,4 @@
-package lockengine
+package dirlock
 
 // Faults of the backing directory: read-only, removed, something other
 // than a lock file at the lock path, the lock file removed while held, the
@@ -16,13 +16,14 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
-	"github.com/lockfs/lockfs/heartbeat"
+	"github.com/lockfs/lockfs/lockengine"
+	"github.com/lockfs/lockfs/lockengine/dirlock/internal/heartbeat"
 )
 
-// fxBindReadOnly makes path read-only with a read-only bind mount of path
+// bindReadOnly makes path read-only with a read-only bind mount of path
 // onto itself (chmod does not stop root). Cleanup unmounts it; register it
 // before opening anything under path, so that it runs last.
-func fxBindReadOnly(t *testing.T, path string) {
+func bindReadOnly(t *testing.T, path string) {
 	t.Helper()
 	require.NoError(t, unix.Mount(path, path, "", unix.MS_BIND, ""), "bind mount %s", path)
 	t.Cleanup(func() {
@@ -43,31 +44,31 @@ func fxBindReadOnly(t *testing.T, path string) {
 	require.ErrorIs(t, unix.Access(path, unix.W_OK), unix.EROFS)
 }
 
-// fxPrepareDir creates a backing directory in which name has been locked
+// prepareDir creates a backing directory in which name has been locked
 // and released once (so its lock file exists with a token).
-func fxPrepareDir(t *testing.T, name string) string {
+func prepareDir(t *testing.T, name string) string {
 	t.Helper()
 	dir := t.TempDir()
-	b, err := OpenDir(dir, DirOptions{SweepInterval: -1})
+	b, err := Open(dir, Options{SweepInterval: -1})
 	require.NoError(t, err)
-	q := NewQueue(b, nil)
-	l, err := q.Acquire(context.Background(), name, Exclusive)
+	q := lockengine.NewQueue(b, lockengine.QueueOptions{})
+	l, err := q.Acquire(context.Background(), name, lockengine.Exclusive)
 	require.NoError(t, err)
 	require.NoError(t, l.Release())
 	require.NoError(t, q.Close())
 	return dir
 }
 
-// fxPromptError acquires (or tries) name and requires an error that is not
+// promptError acquires (or tries) name and requires an error that is not
 // the context's: the call gave up by itself instead of retrying until the
 // deadline. It returns the error.
-func fxPromptError(t *testing.T, q *Queue, name string, mode Mode, try bool) error {
+func promptError(t *testing.T, q *lockengine.Queue, name string, mode lockengine.Mode, try bool) error {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	start := time.Now()
 	var (
-		l   *Lease
+		l   *lockengine.Lease
 		err error
 	)
 	if try {
@@ -85,57 +86,57 @@ func fxPromptError(t *testing.T, q *Queue, name string, mode Mode, try bool) err
 	return err
 }
 
-// TestFaultReadOnlyDir: a read-only backing directory fails OpenDir, and a
+// TestFaultReadOnlyDir: a read-only backing directory fails Open, and a
 // read-only locks or tmp directory fails acquisitions, promptly, with
 // EROFS and the lock's name; nothing is granted.
 func TestFaultReadOnlyDir(t *testing.T) {
 	t.Run("state dir", func(t *testing.T) {
-		dir := fxPrepareDir(t, "old")
-		fxBindReadOnly(t, dir)
-		b, err := OpenDir(dir, DirOptions{SweepInterval: -1})
+		dir := prepareDir(t, "old")
+		bindReadOnly(t, dir)
+		b, err := Open(dir, Options{SweepInterval: -1})
 		if b != nil {
 			_ = b.Close()
 		}
 		require.ErrorIs(t, err, unix.EROFS)
 	})
 	t.Run("locks dir", func(t *testing.T) {
-		dir := fxPrepareDir(t, "old")
-		fxBindReadOnly(t, filepath.Join(dir, "locks"))
-		_, q := fxOpen(t, dir, DirOptions{})
+		dir := prepareDir(t, "old")
+		bindReadOnly(t, filepath.Join(dir, "locks"))
+		_, q := openQueue(t, dir, Options{})
 		for _, name := range []string{"new", "old"} {
-			for _, mode := range []Mode{Exclusive, Shared} {
+			for _, mode := range []lockengine.Mode{lockengine.Exclusive, lockengine.Shared} {
 				for _, try := range []bool{false, true} {
-					require.ErrorIs(t, fxPromptError(t, q, name, mode, try), unix.EROFS)
+					require.ErrorIs(t, promptError(t, q, name, mode, try), unix.EROFS)
 				}
 			}
 		}
 	})
 	t.Run("tmp dir during takeover", func(t *testing.T) {
 		const hb = 10 * time.Millisecond
-		dir := fxPrepareDir(t, "x")
-		fxBindReadOnly(t, filepath.Join(dir, "tmp"))
-		_, q1 := fxOpen(t, dir, DirOptions{Heartbeat: hb})
-		l := fxAcquire(t, q1, "x", Exclusive)
-		fxHold(t, l).reg.Stop() // stuck
-		_, q2 := fxOpen(t, dir, DirOptions{Heartbeat: hb, TakeoverAfter: 3 * hb})
-		require.ErrorIs(t, fxPromptError(t, q2, "x", Exclusive, false), unix.EROFS)
+		dir := prepareDir(t, "x")
+		bindReadOnly(t, filepath.Join(dir, "tmp"))
+		b1, q1 := openQueue(t, dir, Options{Heartbeat: hb})
+		l := acquire(t, q1, "x", lockengine.Exclusive)
+		mustHold(t, b1, "x").reg.Stop() // stuck
+		_, q2 := openQueue(t, dir, Options{Heartbeat: hb, TakeoverAfter: 3 * hb})
+		require.ErrorIs(t, promptError(t, q2, "x", lockengine.Exclusive, false), unix.EROFS)
 		assert.NoError(t, l.Err(), "the stuck holder keeps the lock")
 	})
 }
 
-// TestFaultDirRemoved: the backing directory removed after OpenDir. New and
+// TestFaultDirRemoved: the backing directory removed after Open. New and
 // previously used names fail promptly; a holder reports the lock lost; a
 // waiter gets an error, not a grant and not an endless wait.
 func TestFaultDirRemoved(t *testing.T) {
 	const hb = 500 * time.Millisecond
 	dir := t.TempDir()
-	_, q1 := fxOpen(t, dir, DirOptions{Heartbeat: hb})
-	_, q2 := fxOpen(t, dir, DirOptions{Heartbeat: hb})
-	l := fxAcquire(t, q1, "used", Exclusive)
+	_, q1 := openQueue(t, dir, Options{Heartbeat: hb})
+	_, q2 := openQueue(t, dir, Options{Heartbeat: hb})
+	l := acquire(t, q1, "used", lockengine.Exclusive)
 	require.NoError(t, l.Release()) // its descriptor stays cached
-	held := fxAcquire(t, q1, "held", Exclusive)
-	waiter := fxAcquireAsync(fxCtx(t, time.Minute), q2, "held", Exclusive)
-	fxEventually(t, 10*time.Second, "the waiter to queue", func() bool {
+	held := acquire(t, q1, "held", lockengine.Exclusive)
+	waiter := acquireAsync(testCtx(t, time.Minute), q2, "held", lockengine.Exclusive)
+	eventually(t, 10*time.Second, "the waiter to queue", func() bool {
 		s := q2.Snapshot()
 		return len(s) == 1 && s[0].Waiters == 1
 	})
@@ -144,17 +145,17 @@ func TestFaultDirRemoved(t *testing.T) {
 	t0 := time.Now()
 	for _, name := range []string{"fresh", "used"} {
 		for _, try := range []bool{false, true} {
-			require.ErrorIs(t, fxPromptError(t, q1, name, Exclusive, try), unix.ENOENT)
+			require.ErrorIs(t, promptError(t, q1, name, lockengine.Exclusive, try), unix.ENOENT)
 		}
 	}
 	select {
 	case <-held.Done():
 		t.Logf("holder lost %v after the directory was removed", time.Since(t0))
-		require.ErrorIs(t, held.Err(), ErrLost)
+		require.ErrorIs(t, held.Err(), lockengine.ErrLost)
 	case <-time.After(30 * time.Second):
 		t.Fatal("the holder never learned that its lock file is gone")
 	}
-	assert.LessOrEqual(t, time.Since(t0), fxLostBound(hb)+time.Second)
+	assert.LessOrEqual(t, time.Since(t0), lostBound(hb)+time.Second)
 	select {
 	case r := <-waiter:
 		require.Error(t, r.err, "a waiter was granted a lock in a removed directory")
@@ -188,12 +189,12 @@ func TestFaultNotRegular(t *testing.T) {
 			target := filepath.Join(dir, "data")
 			require.NoError(t, os.WriteFile(target, []byte(precious), 0o644))
 			require.NoError(t, os.Symlink(target, lock))
-			before := fxStat(t, target)
+			before := lstat(t, target)
 			return func(t *testing.T) {
 				data, err := os.ReadFile(target)
 				require.NoError(t, err)
 				assert.Equal(t, precious, string(data))
-				after := fxStat(t, target)
+				after := lstat(t, target)
 				assert.Equal(t, before.Mtim, after.Mtim, "target's mtime")
 				assert.Equal(t, before.Ctim, after.Ctim, "target's ctime")
 			}
@@ -207,12 +208,12 @@ func TestFaultNotRegular(t *testing.T) {
 			other := filepath.Join(dir, "data")
 			require.NoError(t, os.WriteFile(other, []byte(precious), 0o644))
 			require.NoError(t, os.Link(other, lock))
-			before := fxStat(t, other)
+			before := lstat(t, other)
 			return func(t *testing.T) {
 				data, err := os.ReadFile(other)
 				require.NoError(t, err)
 				assert.Equal(t, precious, string(data))
-				assert.Equal(t, before.Mtim, fxStat(t, other).Mtim)
+				assert.Equal(t, before.Mtim, lstat(t, other).Mtim)
 			}
 		}},
 		{"fifo", func(t *testing.T, dir, lock string) func(t *testing.T) {
@@ -223,17 +224,17 @@ func TestFaultNotRegular(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			dir := t.TempDir()
-			b, q := fxOpen(t, dir, DirOptions{IdleTTL: time.Nanosecond})
-			lock := fxLockPath(dir, "x")
+			b, q := openQueue(t, dir, Options{IdleTTL: time.Nanosecond})
+			lock := lockPath(dir, "x")
 			check := c.setup(t, dir, lock)
-			before := fxStat(t, lock)
-			for _, mode := range []Mode{Exclusive, Shared} {
+			before := lstat(t, lock)
+			for _, mode := range []lockengine.Mode{lockengine.Exclusive, lockengine.Shared} {
 				for _, try := range []bool{false, true} {
-					require.ErrorIs(t, fxPromptError(t, q, "x", mode, try), ErrNotRegular)
+					require.ErrorIs(t, promptError(t, q, "x", mode, try), lockengine.ErrNotRegular)
 				}
 			}
 			assert.Zero(t, b.Sweep())
-			after := fxStat(t, lock)
+			after := lstat(t, lock)
 			assert.Equal(t, before.Ino, after.Ino, "the thing at the lock path was replaced or removed")
 			assert.Equal(t, before.Mode, after.Mode)
 			check(t)
@@ -244,16 +245,16 @@ func TestFaultNotRegular(t *testing.T) {
 	// descriptor is cached) is refused too, and its record is not written.
 	t.Run("hard link after use", func(t *testing.T) {
 		dir := t.TempDir()
-		_, q := fxOpen(t, dir, DirOptions{})
-		l := fxAcquire(t, q, "x", Exclusive)
+		_, q := openQueue(t, dir, Options{})
+		l := acquire(t, q, "x", lockengine.Exclusive)
 		require.NoError(t, l.Release())
-		lock := fxLockPath(dir, "x")
+		lock := lockPath(dir, "x")
 		require.NoError(t, os.Link(lock, filepath.Join(dir, "other")))
 		before, err := os.ReadFile(lock)
 		require.NoError(t, err)
-		for _, mode := range []Mode{Exclusive, Shared} {
+		for _, mode := range []lockengine.Mode{lockengine.Exclusive, lockengine.Shared} {
 			for _, try := range []bool{false, true} {
-				require.ErrorIs(t, fxPromptError(t, q, "x", mode, try), ErrNotRegular)
+				require.ErrorIs(t, promptError(t, q, "x", mode, try), lockengine.ErrNotRegular)
 			}
 		}
 		after, err := os.ReadFile(lock)
@@ -269,16 +270,16 @@ func TestFaultNotRegular(t *testing.T) {
 func TestFaultLockFileRemovedWhileHeld(t *testing.T) {
 	const hb = 500 * time.Millisecond
 	dir := t.TempDir()
-	_, q1 := fxOpen(t, dir, DirOptions{Heartbeat: hb})
-	_, q2 := fxOpen(t, dir, DirOptions{Heartbeat: hb})
-	l := fxAcquire(t, q1, "x", Exclusive)
-	waiter := fxAcquireAsync(fxCtx(t, time.Minute), q2, "x", Exclusive)
-	fxEventually(t, 10*time.Second, "the waiter to queue", func() bool {
+	_, q1 := openQueue(t, dir, Options{Heartbeat: hb})
+	_, q2 := openQueue(t, dir, Options{Heartbeat: hb})
+	l := acquire(t, q1, "x", lockengine.Exclusive)
+	waiter := acquireAsync(testCtx(t, time.Minute), q2, "x", lockengine.Exclusive)
+	eventually(t, 10*time.Second, "the waiter to queue", func() bool {
 		s := q2.Snapshot()
 		return len(s) == 1 && s[0].Waiters == 1
 	})
 
-	require.NoError(t, os.Remove(fxLockPath(dir, "x")))
+	require.NoError(t, os.Remove(lockPath(dir, "x")))
 	t0 := time.Now()
 	select {
 	case <-l.Done():
@@ -287,11 +288,11 @@ func TestFaultLockFileRemovedWhileHeld(t *testing.T) {
 	}
 	d := time.Since(t0)
 	t.Logf("removed -> holder lost after %v (heartbeat %v): %v", d, hb, l.Err())
-	require.ErrorIs(t, l.Err(), ErrLost)
-	assert.LessOrEqual(t, d, fxLostBound(hb))
+	require.ErrorIs(t, l.Err(), lockengine.ErrLost)
+	assert.LessOrEqual(t, d, lostBound(hb))
 	require.NoError(t, l.Release(), "releasing a lost lease")
 
-	var l2 *Lease
+	var l2 *lockengine.Lease
 	select {
 	case r := <-waiter:
 		require.NoError(t, r.err)
@@ -299,10 +300,10 @@ func TestFaultLockFileRemovedWhileHeld(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("the waiter did not get the name after the holder lost it")
 	}
-	_, err := q1.TryAcquire(context.Background(), "x", Exclusive)
-	require.ErrorIs(t, err, ErrWouldBlock, "the new holder must exclude the old holder's engine")
+	_, err := q1.TryAcquire(context.Background(), "x", lockengine.Exclusive)
+	require.ErrorIs(t, err, lockengine.ErrWouldBlock, "the new holder must exclude the old holder's engine")
 	require.NoError(t, l2.Release())
-	l3 := fxAcquire(t, q1, "x", Exclusive)
+	l3 := acquire(t, q1, "x", lockengine.Exclusive)
 	require.NoError(t, l3.Release())
 	t.Logf("tokens: removed holder %d, next %d, then %d", l.Token(), l2.Token(), l3.Token())
 }
@@ -315,7 +316,7 @@ func TestFaultRefreshFailing(t *testing.T) {
 	const hb = 500 * time.Millisecond
 	bound := hb + hb/2 + 500*time.Millisecond // first failed beat, two retries at hb/4, slack
 
-	expectLost := func(t *testing.T, l *Lease, t0 time.Time) {
+	expectLost := func(t *testing.T, l *lockengine.Lease, t0 time.Time) {
 		t.Helper()
 		select {
 		case <-l.Done():
@@ -324,7 +325,7 @@ func TestFaultRefreshFailing(t *testing.T) {
 		}
 		d := time.Since(t0)
 		t.Logf("refresh failing -> lost after %v (heartbeat %v): %v", d, hb, l.Err())
-		require.ErrorIs(t, l.Err(), ErrLost)
+		require.ErrorIs(t, l.Err(), lockengine.ErrLost)
 		require.ErrorIs(t, l.Err(), heartbeat.ErrFailing)
 		assert.LessOrEqual(t, d, bound)
 	}
@@ -333,9 +334,9 @@ func TestFaultRefreshFailing(t *testing.T) {
 	// futimens fails with EBADF while the path still verifies.
 	t.Run("bad descriptor", func(t *testing.T) {
 		dir := t.TempDir()
-		_, q := fxOpen(t, dir, DirOptions{Heartbeat: hb})
-		l := fxAcquire(t, q, "x", Exclusive)
-		h := fxHold(t, l)
+		b, q := openQueue(t, dir, Options{Heartbeat: hb})
+		l := acquire(t, q, "x", lockengine.Exclusive)
+		h := mustHold(t, b, "x")
 		h.mu.Lock()
 		realFd := h.lf.fd
 		h.lf.fd = -1
@@ -346,12 +347,12 @@ func TestFaultRefreshFailing(t *testing.T) {
 
 		// The real descriptor still holds the flock: nobody gets the name
 		// until it is closed.
-		_, q2 := fxOpen(t, dir, DirOptions{Heartbeat: hb})
-		_, err := q2.TryAcquire(context.Background(), "x", Exclusive)
-		require.ErrorIs(t, err, ErrWouldBlock)
+		_, q2 := openQueue(t, dir, Options{Heartbeat: hb})
+		_, err := q2.TryAcquire(context.Background(), "x", lockengine.Exclusive)
+		require.ErrorIs(t, err, lockengine.ErrWouldBlock)
 		closeFd(realFd)
 		realFd = -1
-		l2 := fxAcquire(t, q2, "x", Exclusive)
+		l2 := acquire(t, q2, "x", lockengine.Exclusive)
 		assert.Greater(t, l2.Token(), l.Token())
 		require.NoError(t, l2.Release())
 	})
@@ -360,9 +361,9 @@ func TestFaultRefreshFailing(t *testing.T) {
 	// even for root.
 	t.Run("immutable file", func(t *testing.T) {
 		dir := t.TempDir()
-		_, q := fxOpen(t, dir, DirOptions{Heartbeat: hb})
-		l := fxAcquire(t, q, "x", Exclusive)
-		fd, err := unix.Open(fxLockPath(dir, "x"), unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+		_, q := openQueue(t, dir, Options{Heartbeat: hb})
+		l := acquire(t, q, "x", lockengine.Exclusive)
+		fd, err := unix.Open(lockPath(dir, "x"), unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
 		require.NoError(t, err)
 		t.Cleanup(func() { closeFd(fd) })
 		flags, err := unix.IoctlGetUint32(fd, unix.FS_IOC_GETFLAGS)
@@ -393,24 +394,24 @@ func TestFaultGuardHeldByStoppedProcess(t *testing.T) {
 	const hb = 20 * time.Millisecond
 	type setup struct {
 		dir       string
-		b         *DirBackend
-		q         *Queue
-		held      *Lease
-		guardProc *mpProc
+		b         *Backend
+		q         *lockengine.Queue
+		held      *lockengine.Lease
+		guardProc *helperProc
 	}
 	// start opens a backend, holds "held", leaves "idle" unused, runs
 	// before and then has a stopped process hold the guard.
-	start := func(t *testing.T, opts DirOptions, before func(dir string)) setup {
+	start := func(t *testing.T, opts Options, before func(dir string)) setup {
 		dir := t.TempDir()
 		opts.Heartbeat, opts.GuardWait, opts.IdleTTL = hb, 50*time.Millisecond, time.Nanosecond
-		b, q := fxOpen(t, dir, opts)
-		held := fxAcquire(t, q, "held", Exclusive)
-		idle := fxAcquire(t, q, "idle", Exclusive)
+		b, q := openQueue(t, dir, opts)
+		held := acquire(t, q, "held", lockengine.Exclusive)
+		idle := acquire(t, q, "idle", lockengine.Exclusive)
 		require.NoError(t, idle.Release())
 		if before != nil {
 			before(dir)
 		}
-		p := mpStart(t, "flock", mpArgs{Path: filepath.Join(dir, "guard")})
+		p := startHelper(t, "flock", helperArgs{Path: filepath.Join(dir, "guard")})
 		p.expect(t, "ready", 30*time.Second)
 		p.signal(t, unix.SIGSTOP)
 		p.waitStopped(t)
@@ -418,23 +419,23 @@ func TestFaultGuardHeldByStoppedProcess(t *testing.T) {
 	}
 	sweepGivesUp := func(t *testing.T, s setup) {
 		assert.Zero(t, s.b.Sweep(), "swept while the guard was held")
-		assert.FileExists(t, fxLockPath(s.dir, "idle"))
+		assert.FileExists(t, lockPath(s.dir, "idle"))
 	}
 
 	t.Run("armed", func(t *testing.T) {
 		// A stuck holder whose takeover falls due while the guard is busy.
-		var stuck *Lease
-		s := start(t, DirOptions{TakeoverAfter: 3 * hb}, func(dir string) {
-			_, qs := fxOpen(t, dir, DirOptions{Heartbeat: hb})
-			stuck = fxAcquire(t, qs, "stuck", Exclusive)
-			fxHold(t, stuck).reg.Stop()
+		var stuck *lockengine.Lease
+		s := start(t, Options{TakeoverAfter: 3 * hb}, func(dir string) {
+			bs, qs := openQueue(t, dir, Options{Heartbeat: hb})
+			stuck = acquire(t, qs, "stuck", lockengine.Exclusive)
+			mustHold(t, bs, "stuck").reg.Stop()
 		})
 
-		_, err := s.q.TryAcquire(context.Background(), "a", Exclusive)
-		require.ErrorIs(t, err, ErrWouldBlock)
-		ctx := fxCtx(t, time.Minute)
-		waitA := fxAcquireAsync(ctx, s.q, "a", Exclusive)
-		waitStuck := fxAcquireAsync(ctx, s.q, "stuck", Exclusive)
+		_, err := s.q.TryAcquire(context.Background(), "a", lockengine.Exclusive)
+		require.ErrorIs(t, err, lockengine.ErrWouldBlock)
+		ctx := testCtx(t, time.Minute)
+		waitA := acquireAsync(ctx, s.q, "a", lockengine.Exclusive)
+		waitStuck := acquireAsync(ctx, s.q, "stuck", lockengine.Exclusive)
 		sweepGivesUp(t, s)
 		// Observe for a while (many guard waits, many TakeoverAfters):
 		// nothing may be granted.
@@ -449,7 +450,7 @@ func TestFaultGuardHeldByStoppedProcess(t *testing.T) {
 		assert.NoError(t, stuck.Err())
 
 		s.guardProc.signal(t, unix.SIGKILL)
-		for _, c := range []<-chan fxResult{waitA, waitStuck} {
+		for _, c := range []<-chan result{waitA, waitStuck} {
 			select {
 			case r := <-c:
 				require.NoError(t, r.err)
@@ -462,8 +463,8 @@ func TestFaultGuardHeldByStoppedProcess(t *testing.T) {
 	})
 
 	t.Run("not armed", func(t *testing.T) {
-		s := start(t, DirOptions{}, nil)
-		l, err := s.q.TryAcquire(context.Background(), "a", Exclusive)
+		s := start(t, Options{}, nil)
+		l, err := s.q.TryAcquire(context.Background(), "a", lockengine.Exclusive)
 		require.NoError(t, err, "without takeover, acquirers do not need the guard")
 		require.NoError(t, l.Release())
 		sweepGivesUp(t, s)
@@ -480,65 +481,65 @@ func TestFaultGuardHeldByStoppedProcess(t *testing.T) {
 func TestFaultSweep(t *testing.T) {
 	const hb = 50 * time.Millisecond
 	dir := t.TempDir()
-	b1, q1 := fxOpen(t, dir, DirOptions{Heartbeat: hb, IdleTTL: time.Nanosecond})
-	b2, q2 := fxOpen(t, dir, DirOptions{Heartbeat: hb, IdleTTL: time.Nanosecond})
+	b1, q1 := openQueue(t, dir, Options{Heartbeat: hb, IdleTTL: time.Nanosecond})
+	b2, q2 := openQueue(t, dir, Options{Heartbeat: hb, IdleTTL: time.Nanosecond})
 
-	l := fxAcquire(t, q1, "swept", Exclusive)
+	l := acquire(t, q1, "swept", lockengine.Exclusive)
 	last := l.Token()
 	require.NoError(t, l.Release())
-	heldHere := fxAcquire(t, q1, "held-here", Exclusive)
-	heldThere := fxAcquire(t, q2, "held-there", Exclusive)
-	heldShared := fxAcquire(t, q2, "held-shared", Shared)
+	heldHere := acquire(t, q1, "held-here", lockengine.Exclusive)
+	heldThere := acquire(t, q2, "held-there", lockengine.Exclusive)
+	heldShared := acquire(t, q2, "held-shared", lockengine.Shared)
 	heldNames := []string{"held-here", "held-there", "held-shared"}
 	inos := map[string]uint64{}
 	for _, n := range heldNames {
-		inos[n] = fxStat(t, fxLockPath(dir, n)).Ino
+		inos[n] = lstat(t, lockPath(dir, n)).Ino
 	}
 
 	swept := time.Now()
 	assert.Equal(t, 1, b1.Sweep(), "swept files")
-	assert.NoFileExists(t, fxLockPath(dir, "swept"))
+	assert.NoFileExists(t, lockPath(dir, "swept"))
 	assert.Zero(t, b2.Sweep())
 	for _, n := range heldNames {
-		assert.Equal(t, inos[n], fxStat(t, fxLockPath(dir, n)).Ino, "held lock file %s was removed", n)
+		assert.Equal(t, inos[n], lstat(t, lockPath(dir, n)).Ino, "held lock file %s was removed", n)
 	}
 	// Once every held file has been refreshed after the sweep (a beat
 	// verified it), none of the holders may have lost its lock.
-	fxEventually(t, 30*time.Second, "the held files to be refreshed", func() bool {
+	eventually(t, 30*time.Second, "the held files to be refreshed", func() bool {
 		for _, n := range heldNames {
-			st := fxStat(t, fxLockPath(dir, n))
+			st := lstat(t, lockPath(dir, n))
 			if !time.Unix(st.Mtim.Unix()).After(swept) {
 				return false
 			}
 		}
 		return true
 	})
-	for _, l := range []*Lease{heldHere, heldThere, heldShared} {
+	for _, l := range []*lockengine.Lease{heldHere, heldThere, heldShared} {
 		assert.NoError(t, l.Err(), "%s", l.Name())
 	}
 
 	// Swept and recreated, again and again, from both backends: tokens
 	// keep increasing; a shared grant carries the last exclusive token.
-	qs, bs := []*Queue{q1, q2}, []*DirBackend{b1, b2}
+	qs, bs := []*lockengine.Queue{q1, q2}, []*Backend{b1, b2}
 	for i := range 20 {
 		q := qs[i%2]
 		if i%5 == 4 {
-			s := fxAcquire(t, q, "swept", Shared)
+			s := acquire(t, q, "swept", lockengine.Shared)
 			assert.Equal(t, last, s.Token(), "round %d: shared token of a recreated file", i)
 			require.NoError(t, s.Release())
 		} else {
-			l := fxAcquire(t, q, "swept", Exclusive)
+			l := acquire(t, q, "swept", lockengine.Exclusive)
 			require.Greater(t, l.Token(), last, "round %d: token after the file was swept", i)
 			last = l.Token()
 			require.NoError(t, l.Release())
 		}
-		fxSweepGone(t, bs[(i+1)%2], fxLockPath(dir, "swept"))
+		sweepGone(t, bs[(i+1)%2], lockPath(dir, "swept"))
 	}
-	for _, l := range []*Lease{heldHere, heldThere, heldShared} {
+	for _, l := range []*lockengine.Lease{heldHere, heldThere, heldShared} {
 		require.NoError(t, l.Release())
 	}
 	for _, n := range heldNames {
-		fxSweepGone(t, b1, fxLockPath(dir, n))
+		sweepGone(t, b1, lockPath(dir, n))
 	}
 	entries, err := os.ReadDir(filepath.Join(dir, "locks"))
 	require.NoError(t, err)
@@ -546,10 +547,10 @@ func TestFaultSweep(t *testing.T) {
 	assert.FileExists(t, filepath.Join(dir, "guard"), "the guard is never removed")
 }
 
-// fxSweepGone sweeps until the lock file at path is gone, at most twice (a
+// sweepGone sweeps until the lock file at path is gone, at most twice (a
 // first sweep may only discard a stale cached descriptor; see
 // TestFaultSweepStaleCachedDescriptor).
-func fxSweepGone(t *testing.T, b *DirBackend, path string) {
+func sweepGone(t *testing.T, b *Backend, path string) {
 	t.Helper()
 	for range 2 {
 		b.Sweep()
@@ -565,13 +566,13 @@ func fxSweepGone(t *testing.T, b *DirBackend, path string) {
 // must still remove the unused file in one sweep.
 func TestFaultSweepStaleCachedDescriptor(t *testing.T) {
 	dir := t.TempDir()
-	b1, q1 := fxOpen(t, dir, DirOptions{IdleTTL: time.Nanosecond})
-	b2, q2 := fxOpen(t, dir, DirOptions{IdleTTL: time.Nanosecond})
-	l := fxAcquire(t, q1, "x", Exclusive)
+	b1, q1 := openQueue(t, dir, Options{IdleTTL: time.Nanosecond})
+	b2, q2 := openQueue(t, dir, Options{IdleTTL: time.Nanosecond})
+	l := acquire(t, q1, "x", lockengine.Exclusive)
 	require.NoError(t, l.Release()) // b1 caches a descriptor of file 1
 	require.Equal(t, 1, b2.Sweep())
-	l = fxAcquire(t, q2, "x", Exclusive) // file 2
+	l = acquire(t, q2, "x", lockengine.Exclusive) // file 2
 	require.NoError(t, l.Release())
 	assert.Equal(t, 1, b1.Sweep(), "BUG: the sweep tried its stale cached descriptor of the removed file and kept the unused one")
-	assert.NoFileExists(t, fxLockPath(dir, "x"))
+	assert.NoFileExists(t, lockPath(dir, "x"))
 }
