@@ -1,7 +1,6 @@
 package fsnode
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -18,6 +17,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/lockfs/lockfs/internal/syncbuf"
 	"github.com/lockfs/lockfs/lockengine"
 )
 
@@ -115,29 +115,11 @@ func (h *fakeHold) Unlock() error {
 	return nil
 }
 
-// syncBuffer is a bytes.Buffer safe for concurrent log writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type fixture struct {
 	b    *fakeBackend
 	q    *lockengine.Queue
 	fsys *filesystem
-	logs *syncBuffer
+	logs *syncbuf.Buffer
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -145,7 +127,7 @@ func newFixture(t *testing.T) *fixture {
 	b := newFakeBackend()
 	q := lockengine.NewQueue(b, lockengine.QueueOptions{})
 	t.Cleanup(func() { _ = q.Close() })
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	lg := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	return &fixture{b: b, q: q, fsys: &filesystem{eng: q, log: lg, start: time.Now()}, logs: logs}
 }

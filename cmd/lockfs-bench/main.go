@@ -1,5 +1,6 @@
 // Command lockfs-bench measures lockfs against its baselines on this
-// machine and prints the figures the README quotes.
+// machine and prints the figures and ratios that docs/benchmarks.md
+// reports.
 //
 //	lockfs-bench engine [flags]   the lock engine alone
 //	lockfs-bench fs [flags]       through a mounted filesystem (root)
@@ -10,8 +11,9 @@
 // handoff latency between two processes, and the memory held per name when
 // many names are held at once. The fs benchmark compares lockfs with a
 // minimal go-fuse filesystem and with flock(1); the etcd benchmark compares
-// the etcd backend through the mount with concurrency.Mutex. Each prints the
-// figures quoted in the README; run with -h for the flags.
+// the etcd backend through the mount with concurrency.Mutex. Each prints
+// its measurements and the ratios between them, with no verdict; run with -h
+// for the flags.
 package main
 
 import (

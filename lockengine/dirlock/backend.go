@@ -20,6 +20,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/lockfs/lockfs/internal/mountinfo"
 	"github.com/lockfs/lockfs/lockengine"
 	"github.com/lockfs/lockfs/lockengine/dirlock/internal/heartbeat"
 )
@@ -157,7 +158,7 @@ func Open(dir string, opts Options) (*Backend, error) {
 		}
 		opts.Logger.Warn("backing directory is on a network filesystem; locks may not exclude other clients",
 			"dir", dir, "fs", name)
-	} else if typ == fuseMagic {
+	} else if typ == mountinfo.FUSESuperMagic {
 		opts.Logger.Warn("backing directory is on a FUSE filesystem; flock exclusion depends on it",
 			"dir", dir)
 	}

@@ -13,7 +13,6 @@ package dirlock
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -35,6 +34,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
+	"github.com/lockfs/lockfs/internal/syncbuf"
 	"github.com/lockfs/lockfs/lockengine"
 )
 
@@ -190,7 +190,7 @@ type helperProc struct {
 	done  chan struct{} // closed once the process has exited and been reaped
 	err   error         // cmd.Wait's result, written before done is closed
 
-	stderr syncBuffer
+	stderr syncbuf.Buffer
 	stop   chan struct{} // closed by cleanup: drop further lines
 }
 
@@ -304,29 +304,6 @@ func parseMono(t *testing.T, s string) time.Duration {
 	n, err := strconv.ParseInt(s, 10, 64)
 	require.NoError(t, err)
 	return time.Duration(n)
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func (s *syncBuffer) Len() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Len()
 }
 
 // eventually polls cond every millisecond until it holds or timeout

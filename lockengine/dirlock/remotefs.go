@@ -17,8 +17,6 @@ var remoteFS = map[int64]string{
 	0x47504653: "gpfs",
 }
 
-const fuseMagic = 0x65735546
-
 // fsType returns the statfs type of path's filesystem, normalised to the
 // sign of the kernel's 32-bit value.
 func fsType(path string) (int64, error) {

@@ -111,10 +111,11 @@ func TestNamespaceChangesRefused(t *testing.T) {
 	d := e.StartDaemon(t, harness.DaemonConfig{})
 	m := d.Mountpoint
 
-	// cli.md promises EPERM. For operations that create a name, the kernel
-	// answers EEXIST itself when lookup says the name exists (every name
-	// does), before the filesystem is asked; rmdir of a regular file gets
-	// ENOTDIR the same way. Those are accepted too, and logged.
+	// The README's Semantics table promises EPERM. For operations that
+	// create a name, the kernel answers EEXIST itself when lookup says the
+	// name exists (every name does), before the filesystem is asked; rmdir
+	// of a regular file gets ENOTDIR the same way. Those are accepted too,
+	// and logged.
 	ops := []struct {
 		name    string
 		do      func() error

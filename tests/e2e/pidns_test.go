@@ -15,10 +15,10 @@ import (
 	"github.com/lockfs/lockfs/tests/e2e/harness"
 )
 
-// README ("Inspecting locks"): the PID that user.lockfs.holders, lockfs
-// status and the holder's record show is the pid as the kernel reports it
-// to the daemon, i.e. in the daemon's pid namespace, and 0 for a holder not
-// visible from there. A daemon in a new pid namespace sees the test's
+// docs/usage.md ("Who holds what", the PID item): the PID that
+// user.lockfs.holders, lockfs status and the holder's record show is the pid
+// as the kernel reports it to the daemon, i.e. in the daemon's pid
+// namespace, and 0 for a holder not visible from there. A daemon in a new pid namespace sees the test's
 // holders as pid 0 (and still excludes them); a holder inside the daemon's
 // namespace shows its pid there, not the test's; a daemon in the test's
 // namespace shows the test's pid.
