@@ -590,3 +590,31 @@ func TestReadThroughLockCalls(t *testing.T) {
 	assert.Equal(t, syscall.Errno(0), h.Fsync(ctx, 0))
 	assert.NotEqual(t, "", readRecord(t, h))
 }
+
+// An owner's POSIX lock that was unlocked leaves an empty entry in the
+// table. It must not shadow the lock a descriptor's open took: a POSIX
+// call through that descriptor acts on the descriptor's lock, so it does
+// not wait for itself, and F_GETLK through it does not report it as a
+// conflict.
+func TestEmptyPosixEntryDoesNotShadowOpenLock(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	h1 := f.openEmpty(t, "x", policy{kind: waitNone}, syscall.O_RDWR)
+	defer h1.Release(ctx)
+	require.Equal(t, syscall.Errno(0), setlk(h1, 100, posixCall(1, syscall.F_WRLCK)))
+	require.Equal(t, syscall.Errno(0), setlk(h1, 100, posixCall(1, syscall.F_UNLCK)))
+	assert.False(t, f.held("x"))
+
+	// The same process opens M/x for writing: the open takes the lock.
+	h2 := f.open(t, "x", policy{}, syscall.O_WRONLY)
+	defer h2.Release(ctx)
+	lease := h2.lease()
+
+	assert.Equal(t, fuse.FileLock{Typ: syscall.F_UNLCK}, getlk(t, h2, 1, syscall.F_WRLCK), "its own open's lock")
+	assert.Equal(t, syscall.Errno(0), setlk(h2, 100, posixCall(1, syscall.F_WRLCK)), "F_SETLK through the holding descriptor")
+	assert.Equal(t, syscall.Errno(0), setlkw(h2, 100, posixCall(1, syscall.F_WRLCK)), "F_SETLKW through the holding descriptor")
+	assert.Same(t, lease, h2.slot.Lease())
+	assert.Equal(t, 0, f.waiters("x"))
+	require.Equal(t, syscall.Errno(0), setlk(h2, 100, posixCall(1, syscall.F_UNLCK)))
+	assert.False(t, f.held("x"), "F_UNLCK through the descriptor releases its lock")
+}
