@@ -58,6 +58,8 @@ func TestInspectAttributes(t *testing.T) {
 	}
 	v, _ = getxattr(t, n, XattrHolders)
 	assert.True(t, strings.HasPrefix(v, "1000 100 4242 exclusive "+tok+" "), v)
+	assert.True(t, strings.HasSuffix(v, " open\n"), "the open took it: %q", v)
+	assert.Equal(t, 1, strings.Count(v, "\n"), v)
 	_, errno = getxattr(t, n, "security.capability")
 	assert.Equal(t, syscall.ENODATA, errno)
 	_, errno = getxattr(t, n, XattrPrefix+"nope")

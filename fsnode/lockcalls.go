@@ -129,9 +129,12 @@ func (h *handle) setlk(ctx context.Context, owner uint64, lk *fuse.FileLock, fla
 //
 //   - flock: the descriptor's own slot; when that is empty but a POSIX
 //     lock taken through this descriptor is held, that one.
-//   - POSIX: the owner's POSIX lock on the name if it has one; else the
-//     descriptor's own slot when it holds a lease; else a new POSIX lock
-//     of the owner (only when create is set; nil otherwise).
+//   - POSIX: the owner's POSIX lock on the name if it holds a lease; else
+//     the descriptor's own slot when it holds a lease; else the owner's
+//     (empty) POSIX lock entry, or a new one (only when create is set; nil
+//     otherwise). An entry emptied by F_UNLCK stays in the table, and must
+//     not shadow the descriptor's lease: the call would then wait for (or
+//     fail with EAGAIN against) the lock its own descriptor holds.
 func (h *handle) slotFor(owner uint64, via lockengine.Via, create bool) *lockengine.Slot {
 	f := h.fsys
 	if via == lockengine.ViaFlock {
@@ -145,16 +148,20 @@ func (h *handle) slotFor(owner uint64, via lockengine.Via, create bool) *lockeng
 	key := posixKey{name: h.name, owner: owner}
 	f.posixMu.Lock()
 	defer f.posixMu.Unlock()
-	if pl := f.posix[key]; pl != nil {
+	pl := f.posix[key]
+	if pl != nil && pl.slot.Lease() != nil {
 		return pl.slot
 	}
 	if h.slot.Lease() != nil {
 		return h.slot
 	}
+	if pl != nil {
+		return pl.slot
+	}
 	if !create {
 		return nil
 	}
-	pl := &posixLock{slot: lockengine.NewSlot(f.eng, h.name, nil), via: h}
+	pl = &posixLock{slot: lockengine.NewSlot(f.eng, h.name, nil), via: h}
 	if f.posix == nil {
 		f.posix = make(map[posixKey]*posixLock)
 		f.posixByVia = make(map[*handle][]posixKey)

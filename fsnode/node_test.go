@@ -143,7 +143,27 @@ func (f *fixture) open(t *testing.T, name string, p policy, flags uint32) *handl
 	require.Equal(t, syscall.Errno(0), errno)
 	require.NotNil(t, fh)
 	assert.Equal(t, uint32(fuse.FOPEN_NOFLUSH|fuse.FOPEN_DIRECT_IO), fuseFlags)
+	require.NotNil(t, fh.(*handle).lease(), "the open took the lock")
 	return fh.(*handle)
+}
+
+// openEmpty opens name through a node with policy p with an open that must
+// take nothing, and returns the (empty) handle. Such a handle keeps FLUSH
+// (no FOPEN_NOFLUSH): POSIX locks taken through it are released on close.
+func (f *fixture) openEmpty(t *testing.T, name string, p policy, flags uint32) *handle {
+	t.Helper()
+	return f.openEmptyCtx(t, context.Background(), name, p, flags)
+}
+
+func (f *fixture) openEmptyCtx(t *testing.T, ctx context.Context, name string, p policy, flags uint32) *handle {
+	t.Helper()
+	fh, fuseFlags, errno := f.node(name, p).Open(ctx, flags)
+	require.Equal(t, syscall.Errno(0), errno)
+	require.NotNil(t, fh)
+	assert.Equal(t, uint32(fuse.FOPEN_DIRECT_IO), fuseFlags)
+	h := fh.(*handle)
+	require.Nil(t, h.lease(), "the open took nothing")
+	return h
 }
 
 type openResult struct {
@@ -206,12 +226,128 @@ func TestOpenWaitsForRelease(t *testing.T) {
 
 func TestSharedOpensShare(t *testing.T) {
 	f := newFixture(t)
-	a := f.open(t, "s", policy{}, syscall.O_RDONLY)
+	shared := policy{kind: waitBlock, shared: true}
+	a := f.open(t, "s", shared, syscall.O_RDONLY)
 	b := f.open(t, "s", policy{kind: waitTry}, syscall.O_RDONLY)
+	// .shared takes the shared lock whatever the access mode.
+	c := f.open(t, "s", shared, syscall.O_WRONLY)
+	for _, h := range []*handle{a, b, c} {
+		assert.Equal(t, lockengine.Shared, h.lease().Mode())
+	}
+	info, ok := f.q.Inspect("s")
+	require.True(t, ok)
+	assert.Equal(t, 3, info.Holders)
+	assert.Equal(t, lockengine.Shared, info.Mode)
 	_, _, errno := f.node("s", policy{kind: waitTry}).Open(context.Background(), syscall.O_WRONLY)
 	assert.Equal(t, syscall.EAGAIN, errno, "exclusive try while shared held")
 	a.Release(context.Background())
 	b.Release(context.Background())
+	c.Release(context.Background())
+	require.Eventually(t, func() bool { return !f.held("s") }, deadline, time.Millisecond)
+}
+
+// A .shared open waits while the name is held exclusively and is granted
+// when the holder releases it.
+func TestSharedOpenWaits(t *testing.T) {
+	f := newFixture(t)
+	h := f.open(t, "s", policy{}, syscall.O_WRONLY)
+	res := f.openAsync(context.Background(), "s", policy{kind: waitBlock, shared: true}, syscall.O_RDONLY)
+	require.Eventually(t, func() bool { return f.waiters("s") == 1 }, deadline, time.Millisecond)
+	select {
+	case r := <-res:
+		t.Fatalf("shared open returned while the name is held exclusively: %v", r.errno)
+	default:
+	}
+	require.Equal(t, syscall.Errno(0), h.Release(context.Background()))
+	select {
+	case r := <-res:
+		require.Equal(t, syscall.Errno(0), r.errno)
+		sh := r.fh.(*handle)
+		assert.Equal(t, lockengine.Shared, sh.lease().Mode())
+		sh.Release(context.Background())
+	case <-time.After(deadline):
+		t.Fatal("shared open not granted after release")
+	}
+}
+
+// Read-only and O_NONBLOCK opens of M/NAME take nothing: they succeed at
+// once whether or not the name is held, hold nothing in the engine, and
+// a writer still locks the name while they are open.
+func TestRootReadOnlyAndNonblockTakeNothing(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	flagsList := []uint32{
+		syscall.O_RDONLY,
+		syscall.O_RDONLY | syscall.O_NONBLOCK,
+		syscall.O_WRONLY | syscall.O_NONBLOCK,
+		syscall.O_RDWR | syscall.O_NONBLOCK,
+		syscall.O_WRONLY | syscall.O_APPEND | syscall.O_NONBLOCK,
+	}
+	var empties []*handle
+	for _, flags := range flagsList {
+		empties = append(empties, f.openEmpty(t, "x", policy{}, flags))
+	}
+	_, ok := f.q.Inspect("x")
+	assert.False(t, ok, "the engine shows nothing held or waiting")
+	assert.False(t, f.held("x"))
+
+	// A writer locks at once, with a try and with a blocking open.
+	w := f.open(t, "x", policy{kind: waitTry}, syscall.O_WRONLY)
+	require.Equal(t, syscall.Errno(0), w.Release(ctx))
+	res := f.openAsync(ctx, "x", policy{}, syscall.O_WRONLY)
+	var w2 *handle
+	select {
+	case r := <-res:
+		require.Equal(t, syscall.Errno(0), r.errno)
+		w2 = r.fh.(*handle)
+	case <-time.After(deadline):
+		t.Fatal("a blocking writer waits behind opens that took nothing")
+	}
+	info, ok := f.q.Inspect("x")
+	require.True(t, ok)
+	assert.Equal(t, 1, info.Holders)
+	assert.Equal(t, lockengine.Exclusive, info.Mode)
+
+	// While it is held, the same opens still succeed at once and take
+	// nothing; their reads are empty, writes and fsync succeed.
+	for _, flags := range flagsList {
+		h := f.openEmpty(t, "x", policy{}, flags)
+		empties = append(empties, h)
+		rr, errno := h.Read(ctx, make([]byte, 64), 0)
+		require.Equal(t, syscall.Errno(0), errno)
+		data, _ := rr.Bytes(make([]byte, 64))
+		assert.Empty(t, data, "a handle that holds nothing reads nothing")
+		n, errno := h.Write(ctx, []byte("ab"), 0)
+		assert.Equal(t, syscall.Errno(0), errno)
+		assert.Equal(t, uint32(2), n)
+		assert.Equal(t, syscall.Errno(0), h.Fsync(ctx, 0))
+	}
+	assert.Equal(t, 0, f.waiters("x"))
+	info, _ = f.q.Inspect("x")
+	assert.Equal(t, 1, info.Holders)
+
+	// Releasing them leaves the writer's lock alone.
+	for _, h := range empties {
+		require.Equal(t, syscall.Errno(0), h.Release(ctx))
+	}
+	assert.True(t, f.held("x"))
+	assert.Nil(t, w2.lease().Err())
+	require.Equal(t, syscall.Errno(0), w2.Release(ctx))
+	require.Eventually(t, func() bool { return !f.held("x") }, deadline, time.Millisecond)
+}
+
+// Opens of M/.flock/NAME never take anything, whatever the flags.
+func TestFlockDirOpenTakesNothing(t *testing.T) {
+	f := newFixture(t)
+	w := f.open(t, "x", policy{}, syscall.O_WRONLY)
+	for _, flags := range []uint32{syscall.O_RDONLY, syscall.O_WRONLY, syscall.O_RDWR | syscall.O_TRUNC, syscall.O_WRONLY | syscall.O_NONBLOCK} {
+		h := f.openEmpty(t, "x", policy{kind: waitNone}, flags)
+		require.Equal(t, syscall.Errno(0), h.Release(context.Background()))
+	}
+	info, _ := f.q.Inspect("x")
+	assert.Equal(t, 1, info.Holders)
+	assert.Equal(t, 0, info.Waiters)
+	w.Release(context.Background())
 }
 
 // A signal to a waiting opener cancels ctx: Open returns EINTR and leaves
@@ -252,7 +388,9 @@ func TestTryAndNonblock(t *testing.T) {
 	}{
 		{policy{kind: waitTry}, syscall.O_WRONLY},
 		{policy{kind: waitTry}, syscall.O_RDONLY},
-		{policy{}, syscall.O_WRONLY | syscall.O_NONBLOCK},
+		{policy{kind: waitTry}, syscall.O_WRONLY | syscall.O_NONBLOCK},
+		{policy{kind: waitBlock, shared: true}, syscall.O_RDONLY | syscall.O_NONBLOCK},
+		{policy{kind: waitBlock, shared: true}, syscall.O_WRONLY | syscall.O_NONBLOCK},
 		{policy{kind: waitTimeout, timeout: time.Hour}, syscall.O_RDONLY | syscall.O_NONBLOCK},
 		{timeoutPolicy(0), syscall.O_WRONLY},
 	} {
@@ -360,9 +498,15 @@ func TestOpenEngineFailure(t *testing.T) {
 	f.b.mu.Lock()
 	f.b.failErr = errors.New("disk on fire")
 	f.b.mu.Unlock()
-	_, _, errno = f.node("x", policy{}).Open(context.Background(), syscall.O_RDONLY)
+	_, _, errno = f.node("x", policy{kind: waitBlock, shared: true}).Open(context.Background(), syscall.O_RDONLY)
 	assert.Equal(t, syscall.EIO, errno)
+	assert.Contains(t, f.logs.String(), `level=ERROR msg="open failed" lock=x mode=shared errno=EIO`)
 	assert.False(t, f.held("x"))
+
+	// An open that takes nothing does not ask the backend, so it succeeds.
+	h := f.openEmpty(t, "x", policy{}, syscall.O_RDONLY)
+	assert.False(t, f.held("x"))
+	h.Release(context.Background())
 }
 
 func TestOpenAfterEngineClose(t *testing.T) {
@@ -398,6 +542,10 @@ func TestOpenRecordsOwner(t *testing.T) {
 	fh, _, errno := f.node("o", policy{}).Open(ctx, syscall.O_WRONLY)
 	require.Equal(t, syscall.Errno(0), errno)
 	h := fh.(*handle)
-	assert.Equal(t, lockengine.Owner{UID: 1000, GID: 100, PID: 4242}, h.lease().Owner())
+	assert.Equal(t, lockengine.Owner{UID: 1000, GID: 100, PID: 4242, Via: lockengine.ViaOpen}, h.lease().Owner())
+	info, ok := f.q.Inspect("o")
+	require.True(t, ok)
+	require.Len(t, info.Leases, 1)
+	assert.Equal(t, lockengine.ViaOpen, info.Leases[0].Owner.Via)
 	h.Release(context.Background())
 }
