@@ -1,23 +1,32 @@
 // Package fsnode is the lockfs filesystem: go-fuse nodes that turn open(2)
-// into a lock and the last close(2) of the open file description into its
-// release. It holds no lock logic of its own; every decision is made by a
-// [lockengine.Engine]. It is the only package of lockfs that imports go-fuse.
+// and the lock calls (flock(2), fcntl(2) record locks, lockf(3)) on lock
+// files into locks, and the last close(2) of an open file description into
+// their release. It holds no lock logic of its own; every decision is made
+// by a [lockengine.Engine]. It is the only package of lockfs that imports
+// go-fuse.
 //
 // Layout of a mount M:
 //
-//	M/NAME               open blocks until the lock NAME is granted
+//	M/NAME               a blocking open for writing waits for the exclusive lock
+//	M/.shared/NAME       open waits for the shared lock
 //	M/.try/NAME          open fails at once with EAGAIN if NAME is not free
 //	M/.timeout/SECS/NAME open waits at most SECS, then fails with EAGAIN
+//	M/.flock/NAME        open takes nothing; only lock calls lock
 //
-// Opening for writing (O_WRONLY, O_RDWR) takes the exclusive lock; opening
-// read-only takes the shared lock; O_NONBLOCK behaves like .try. All three
-// forms lock the same name. Lookup never blocks and succeeds for every valid
-// name; only Open waits. A signal to a waiting opener ends the wait with
-// EINTR. The lock is released on FUSE RELEASE, i.e. when the last descriptor
-// of the open file description is closed (dup and fork keep it), never on
-// FLUSH. Writes are accepted and discarded; reads return the holder record
-// (the fencing token alone on the first line, see [Record]); once the lock is
-// lost, read, write and fsync on its descriptor fail with EIO.
+// A read-only open and any O_NONBLOCK open of M/NAME take nothing, so that
+// lock tools that open first and lock second (flock(1), setlock, chpst)
+// behave as on a local disk; under .try and .timeout a read-only open takes
+// the shared lock, any other the exclusive one, and O_NONBLOCK makes every
+// form that locks a try. All forms and all lock calls lock the same name
+// (see lockcalls.go for who owns a lock taken by a call). Lookup never
+// blocks and succeeds for every valid name; only Open and blocking lock
+// calls wait. A signal to a waiting caller ends the wait with EINTR. A lock
+// taken by an open or by flock(2) is released on FUSE RELEASE, i.e. when
+// the last descriptor of the open file description is closed (dup and fork
+// keep it). Writes are accepted and discarded; reads return the holder
+// record of the descriptor's lock (the fencing token alone on the first
+// line, see [Record]); once the lock is lost, read, write and fsync on its
+// descriptor fail with EIO.
 //
 // Inspection never takes or waits for a lock: stat(2) of a lock file shows
 // the first holder's uid and gid as owner and the grant time as mtime

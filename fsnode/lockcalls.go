@@ -261,10 +261,11 @@ func (h *handle) Flush(ctx context.Context) syscall.Errno {
 }
 
 // Getlk serves F_GETLK: it reports a lock that conflicts with the one
-// described, held by another owner, as a whole-file lock with the pid of
-// one holder as the daemon sees it (0 when the holder is not visible from
-// its pid namespace or holds through another daemon); F_UNLCK when the
-// lock could be granted now.
+// described, held through this daemon by another owner, as a whole-file
+// lock with the pid of one holder as the daemon sees it (0 when the holder
+// is not visible from its pid namespace); F_UNLCK otherwise. Holders
+// through other daemons are not reported: finding them would mean taking
+// the lock for a moment, which could make another process's try-lock fail.
 func (h *handle) Getlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32, out *fuse.FileLock) syscall.Errno {
 	mode, ok := lockMode(lk.Typ)
 	if !ok {
@@ -277,30 +278,17 @@ func (h *handle) Getlk(ctx context.Context, owner uint64, lk *fuse.FileLock, fla
 		own = slot.Lease()
 	}
 	info, held := h.fsys.eng.Inspect(h.name)
-	if held && info.State == lockengine.StateHeld {
-		for _, l := range info.Leases {
-			if l.Lost || (own != nil && l.Token == own.Token() && l.Owner == own.Owner() && l.Granted.Equal(own.Granted())) {
-				continue
-			}
-			if mode == lockengine.Exclusive || l.Mode == lockengine.Exclusive {
-				conflict(out, l.Mode, l.Owner.PID)
-				return 0
-			}
+	if !held || info.State != lockengine.StateHeld {
+		return 0
+	}
+	for _, l := range info.Leases {
+		if l.Lost || (own != nil && l.Token == own.Token() && l.Owner == own.Owner() && l.Granted.Equal(own.Granted())) {
+			continue
 		}
-		return 0
-	}
-	if own != nil {
-		return 0
-	}
-	// Nothing held here: ask the backend whether another daemon holds it.
-	l, err := h.fsys.eng.TryAcquire(ctx, h.name, mode)
-	switch {
-	case err == nil:
-		_ = l.Release()
-	case errors.Is(err, lockengine.ErrWouldBlock):
-		conflict(out, lockengine.Exclusive, 0)
-	default:
-		return h.fsys.fail("getlk", h.name, mode, err)
+		if mode == lockengine.Exclusive || l.Mode == lockengine.Exclusive {
+			conflict(out, l.Mode, l.Owner.PID)
+			return 0
+		}
 	}
 	return 0
 }
