@@ -4,7 +4,7 @@ package main
 // measured side by side in one run on this machine (root, gcc, bash and
 // util-linux flock needed).
 //
-//	lockfs-bench fs [-lockfs PATH] [-lockfs-env K=V,...] [-parts trace,1,2,3,4]
+//	lockfs-bench fs [-lockfs PATH] [-lockfs-env K=V,...] [-parts trace,1,2,3,4,calls]
 //	                [-n N] [-chunk N] [-rounds R] [-bash N] [-handoffs N]
 //	                [-handoff-runs R] [-blocked N] [-names N] [-probe N]
 //
@@ -20,6 +20,8 @@ package main
 //	3      release->grant latency between two processes on one daemon
 //	4      daemon RSS with 1,000 blocked openers and with 10,000 held names,
 //	       and an unrelated name's open+close time meanwhile
+//	calls  lock calls: flock(1) and C flock(2) loops on lockfs against the
+//	       write open and local flock, and flock(2) handoff latency
 //
 // Everything it starts is stopped, unmounted and removed at the end, on
 // error and on SIGINT/SIGTERM.
@@ -63,7 +65,7 @@ func runFS(args []string) error {
 	var c fsConfig
 	fl.StringVar(&c.lockfs, "lockfs", "", "lockfs binary (default: go build ./cmd/lockfs of the module around the working dir, else lockfs next to this binary)")
 	fl.IntVar(&c.n, "n", 20000, "open+close per uncontended round")
-	fl.StringVar(&c.parts, "parts", "trace,1,2,3,4", "which figures to measure (comma-separated: trace,1,2,3,4)")
+	fl.StringVar(&c.parts, "parts", "trace,1,2,3,4,calls", "which figures to measure (comma-separated: trace,1,2,3,4,calls)")
 	fl.IntVar(&c.chunk, "chunk", 1000, "uncontended figure: operations per case before switching to the next case")
 	fl.IntVar(&c.rounds, "rounds", 5, "interleaved rounds of the uncontended and bash figures")
 	fl.IntVar(&c.bashN, "bash", 1000, "iterations of the bash loops")
@@ -173,6 +175,11 @@ func runFS(args []string) error {
 			return err
 		}
 		if err := b.manyNames(c); err != nil {
+			return err
+		}
+	}
+	if want["calls"] {
+		if err := b.lockCalls(c); err != nil {
 			return err
 		}
 	}

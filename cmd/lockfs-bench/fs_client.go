@@ -21,10 +21,13 @@ import (
 //	open PATH N             N x open(O_RDWR)+close; prints the elapsed ns
 //	multi N CHUNK SPEC...   N x open+close (o:PATH; a:PATH alternates PATH and
 //	                        PATH-b; t:PATH opens like the shell's >) or
-//	                        open+flock+unlock+close (f:PATH) per SPEC, in
-//	                        alternating chunks; prints ns each
+//	                        open+flock+unlock+close (f:PATH; l:PATH opens
+//	                        O_RDONLY) per SPEC, in alternating chunks;
+//	                        prints ns each
 //	flock PATH N            N x open(O_CREAT)+flock(EX)+flock(UN)+close; prints ns
 //	handoff PATH ROUNDS ID  ROUNDS x open, hold, close; prints "G ns"/"R ns" lines
+//	fhandoff PATH ROUNDS ID open(O_RDONLY) once, then ROUNDS x flock(EX), hold,
+//	                        flock(UN); prints "G ns"/"R ns" lines
 //	wait PATH               open(O_RDWR) (blocks while the name is held), exit
 //	hold DIR PREFIX N       open DIR/PREFIX0..N-1, print "ready", hold until stdin EOF
 //
@@ -59,7 +62,7 @@ static void sleep_us(long us) {
 
 int main(int argc, char **argv) {
 	if (argc < 3) {
-		fprintf(stderr, "usage: fsclient open|flock|handoff|wait|hold ...\n");
+		fprintf(stderr, "usage: fsclient open|flock|multi|handoff|fhandoff|wait|hold ...\n");
 		return 2;
 	}
 	const char *mode = argv[1], *path = argv[2];
@@ -91,9 +94,10 @@ int main(int argc, char **argv) {
 		/* multi N CHUNK SPEC...: N operations on each SPEC ("o:PATH" for
 		   open+close, "a:PATH" for open+close alternating between PATH
 		   and PATH-b, "t:PATH" for a shell-style open (O_WRONLY|O_CREAT|
-		   O_TRUNC)+close, "f:PATH" for open+flock+unlock+close), run in
-		   alternating chunks of CHUNK so that all see the same machine;
-		   prints the total ns of each SPEC, one per line. */
+		   O_TRUNC)+close, "f:PATH" for open+flock+unlock+close, "l:PATH"
+		   for open(O_RDONLY)+flock+unlock+close), run in alternating
+		   chunks of CHUNK so that all see the same machine; prints the
+		   total ns of each SPEC, one per line. */
 		long n = atol(argv[2]), chunk = atol(argv[3]);
 		int k = argc - 4;
 		long long *tot = calloc(k, sizeof *tot);
@@ -103,7 +107,8 @@ int main(int argc, char **argv) {
 			for (int j = 0; j < k; j++) {
 				const char *spec = argv[4 + j], *ps[2];
 				char alt[4096];
-				int fl = spec[0] == 'f', tr = spec[0] == 't';
+				int fl = spec[0] == 'f' || spec[0] == 'l', tr = spec[0] == 't';
+				int rd = spec[0] == 'l';
 				ps[0] = ps[1] = spec + 2;
 				if (spec[0] == 'a') {
 					snprintf(alt, sizeof alt, "%s-b", spec + 2);
@@ -112,7 +117,8 @@ int main(int argc, char **argv) {
 				long long t0 = now();
 				for (long i = 0; i < m; i++) {
 					const char *p = ps[i & 1];
-					int fd = fl ? open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0644)
+					int fd = rd ? open(p, O_RDONLY | O_CLOEXEC)
+					     : fl ? open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0644)
 					     : tr ? open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666)
 						  : open(p, O_RDWR | O_CLOEXEC);
 					if (fd < 0) die("open", p);
@@ -141,6 +147,27 @@ int main(int argc, char **argv) {
 			/* Let the other process take it before asking again. */
 			sleep_us(200);
 		}
+		for (long i = 0; i < rounds; i++) printf("G %lld\nR %lld\n", g[i], r[i]);
+		return 0;
+	}
+	if (strcmp(mode, "fhandoff") == 0 && argc == 5) {
+		/* Like handoff, through flock(2) on one read-only descriptor
+		   (which takes nothing on lockfs): G after flock(LOCK_EX)
+		   returns, R before flock(LOCK_UN). */
+		long rounds = atol(argv[3]), id = atol(argv[4]);
+		long long *g = calloc(rounds, sizeof *g), *r = calloc(rounds, sizeof *r);
+		if (!g || !r) die("calloc", path);
+		int fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0) die("open", path);
+		for (long i = 0; i < rounds; i++) {
+			if (flock(fd, LOCK_EX) != 0) die("flock", path);
+			g[i] = now();
+			sleep_us(500 + (i * 7919 + id * 104729) % 2500);
+			r[i] = now();
+			if (flock(fd, LOCK_UN) != 0) die("unlock", path);
+			sleep_us(200);
+		}
+		if (close(fd) != 0) die("close", path);
 		for (long i = 0; i < rounds; i++) printf("G %lld\nR %lld\n", g[i], r[i]);
 		return 0;
 	}
