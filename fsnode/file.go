@@ -274,12 +274,16 @@ func (h *handle) Release(ctx context.Context) syscall.Errno {
 	if l != nil && h.fsys.log.Enabled(context.Background(), slog.LevelDebug) {
 		h.fsys.log.Debug("lock released", "lock", h.name, "mode", l.Mode().String(), "token", l.Token())
 	}
-	if h.fsys.hasParked(h.name) {
-		// The release has just made a waiting open runnable. Let it
-		// run (and answer its OPEN) before this goroutine goes back to
-		// read(2) on /dev/fuse: with GOMAXPROCS=1 it would otherwise
-		// wait for the runtime's sysmon to take the P back (~100 us).
+	h.fsys.yieldToParked(h.name)
+	return 0
+}
+
+// yieldToParked lets a request waiting for name run when a release has just
+// made it runnable, and answer its OPEN or SETLKW before this goroutine goes
+// back to read(2) on /dev/fuse: with GOMAXPROCS=1 it would otherwise wait
+// for the runtime's sysmon to take the P back (~100 us).
+func (f *filesystem) yieldToParked(name string) {
+	if f.hasParked(name) {
 		runtime.Gosched()
 	}
-	return 0
 }

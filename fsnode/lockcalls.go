@@ -97,6 +97,7 @@ func (h *handle) setlk(ctx context.Context, owner uint64, lk *fuse.FileLock, fla
 		if err := slot.Unlock(ctx); err != nil {
 			return h.fsys.fail(via.String()+" unlock", h.name, 0, err)
 		}
+		h.fsys.yieldToParked(h.name)
 		return 0
 	}
 	mode, ok := lockMode(lk.Typ)
