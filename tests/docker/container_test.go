@@ -103,10 +103,10 @@ func TestSingleContainer(t *testing.T) {
 		return nil
 	})
 
-	t.Log("shared: exec 9< holders coexist and exclude a writer")
-	r1 := d.hold("s1", "<", "/mnt/locks/s")
+	t.Log("shared: exec 9<M/.shared/NAME holders coexist and exclude a writer")
+	r1 := d.hold("s1", "<", "/mnt/locks/.shared/s")
 	r1.waitState("held")
-	r2 := d.hold("s2", "<", "/mnt/locks/s")
+	r2 := d.hold("s2", "<", "/mnt/locks/.shared/s")
 	r2.waitState("held")
 	require.False(t, d.try(">", "/mnt/locks/.try/s"), "exclusive lock granted over shared ones")
 	require.True(t, d.try("<", "/mnt/locks/.try/s"), "shared lock refused next to shared ones")
@@ -219,7 +219,7 @@ func TestSharedBackingVolume(t *testing.T) {
 		}
 		return nil
 	})
-	r := d2.hold("s1", "<", "/mnt/locks/s")
+	r := d2.hold("s1", "<", "/mnt/locks/.shared/s")
 	r.waitState("held")
 	require.True(t, d1.try("<", "/share/locks/.try/s"), "shared lock refused across daemons")
 	require.False(t, d1.try(">", "/share/locks/.try/s"))
@@ -288,7 +288,7 @@ func TestStopWithHoldersAndWaiters(t *testing.T) {
 	hc := c.hold("b1", ">", "/share/locks/b")
 	hc.waitState("held")
 	wc := c.hold("b2", ">", "/share/locks/b")
-	wcs := c.hold("a3", "<", "/share/locks/a")
+	wcs := c.hold("a3", "<", "/share/locks/.shared/a")
 	require.False(t, c.try(">", "/share/locks/.try/b"))
 	require.False(t, c.try("<", "/share/locks/.try/a"))
 	for _, w := range []*holder{wd, wc, wcs} {

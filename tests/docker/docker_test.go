@@ -249,7 +249,8 @@ type holder struct {
 }
 
 // hold starts a shell in c that writes "waiting" to its state file, opens path
-// on fd 9 with redir (">" exclusive, "<" shared), writes "held UPTIME" (the
+// on fd 9 with redir (">" exclusive, "<" shared: path M/.shared/NAME, since a
+// read-only open of M/NAME takes nothing), writes "held UPTIME" (the
 // kernel uptime at the grant) and keeps the lock. An exclusive holder writes to fd 9 every 0.1 s and writes "lost" when
 // that fails. When the shell ends, "exit N" is appended.
 func (c *container) hold(id, redir, path string) *holder {

@@ -146,7 +146,7 @@ func TestEtcdEngine(t *testing.T) {
 	h.kill()
 	w.waitState("held")
 	require.False(t, a.try(">", "/mnt/locks/.try/x"), "A granted what B holds")
-	r1 := a.hold("s1", "<", "/mnt/locks/s")
+	r1 := a.hold("s1", "<", "/mnt/locks/.shared/s")
 	r1.waitState("held")
 	require.True(t, b.try("<", "/mnt/locks/.try/s"), "shared lock refused next to a shared one elsewhere")
 	require.False(t, b.try(">", "/mnt/locks/.try/s"), "exclusive granted over a shared one elsewhere")

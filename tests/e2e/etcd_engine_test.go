@@ -35,8 +35,8 @@ func TestEtcdTwoDaemonsExclude(t *testing.T) {
 
 	// Shared holders through different daemons share the lock; a writer
 	// waits for both.
-	r := e.Hold(t, a.Path("s"), "r")
-	rb := e.Hold(t, b.Path("s"), "r")
+	r := e.Hold(t, sharedPath(a.Path("s")), "r")
+	rb := e.Hold(t, sharedPath(b.Path("s")), "r")
 	assert.Equal(t, "EAGAIN", probe(t, e, b.Path("s"), "w"))
 	assert.Equal(t, "EAGAIN", probe(t, e, a.Path("s"), "w"))
 	wa := e.Waiter(t, a.Path("s"), "w")

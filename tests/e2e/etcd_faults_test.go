@@ -31,7 +31,7 @@ func TestEtcdStoppedWhileHeld(t *testing.T) {
 	c := etcdDaemonConfig(s, "/lockfs-e2e/stopped/", faultTTL, "--etcd-op-timeout", "1s", "--etcd-dial-timeout", "1s")
 	d := e.StartDaemon(t, c)
 	hx := e.Hold(t, d.Path("x"), "rw")
-	hs := e.Hold(t, d.Path("s"), "r")
+	hs := e.Hold(t, sharedPath(d.Path("s")), "r")
 	require.Equal(t, "ok", harness.Command(t, hx, "write"))
 
 	stopped := harness.Mono()

@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -19,7 +20,8 @@ const patience = harness.Patience
 
 // shellHold starts a bash that opens M/name with redirection redir
 // (">", ">>", "<>" or "<") on fd 9, waits until it is granted, and keeps
-// it until release(p) (any line on its stdin) or the end of the test.
+// it until release(p) (any line on its stdin) or the end of the test. A
+// "<" open of M/NAME takes nothing: shared holders open sharedPath(path).
 func shellHold(t *testing.T, e *harness.Env, path, redir string) *harness.Proc {
 	t.Helper()
 	p := shellWaiter(t, e, path, redir)
@@ -41,11 +43,42 @@ func shellRelease(t *testing.T, p *harness.Proc) {
 	p.WaitLine("closed", patience)
 }
 
-// probe tries an O_NONBLOCK open of path in mode (w or r) with the Go client
-// and closes it at once; it returns "granted" or the errno name.
+// viewPath returns path, the file of a lock name directly under a mount
+// (M/NAME), under the reserved directory view of that mount (M/VIEW/NAME).
+// A path already under a reserved directory (M/.try/NAME,
+// M/.timeout/SECS/NAME, M/.shared/NAME, M/.flock/NAME) is returned as it is.
+func viewPath(path, view string) string {
+	dir, name := filepath.Split(path)
+	dir = filepath.Clean(dir)
+	switch filepath.Base(dir) {
+	case ".try", ".shared", ".flock", ".timeout":
+		return path
+	}
+	if filepath.Base(filepath.Dir(dir)) == ".timeout" {
+		return path
+	}
+	return filepath.Join(dir, view, name)
+}
+
+// tryPath is M/.try/NAME for M/NAME: its open takes the lock in the open's
+// mode (read-only: shared) or fails with EAGAIN at once. (An O_NONBLOCK or
+// read-only open of M/NAME itself takes nothing.)
+func tryPath(path string) string { return viewPath(path, ".try") }
+
+// sharedPath is M/.shared/NAME for M/NAME: its open waits for the shared
+// lock, whatever the access mode (exec 9<M/.shared/NAME).
+func sharedPath(path string) string { return viewPath(path, ".shared") }
+
+// flockPath is M/.flock/NAME for M/NAME: its open never takes anything;
+// only lock calls (flock, fcntl, lockf) on the descriptor do.
+func flockPath(path string) string { return viewPath(path, ".flock") }
+
+// probe tries a lock of path's name without waiting: an O_NONBLOCK open of
+// M/.try/NAME (see tryPath) in mode (w: exclusive, r: shared) with the Go
+// client, closed at once. It returns "granted" or the errno name.
 func probe(t *testing.T, e *harness.Env, path, mode string) string {
 	t.Helper()
-	p := e.GoClient(t, "-nonblock", "-mode", mode, path)
+	p := e.GoClient(t, "-nonblock", "-mode", mode, tryPath(path))
 	p.CloseStdin()
 	p.WaitLine("start", patience)
 	f := strings.Fields(p.NextLine(patience))
@@ -63,16 +96,16 @@ func probe(t *testing.T, e *harness.Env, path, mode string) string {
 // requireHeld asserts that path is locked against an exclusive open now.
 func requireHeld(t *testing.T, e *harness.Env, path string) {
 	t.Helper()
-	require.Equal(t, "EAGAIN", probe(t, e, path, "w"), "O_NONBLOCK exclusive open of %s while it should be held", path)
+	require.Equal(t, "EAGAIN", probe(t, e, path, "w"), "exclusive try of %s while it should be held", path)
 }
 
-// waitFree polls until an O_NONBLOCK exclusive open of path succeeds
+// waitFree polls until an exclusive try (probe) of path succeeds
 // (release is asynchronous: it follows close(2) by a little).
 func waitFree(t *testing.T, e *harness.Env, path string) {
 	t.Helper()
 	harness.Eventually(t, patience, func() (bool, string) {
 		got := probe(t, e, path, "w")
-		return got == "granted", fmt.Sprintf("%s still not free (O_NONBLOCK open: %s)", path, got)
+		return got == "granted", fmt.Sprintf("%s still not free (exclusive try: %s)", path, got)
 	})
 }
 

@@ -72,11 +72,11 @@ func TestExclusiveShellModes(t *testing.T) {
 			path := d.Path("excl" + strconv.Itoa(i))
 			h := shellHold(t, e, path, redir)
 			requireHeld(t, e, path)
-			assert.Equal(t, "EAGAIN", probe(t, e, path, "r"), "shared O_NONBLOCK open while held exclusively")
+			assert.Equal(t, "EAGAIN", probe(t, e, path, "r"), "shared try while held exclusively")
 
 			w := shellWaiter(t, e, path, redir)
 			w.WaitBlockedInOpen(patience)
-			r := shellWaiter(t, e, path, "<")
+			r := shellWaiter(t, e, sharedPath(path), "<")
 			r.WaitBlockedInOpen(patience)
 			requireBlocked(t, w)
 
@@ -89,16 +89,16 @@ func TestExclusiveShellModes(t *testing.T) {
 	}
 }
 
-// exec 9< takes the shared lock: two readers hold it together, a writer
-// waits for both, and a reader waits for a writer.
+// exec 9<M/.shared/NAME takes the shared lock: two readers hold it
+// together, a writer waits for both, and a reader waits for a writer.
 func TestSharedReaders(t *testing.T) {
 	e := setup(t)
 	d := e.StartDaemon(t, harness.DaemonConfig{})
 	path := d.Path("shared")
 
-	r1 := shellHold(t, e, path, "<")
-	r2 := shellHold(t, e, path, "<") // granted while r1 holds
-	assert.Equal(t, "granted", probe(t, e, path, "r"), "a third reader with O_NONBLOCK")
+	r1 := shellHold(t, e, sharedPath(path), "<")
+	r2 := shellHold(t, e, sharedPath(path), "<") // granted while r1 holds
+	assert.Equal(t, "granted", probe(t, e, path, "r"), "a third reader's try")
 	w := shellWaiter(t, e, path, ">")
 	w.WaitBlockedInOpen(patience)
 
@@ -108,7 +108,7 @@ func TestSharedReaders(t *testing.T) {
 	w.WaitLine("granted", patience)
 
 	// A writer excludes readers.
-	r3 := shellWaiter(t, e, path, "<")
+	r3 := shellWaiter(t, e, sharedPath(path), "<")
 	r3.WaitBlockedInOpen(patience)
 	requireBlocked(t, r3)
 	shellRelease(t, w)
@@ -155,8 +155,8 @@ func TestFIFOMixedModes(t *testing.T) {
 
 	h := e.Hold(t, path, "w")
 	w1 := e.Waiter(t, path, "w")
-	r2 := e.Waiter(t, path, "r")
-	r3 := e.Waiter(t, path, "r")
+	r2 := e.Waiter(t, sharedPath(path), "r")
+	r3 := e.Waiter(t, sharedPath(path), "r")
 	w4 := e.Waiter(t, path, "w")
 
 	harness.Release(t, h)
@@ -176,7 +176,7 @@ func TestFIFOMixedModes(t *testing.T) {
 }
 
 // A writer is not starved by readers: once it waits, later readers queue
-// behind it (O_NONBLOCK readers get EAGAIN).
+// behind it (readers' tries get EAGAIN).
 func TestWriterNotStarved(t *testing.T) {
 	e := setup(t)
 	d := e.StartDaemon(t, harness.DaemonConfig{})
@@ -184,10 +184,10 @@ func TestWriterNotStarved(t *testing.T) {
 	t.Run("queue", func(t *testing.T) {
 		t.Parallel()
 		path := d.Path("queue")
-		r1 := e.Hold(t, path, "r")
+		r1 := e.Hold(t, sharedPath(path), "r")
 		w := e.Waiter(t, path, "w")
-		assert.Equal(t, "EAGAIN", probe(t, e, path, "r"), "O_NONBLOCK reader behind a queued writer")
-		r3 := e.Waiter(t, path, "r")
+		assert.Equal(t, "EAGAIN", probe(t, e, path, "r"), "reader's try behind a queued writer")
+		r3 := e.Waiter(t, sharedPath(path), "r")
 
 		harness.Release(t, r1)
 		harness.Granted(t, w, patience)
@@ -201,7 +201,7 @@ func TestWriterNotStarved(t *testing.T) {
 		path := d.Path("stream")
 		// Overlapping readers: one starts every 50ms and holds for 200ms,
 		// so without FIFO there would never be a moment without a reader.
-		s := e.Bash(t, `while :; do ( exec 9<"$P" && echo reader && sleep 0.2 ) & sleep 0.05; done`, "P="+path)
+		s := e.Bash(t, `while :; do ( exec 9<"$P" && echo reader && sleep 0.2 ) & sleep 0.05; done`, "P="+sharedPath(path))
 		for range 5 {
 			s.WaitLine("reader", patience)
 		}

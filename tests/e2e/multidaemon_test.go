@@ -44,9 +44,9 @@ func TestTwoDaemonsExclude(t *testing.T) {
 	waitFree(t, e, a.Path("x"))
 
 	// Shared holders through different daemons share the lock.
-	r := e.Hold(t, a.Path("s"), "r")
+	r := e.Hold(t, sharedPath(a.Path("s")), "r")
 	assert.Equal(t, "granted", probe(t, e, b.Path("s"), "r"), "shared on B while A holds shared")
-	rb := e.Hold(t, b.Path("s"), "r")
+	rb := e.Hold(t, sharedPath(b.Path("s")), "r")
 	assert.Equal(t, "EAGAIN", probe(t, e, b.Path("s"), "w"))
 	assert.Equal(t, "EAGAIN", probe(t, e, a.Path("s"), "w"))
 	wa := e.Waiter(t, a.Path("s"), "w")

@@ -25,7 +25,7 @@ func TestListHeldAndWaited(t *testing.T) {
 	require.NoError(t, err)
 
 	a := e.Hold(t, d.Path("alpha"), "w")
-	b := e.Hold(t, d.Path("beta"), "r")
+	b := e.Hold(t, sharedPath(d.Path("beta")), "r")
 	bw := e.Waiter(t, d.Path("beta"), "w")
 	g := shellHold(t, e, d.Mountpoint+"/.try/gamma", ">")
 	dl := shellHold(t, e, d.Mountpoint+"/.timeout/5/delta", "<")
@@ -34,7 +34,7 @@ func TestListHeldAndWaited(t *testing.T) {
 	assert.Equal(t, []string{"alpha", "beta", "delta", "gamma"}, names, "ls while held")
 	t.Logf("dot entries listed: %q", dots)
 	for _, dot := range dots {
-		assert.NotContains(t, []string{".try", ".timeout"}, dot, "ls lists %s", dot)
+		assert.NotContains(t, []string{".try", ".timeout", ".shared", ".flock"}, dot, "ls lists %s", dot)
 	}
 
 	harness.Release(t, a)

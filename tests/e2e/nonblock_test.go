@@ -31,31 +31,48 @@ func pyTry(t *testing.T, e *harness.Env, path, mode string, extra ...string) (st
 	return f[1], time.Duration(elapsed)
 }
 
-// O_NONBLOCK fails at once with EAGAIN when the lock is held in a
-// conflicting mode, and succeeds when it is free or compatible.
+// An O_NONBLOCK open of M/NAME takes nothing, whatever its mode (flock(1),
+// setlock and chpst open that way and then call flock(2)), so it succeeds
+// while the name is held and leaves it held. On the views whose open takes
+// a lock (.try, .shared, .timeout/SECS), O_NONBLOCK makes the open a try:
+// EAGAIN at once when the lock is held in a conflicting mode, granted when
+// it is free or compatible.
 func TestNonblockEAGAIN(t *testing.T) {
 	e := setup(t)
 	d := e.StartDaemon(t, harness.DaemonConfig{})
 	path := d.Path("nb")
 
-	got, _ := pyTry(t, e, path, "w", "--nonblock")
-	require.Equal(t, "granted", got, "O_NONBLOCK open of a free name")
+	got, _ := pyTry(t, e, tryPath(path), "w", "--nonblock")
+	require.Equal(t, "granted", got, "O_NONBLOCK open of .try/NAME, free")
 	waitFree(t, e, path)
 
 	h := e.Hold(t, path, "w")
 	for _, mode := range []string{"w", "rw", "a", "r"} {
-		got, took := pyTry(t, e, path, mode, "--nonblock")
-		assert.Equal(t, "EAGAIN", got, "O_NONBLOCK mode %s while held exclusively", mode)
-		t.Logf("O_NONBLOCK mode %s: EAGAIN after %v", mode, took)
-		assert.Less(t, took, 5*time.Second, "EAGAIN should come at once")
+		got, _ := pyTry(t, e, path, mode, "--nonblock")
+		assert.Equal(t, "granted", got, "O_NONBLOCK open of M/NAME, mode %s, takes nothing", mode)
+		requireHeld(t, e, path)
 	}
+	for _, p := range []string{tryPath(path), d.Mountpoint + "/.timeout/30/nb"} {
+		for _, mode := range []string{"w", "rw", "a", "r"} {
+			got, took := pyTry(t, e, p, mode, "--nonblock")
+			assert.Equal(t, "EAGAIN", got, "O_NONBLOCK open of %s, mode %s, while held exclusively", p, mode)
+			t.Logf("O_NONBLOCK %s mode %s: EAGAIN after %v", p, mode, took)
+			assert.Less(t, took, 5*time.Second, "EAGAIN should come at once")
+		}
+	}
+	got, took := pyTry(t, e, sharedPath(path), "r", "--nonblock")
+	assert.Equal(t, "EAGAIN", got, "O_NONBLOCK open of .shared/NAME while held exclusively")
+	assert.Less(t, took, 5*time.Second, "EAGAIN should come at once")
 	harness.Release(t, h)
+	waitFree(t, e, path)
 
-	r := e.Hold(t, path, "r")
-	got, _ = pyTry(t, e, path, "r", "--nonblock")
-	assert.Equal(t, "granted", got, "O_NONBLOCK reader while shared")
-	got, _ = pyTry(t, e, path, "w", "--nonblock")
-	assert.Equal(t, "EAGAIN", got, "O_NONBLOCK writer while shared")
+	r := e.Hold(t, sharedPath(path), "r")
+	for _, p := range []string{tryPath(path), sharedPath(path)} {
+		got, _ = pyTry(t, e, p, "r", "--nonblock")
+		assert.Equal(t, "granted", got, "O_NONBLOCK reader of %s while shared", p)
+	}
+	got, _ = pyTry(t, e, tryPath(path), "w", "--nonblock")
+	assert.Equal(t, "EAGAIN", got, "O_NONBLOCK writer of .try/NAME while shared")
 	harness.Release(t, r)
 }
 
@@ -81,7 +98,7 @@ func TestTryPath(t *testing.T) {
 	// Granted through .try, it is the same lock as M/t.
 	tr := shellHold(t, e, d.Mountpoint+"/.try/t", ">")
 	requireHeld(t, e, path)
-	w := e.Waiter(t, path, "r")
+	w := e.Waiter(t, sharedPath(path), "r")
 	shellRelease(t, tr)
 	harness.Granted(t, w, patience)
 	// Shared through .try alongside a shared holder.

@@ -124,26 +124,26 @@ func nsenterPath(t *testing.T) string {
 }
 
 // holderLine returns the fields of the one line of path's
-// user.lockfs.holders: UID GID PID MODE TOKEN GRANTED.
+// user.lockfs.holders: UID GID PID MODE TOKEN GRANTED VIA.
 func holderLine(t *testing.T, path string) []string {
 	t.Helper()
 	v := lockXattr(t, path, "user.lockfs.holders")
 	lines := strings.Split(strings.TrimSuffix(v, "\n"), "\n")
 	require.Len(t, lines, 1, "user.lockfs.holders of %s: %q", path, v)
 	f := strings.Fields(lines[0])
-	require.Len(t, f, 6, "holder line %q", lines[0])
+	require.Len(t, f, 7, "holder line %q", lines[0])
 	return f
 }
 
 // statusRow runs `lockfs status MOUNT` and returns the fields of name's
-// row: NAME STATE MODE TOKEN WAITERS UID GID PID SINCE.
+// row: NAME STATE MODE TOKEN WAITERS UID GID PID VIA SINCE.
 func statusRow(t *testing.T, e *harness.Env, mount, name string) []string {
 	t.Helper()
 	p := lockfsCmd(t, e, "status", mount)
 	require.Equal(t, 0, p.Wait(patience), "lockfs status: %s", p.Stderr())
 	for _, line := range p.Lines()[1:] {
 		if f := strings.Fields(line); len(f) > 0 && f[0] == name {
-			require.Len(t, f, 9, "status row %q", line)
+			require.Len(t, f, 10, "status row %q", line)
 			return f
 		}
 	}

@@ -72,12 +72,14 @@ func TestForkKeepsLock(t *testing.T) {
 	}
 }
 
-// A close releases the lock (asynchronously, so poll).
+// A close releases the lock, exclusive (exec 9>) or shared
+// (exec 9<M/.shared/NAME), asynchronously, so poll.
 func TestCloseReleases(t *testing.T) {
 	e := setup(t)
 	d := e.StartDaemon(t, harness.DaemonConfig{})
 	path := d.Path("c")
-	p := e.Bash(t, `exec 9>"$P" && exec 9>&- && echo closed && exec 9<"$P" && exec 9>&- && echo closed2`, "P="+path)
+	p := e.Bash(t, `exec 9>"$P" && exec 9>&- && echo closed && exec 9<"$S" && exec 9>&- && echo closed2`,
+		"P="+path, "S="+sharedPath(path))
 	p.WaitLine("closed2", patience)
 	require.Equal(t, 0, p.Wait(patience))
 	waitFree(t, e, path)

@@ -65,7 +65,7 @@ func TestRunExitCodes(t *testing.T) {
 	harness.Release(t, h)
 
 	// Shared runs share.
-	r := e.Hold(t, d.Path("s"), "r")
+	r := e.Hold(t, sharedPath(d.Path("s")), "r")
 	p = lockfsRun(t, e, "--mount", m, "-s", "-n", "s", "--", "true")
 	assert.Equal(t, 0, p.Wait(patience), "-s -n while shared: %s", p.Stderr())
 	harness.Release(t, r)

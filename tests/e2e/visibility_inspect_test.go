@@ -58,11 +58,12 @@ func TestInspectHeldLock(t *testing.T) {
 	holders := strings.Split(strings.TrimSuffix(lockXattr(t, x, "user.lockfs.holders"), "\n"), "\n")
 	require.Len(t, holders, 1)
 	f := strings.Fields(holders[0])
-	require.Len(t, f, 6, "holder line %q", holders[0])
+	require.Len(t, f, 7, "holder line %q", holders[0])
 	assert.Equal(t, []string{"65534", "65534", strconv.Itoa(holder.Pid()), "exclusive", token}, f[:5],
 		"uid gid pid mode token (pid: the bash, in the daemon's pid namespace)")
 	_, err = time.Parse(time.RFC3339Nano, f[5])
 	assert.NoError(t, err, "granted is RFC 3339")
+	assert.Equal(t, "open", f[6], "via: the holder's open took the lock")
 	for _, a := range []string{"user.lockfs.acquired", "user.lockfs.heartbeat"} {
 		_, err := time.Parse(time.RFC3339Nano, lockXattr(t, x, a))
 		assert.NoError(t, err, a)
@@ -84,10 +85,10 @@ func TestInspectHeldLock(t *testing.T) {
 	require.Equal(t, 0, tbl.Wait(patience), "lockfs status: %s", tbl.Stderr())
 	lines := strings.Split(tbl.Stdout(), "\n")
 	require.Len(t, lines, 2, "header and one row: %q", tbl.Stdout())
-	assert.Equal(t, []string{"NAME", "STATE", "MODE", "TOKEN", "WAITERS", "UID", "GID", "PID", "SINCE"}, strings.Fields(lines[0]))
+	assert.Equal(t, []string{"NAME", "STATE", "MODE", "TOKEN", "WAITERS", "UID", "GID", "PID", "VIA", "SINCE"}, strings.Fields(lines[0]))
 	row := strings.Fields(lines[1])
-	require.Len(t, row, 9)
-	assert.Equal(t, []string{"x", "held", "exclusive", token, "1", "65534", "65534", strconv.Itoa(holder.Pid())}, row[:8])
+	require.Len(t, row, 10)
+	assert.Equal(t, []string{"x", "held", "exclusive", token, "1", "65534", "65534", strconv.Itoa(holder.Pid()), "open"}, row[:9])
 
 	js := asNobody(t, "lockfs status --json", e.Lockfs, "status", "--json", d.Mountpoint)
 	require.Equal(t, 0, js.Wait(patience), "lockfs status --json: %s", js.Stderr())
@@ -104,6 +105,7 @@ func TestInspectHeldLock(t *testing.T) {
 				Mode          string
 				Token         uint64
 				Granted       string
+				Via           string
 			} `json:"holders"`
 		} `json:"locks"`
 	}
@@ -119,6 +121,7 @@ func TestInspectHeldLock(t *testing.T) {
 	require.Len(t, lk.Holders, 1)
 	assert.Equal(t, uint32(65534), lk.Holders[0].UID)
 	assert.Equal(t, uint32(holder.Pid()), lk.Holders[0].PID)
+	assert.Equal(t, "open", lk.Holders[0].Via)
 
 	// None of it took the lock: the holder still holds, the waiter waits.
 	requireBlocked(t, waiter)
@@ -163,12 +166,13 @@ func TestTokensIncreaseAcrossRestart(t *testing.T) {
 	next(d2)
 }
 
-// A shared holder reads its token, then its record, from the descriptor.
+// A shared holder (exec 9<M/.shared/NAME) reads its token, then its
+// record, from the descriptor.
 func TestHolderRecord(t *testing.T) {
 	e := setup(t)
 	d := e.StartDaemon(t, harness.DaemonConfig{})
 	script := `exec 9<"$1" || exit 1; read -r tok <&9; read -r rec <&9; echo "rec $tok $$ $rec"; read _`
-	p := harness.Start(t, harness.ProcOptions{Name: "bash", Path: e.BashPath, Args: []string{"-c", script, "bash", d.Path("r")}})
+	p := harness.Start(t, harness.ProcOptions{Name: "bash", Path: e.BashPath, Args: []string{"-c", script, "bash", sharedPath(d.Path("r"))}})
 	f := p.WaitLine("rec", patience)
 	require.GreaterOrEqual(t, len(f), 9, "record line %q", f)
 	tok, pid := f[0], f[1]
@@ -197,7 +201,7 @@ func TestStatusIdle(t *testing.T) {
 	p := harness.Start(t, harness.ProcOptions{Name: "lockfs status", Path: e.Lockfs, Args: []string{"status"},
 		Env: []string{"LOCKFS_MOUNT=" + d.Mountpoint}})
 	require.Equal(t, 0, p.Wait(patience), p.Stderr())
-	assert.Equal(t, []string{"NAME", "STATE", "MODE", "TOKEN", "WAITERS", "UID", "GID", "PID", "SINCE"}, strings.Fields(p.Stdout()))
+	assert.Equal(t, []string{"NAME", "STATE", "MODE", "TOKEN", "WAITERS", "UID", "GID", "PID", "VIA", "SINCE"}, strings.Fields(p.Stdout()))
 	p = lockfsCmd(t, e, "status", "--json", d.Mountpoint)
 	require.Equal(t, 0, p.Wait(patience), p.Stderr())
 	assert.JSONEq(t, `{"mount":"`+d.Mountpoint+`","locks":[]}`, p.Stdout())
