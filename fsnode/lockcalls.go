@@ -107,7 +107,13 @@ func (h *handle) setlk(ctx context.Context, owner uint64, lk *fuse.FileLock, fla
 	}
 	slot := h.slotFor(owner, via, true)
 	ctx = withOwner(ctx, via)
-	err := slot.Lock(ctx, mode, false)
+	var err error
+	if via == lockengine.ViaPOSIX {
+		// A failed F_SETLK leaves the process's lock as it was.
+		err = slot.TryLockKeep(ctx, mode)
+	} else {
+		err = slot.Lock(ctx, mode, false)
+	}
 	if wait && errors.Is(err, lockengine.ErrWouldBlock) {
 		// Parked like a waiting open, so that the RELEASE that frees
 		// the name lets this call run at once (see handle.Release).

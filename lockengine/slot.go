@@ -154,6 +154,21 @@ func (s *Slot) leave() { <-s.sem }
 // a later Lock takes the name again. After Close, Lock fails with an error
 // wrapping ErrClosed.
 func (s *Slot) Lock(ctx context.Context, mode Mode, wait bool) error {
+	return s.lock(ctx, mode, wait, false)
+}
+
+// TryLockKeep is Lock without waiting, for fcntl(2) record locks: when a
+// conversion cannot be granted at once, the slot takes its former mode
+// again if that is possible at once, since POSIX leaves a process's locks
+// unchanged by a failed F_SETLK. The conversion still gives the former
+// lease back first (the engine cannot hold both), so a request queued in
+// between can take the name, and the slot then ends empty; the error
+// wraps ErrWouldBlock either way.
+func (s *Slot) TryLockKeep(ctx context.Context, mode Mode) error {
+	return s.lock(ctx, mode, false, true)
+}
+
+func (s *Slot) lock(ctx context.Context, mode Mode, wait, keep bool) error {
 	if !mode.Valid() {
 		return fmt.Errorf("lock %q: %w: %d", s.name, ErrInvalidMode, mode)
 	}
@@ -164,7 +179,11 @@ func (s *Slot) Lock(ctx context.Context, mode Mode, wait bool) error {
 	if s.closed() {
 		return fmt.Errorf("lock %q: %w", s.name, ErrClosed)
 	}
+	var former Mode
 	if l := s.lease.Load(); l != nil {
+		if l.Err() == nil {
+			former = l.Mode()
+		}
 		switch {
 		case l.Err() != nil:
 			_ = s.releaseLocked()
@@ -194,6 +213,11 @@ func (s *Slot) Lock(ctx context.Context, mode Mode, wait bool) error {
 		l, err = s.eng.TryAcquire(ctx, s.name, mode)
 	}
 	if err != nil {
+		if keep && former != 0 && errors.Is(err, ErrWouldBlock) {
+			if back, berr := s.eng.TryAcquire(ctx, s.name, former); berr == nil {
+				s.lease.Store(back)
+			}
+		}
 		return err
 	}
 	s.lease.Store(l)

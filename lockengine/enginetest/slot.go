@@ -19,6 +19,7 @@ func init() {
 	Cases["SlotSameModeIsNoop"] = testSlotSameMode
 	Cases["SlotUpgradeQueues"] = testSlotUpgrade
 	Cases["SlotTryUpgradeFails"] = testSlotTryUpgrade
+	Cases["SlotTryLockKeepRestores"] = testSlotTryLockKeep
 	Cases["SlotDowngradeInPlace"] = testSlotDowngrade
 	Cases["SlotNeverWaitsForItself"] = testSlotSelf
 	Cases["SlotOwnersExclude"] = testSlotOwners
@@ -108,6 +109,28 @@ func testSlotTryUpgrade(t *testing.T, f Factory) {
 	err = s.Lock(ctx, lockengine.Exclusive, false)
 	require.ErrorIs(t, err, lockengine.ErrWouldBlock)
 	assert.Nil(t, s.Lease())
+}
+
+// A record-lock upgrade that cannot be granted at once leaves the slot in
+// its former mode when nobody took the name in between (a failed F_SETLK
+// leaves the process's locks unchanged).
+func testSlotTryLockKeep(t *testing.T, f Factory) {
+	a, b := f(t)
+	ctx := ctxT(t)
+	s := lockengine.NewSlot(a, "keep", nil)
+	t.Cleanup(func() { _ = s.Close() })
+	require.NoError(t, s.Lock(ctx, lockengine.Shared, true))
+	other, err := b.Acquire(ctx, "keep", lockengine.Shared)
+	require.NoError(t, err)
+	err = s.TryLockKeep(ctx, lockengine.Exclusive)
+	require.ErrorIs(t, err, lockengine.ErrWouldBlock)
+	l := s.Lease()
+	require.NotNil(t, l, "the shared lock is taken back")
+	assert.Equal(t, lockengine.Shared, l.Mode())
+	assert.NoError(t, l.Err())
+	require.NoError(t, other.Release())
+	require.NoError(t, s.TryLockKeep(ctx, lockengine.Exclusive), "the upgrade once the other holder left")
+	assert.Equal(t, lockengine.Exclusive, s.Lease().Mode())
 }
 
 // A downgrade never gives the name up: the slot's lease turns shared with
