@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lockfs/lockfs/fsnode"
+	"github.com/lockfs/lockfs/internal/mountinfo"
 	"github.com/lockfs/lockfs/internal/sdnotify"
 	"github.com/lockfs/lockfs/lockengine"
 )
@@ -145,7 +146,7 @@ func (h *healthCheck) checkFUSE() error {
 	if err != nil {
 		return fmt.Errorf("fuse: statfs %s: %w", h.mnt, err)
 	}
-	if st.Type != unix.FUSE_SUPER_MAGIC {
+	if st.Type != mountinfo.FUSESuperMagic {
 		return fmt.Errorf("fuse: %s is no longer a FUSE mount (filesystem type %#x)", h.mnt, st.Type)
 	}
 	return nil
