@@ -265,3 +265,41 @@ func TestWatchdogReportsSendErrors(t *testing.T) {
 		}
 	})
 }
+
+// Cancelled while the current round's check ignores its context, Run
+// waits for that check, but not past the check's deadline.
+func TestWatchdogCancelWaitsForCurrentCheckUntilDeadline(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		checkFor time.Duration // how long the check of round 1 takes
+		want     time.Duration // when Run returns, from the start
+	}{
+		{"returns", 1300 * time.Millisecond, 1300 * time.Millisecond},
+		{"stuck", time.Hour, 1400 * time.Millisecond}, // round 1's deadline: 1s + 400ms
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				t0 := time.Now()
+				release := make(chan struct{})
+				check := func(context.Context) error {
+					if time.Since(t0) >= time.Second {
+						select {
+						case <-time.After(time.Until(t0.Add(tc.checkFor))):
+						case <-release:
+						}
+					}
+					return nil
+				}
+				var r recorder
+				stop := start(&Watchdog{Interval: time.Second, Timeout: 400 * time.Millisecond,
+					Check: check, Notify: r.notify, Report: r.report})
+				at(t0, 1200*time.Millisecond) // round 1's check runs
+				stop()
+				if got := time.Since(t0); got != tc.want {
+					t.Errorf("Run returned %v after the start, want %v", got, tc.want)
+				}
+				close(release)
+			})
+		})
+	}
+}
