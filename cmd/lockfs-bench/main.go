@@ -2,14 +2,11 @@
 // machine and prints the figures and ratios that docs/benchmarks.md
 // reports.
 //
-//	lockfs-bench engine [flags]   the lock engine alone
 //	lockfs-bench fs [flags]       through a mounted filesystem (root)
 //	lockfs-bench etcd [flags]     the etcd backend against etcd's own mutex (root)
 //
-// The engine benchmark compares an uncontended Acquire+Release with a bare
-// open+flock(EX)+flock(UN)+close on the same directory, measures the
-// handoff latency between two processes, and the memory held per name when
-// many names are held at once. The fs benchmark compares lockfs with a
+// The lock engine alone has Go benchmarks instead (go test -bench . -run
+// '^$' ./lockengine/...). The fs benchmark compares lockfs with a
 // minimal go-fuse filesystem and with flock(1); the etcd benchmark compares
 // the etcd backend through the mount with concurrency.Mutex. Each prints
 // its measurements and the ratios between them, with no verdict; run with -h
@@ -22,7 +19,7 @@ import (
 )
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: lockfs-bench engine|fs|etcd [flags]")
+	fmt.Fprintln(os.Stderr, "usage: lockfs-bench fs|etcd [flags]")
 	os.Exit(2)
 }
 
@@ -32,14 +29,10 @@ func main() {
 	}
 	var err error
 	switch os.Args[1] {
-	case "engine":
-		err = runEngine(os.Args[2:])
 	case "fs":
 		err = runFS(os.Args[2:])
 	case "etcd":
 		err = runEtcd(os.Args[2:])
-	case childCmd:
-		err = runHandoffChild(os.Args[2:])
 	default:
 		usage()
 	}

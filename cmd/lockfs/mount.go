@@ -264,6 +264,7 @@ func runMount(args []string, stdout, stderr io.Writer) error {
 	if cfg.readyFd >= 0 {
 		signalReady(cfg.readyFd, logger)
 	}
+	sd := notifySystemd(logger, mnt, cfg.backend.kind, &healthCheck{mnt: mnt, eng: eng, backend: backend})
 
 	served := make(chan struct{})
 	go func() {
@@ -275,9 +276,11 @@ func runMount(args []string, stdout, stderr io.Writer) error {
 	select {
 	case sig := <-sigs:
 		logger.Info("shutting down", "signal", sig.String())
+		sd.stopping("shutting down on " + sig.String())
 		runErr = unmount(srv, mnt, root, logger)
 	case <-served:
 		logger.Info("unmounted from outside; shutting down", "mountpoint", mnt)
+		sd.stopping("unmounted from outside; shutting down")
 	}
 	// Waiters still blocked in open fail with EIO, holders of a lazily
 	// detached mount see EIO and, once this process exits, ENOTCONN.

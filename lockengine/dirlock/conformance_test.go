@@ -1,6 +1,10 @@
 package dirlock_test
 
 import (
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -27,4 +31,29 @@ func engines(t *testing.T) (a, b lockengine.Engine) {
 
 func TestConformance(t *testing.T) {
 	enginetest.Run(t, engines)
+}
+
+// backends returns two Backends on one backing directory. A hold is lost
+// by removing its lock file, which the holder's heartbeat notices within
+// an interval.
+func backends(t *testing.T) (a, b lockengine.Backend, lose func(name string)) {
+	dir := t.TempDir()
+	open := func() lockengine.Backend {
+		be, err := dirlock.Open(dir, dirlock.Options{Heartbeat: 50 * time.Millisecond})
+		require.NoError(t, err)
+		t.Cleanup(func() { require.NoError(t, be.Close()) })
+		return be
+	}
+	lose = func(name string) {
+		err := os.Remove(filepath.Join(dir, "locks", name))
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("lose %q: %v", name, err)
+		}
+	}
+	return open(), open(), lose
+}
+
+// TestBackendConformance runs the Backend-level suite on the dir backend.
+func TestBackendConformance(t *testing.T) {
+	enginetest.RunBackend(t, backends)
 }

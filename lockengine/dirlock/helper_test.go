@@ -32,6 +32,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
 
 	"github.com/lockfs/lockfs/internal/syncbuf"
@@ -44,12 +45,13 @@ const (
 )
 
 // TestMain runs a helper process when the binary was re-executed as one,
-// and the tests otherwise.
+// and the tests otherwise, failing them when goroutines outlive them
+// (heartbeat loops, sweepers and pollers must stop with Close).
 func TestMain(m *testing.M) {
 	if mode := os.Getenv(helperModeEnv); mode != "" {
 		os.Exit(helperMain(mode, os.Getenv(helperArgsEnv)))
 	}
-	os.Exit(m.Run())
+	goleak.VerifyTestMain(m)
 }
 
 // longRun reports whether the long mode of the stress tests was asked for

@@ -20,24 +20,6 @@ const (
 	ex = lockengine.Exclusive
 )
 
-func TestExclusiveExcludesAcrossBackends(t *testing.T) {
-	_, bs := backends(t, 2, etcdlock.Options{})
-	a, b := bs[0], bs[1]
-	ctx := ctxT(t)
-	h, err := a.TryLock(ctx, "x", ex, nil)
-	require.NoError(t, err)
-	for _, m := range []lockengine.Mode{ex, sh} {
-		_, err := b.TryLock(ctx, "x", m, nil)
-		require.ErrorIs(t, err, lockengine.ErrWouldBlock, "%v", m)
-	}
-	ch := lockAsync(ctx, b, "x", ex, nil)
-	pending(t, ch, "exclusive on another backend")
-	require.NoError(t, h.Unlock())
-	h2 := got(t, ch)
-	require.Greater(t, h2.Token(), h.Token())
-	require.NoError(t, h2.Unlock())
-}
-
 func TestSharedTogetherAcrossBackends(t *testing.T) {
 	prefix, bs := backends(t, 3, etcdlock.Options{})
 	ctx := ctxT(t)

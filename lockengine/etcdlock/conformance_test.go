@@ -1,9 +1,11 @@
 package etcdlock_test
 
 import (
+	"context"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/lockfs/lockfs/lockengine"
 	"github.com/lockfs/lockfs/lockengine/enginetest"
@@ -25,4 +27,24 @@ func etcdEngines(t *testing.T) (a, b lockengine.Engine) {
 // TestEtcdConformance runs the engine suite that every backend runs.
 func TestEtcdConformance(t *testing.T) {
 	enginetest.Run(t, etcdEngines)
+}
+
+// etcdBackends returns two Backends on one etcd prefix. A hold is lost by
+// deleting its request key with the admin client, which the holder's
+// watch reports.
+func etcdBackends(t *testing.T) (a, b lockengine.Backend, lose func(name string)) {
+	prefix, bs := backends(t, 2, etcdlock.Options{})
+	lose = func(name string) {
+		_, err := admin.Delete(context.Background(), prefix+name+"/q/", clientv3.WithPrefix())
+		if err != nil {
+			t.Errorf("lose %q: %v", name, err)
+		}
+	}
+	return bs[0], bs[1], lose
+}
+
+// TestEtcdBackendConformance runs the Backend-level suite on the etcd
+// backend.
+func TestEtcdBackendConformance(t *testing.T) {
+	enginetest.RunBackend(t, etcdBackends)
 }

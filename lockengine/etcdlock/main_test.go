@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/goleak"
 	"go.uber.org/zap"
 
 	"github.com/lockfs/lockfs/lockengine"
@@ -33,8 +34,20 @@ var (
 // timeout bounds every wait in the tests: generous, for loaded machines.
 const timeout = 30 * time.Second
 
+// TestMain runs the tests against a shared etcd and then fails them when
+// goroutines outlive them: once etcd and the admin client are closed,
+// nothing of the backends (sessions, keepalives, watches) may be left.
 func TestMain(m *testing.M) {
-	os.Exit(runMain(m))
+	code := runMain(m)
+	if code == 0 {
+		// No goroutine of etcd's embedded server or client is ignored:
+		// none lingers once they are closed.
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
 }
 
 func runMain(m *testing.M) int {

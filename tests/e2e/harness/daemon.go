@@ -33,6 +33,9 @@ type DaemonConfig struct {
 	Args []string
 	// ExtraFiles become the daemon's descriptors 3, 4, ... (for --ready-fd).
 	ExtraFiles []*os.File
+	// Env is added to the daemon's environment (VAR=value), for example
+	// NOTIFY_SOCKET and WATCHDOG_USEC.
+	Env []string
 	// PidNamespace starts the daemon in a new pid namespace (CLONE_NEWPID),
 	// as its pid 1, so that the test's processes are not visible from it:
 	// the kernel reports them to the daemon with pid 0. Every other
@@ -112,6 +115,7 @@ func (e *Env) SpawnDaemon(t testing.TB, c DaemonConfig) *Daemon {
 		Args:            args,
 		Mountpoint:      c.Mountpoint,
 		ExtraFiles:      c.ExtraFiles,
+		Env:             c.Env,
 		NewPIDNamespace: c.PidNamespace,
 	})
 	if err != nil {
