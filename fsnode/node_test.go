@@ -140,7 +140,7 @@ type fixture struct {
 	logs *syncBuffer
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	b := newFakeBackend()
 	q := lockengine.NewQueue(b, lockengine.QueueOptions{})
