@@ -215,15 +215,27 @@ func (n *lockNode) Setxattr(ctx context.Context, attr string, data []byte, flags
 	if c, ok := fuse.FromContext(ctx); !ok || c.Uid != 0 {
 		return n.fsys.fail("setxattr", n.name, 0, fmt.Errorf("lock %q: only root may set %s: %w", n.name, attr, syscall.EPERM))
 	}
-	limit, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	limit, err := parseLimit(data)
 	if err != nil {
-		return n.fsys.fail("setxattr", n.name, 0, fmt.Errorf("lock %q: %s %q: %w", n.name, attr, data, lockengine.ErrInvalidLimit))
+		return n.fsys.fail("setxattr", n.name, 0, fmt.Errorf("lock %q: %s: %w", n.name, attr, err))
 	}
 	if err := n.fsys.eng.SetLimit(n.name, limit); err != nil {
 		return n.fsys.fail("setxattr", n.name, 0, err)
 	}
 	n.fsys.log.Info("lock limit set", "lock", n.name, "limit", limit)
 	return 0
+}
+
+// parseLimit parses a value written to XattrLimit: a decimal integer,
+// surrounding white space allowed (echo adds a newline). Errors wrap
+// lockengine.ErrInvalidLimit; the range (at least 1) is the engine's
+// SetLimit's to check.
+func parseLimit(data []byte) (int, error) {
+	limit, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil {
+		return 0, fmt.Errorf("%q: %w", data, lockengine.ErrInvalidLimit)
+	}
+	return limit, nil
 }
 
 // Removexattr refuses: EPERM.

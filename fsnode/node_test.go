@@ -122,7 +122,7 @@ type fixture struct {
 	logs *syncbuf.Buffer
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	b := newFakeBackend()
 	q := lockengine.NewQueue(b, lockengine.QueueOptions{})

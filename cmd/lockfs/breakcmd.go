@@ -25,20 +25,11 @@ not a lockfs mount), 2 usage error.
 
 // runBreak implements 'lockfs break'.
 func runBreak(args []string, stdout, stderr io.Writer) error {
-	fl := flag.NewFlagSet("break", flag.ContinueOnError)
-	fl.SetOutput(io.Discard)
-	mount := fl.String("mount", "", "")
-	if err := fl.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(stdout, breakUsage)
-			return nil
-		}
-		return usageErrorf("break: %w (see 'lockfs break --help')", err)
+	dir, name, err := parseBreakArgs(args)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprint(stdout, breakUsage)
+		return nil
 	}
-	if fl.NArg() != 1 {
-		return usageErrorf("break: want one NAME (see 'lockfs break --help')")
-	}
-	dir, name, err := lockTarget(*mount, fl.Arg(0))
 	if err != nil {
 		return err
 	}
@@ -56,4 +47,23 @@ func runBreak(args []string, stdout, stderr io.Writer) error {
 	default:
 		return fmt.Errorf("break %s: %w", path, err)
 	}
+}
+
+// parseBreakArgs parses the command line of 'lockfs break' into the mount
+// directory and the lock name (see lockTarget). It returns flag.ErrHelp for
+// --help, else a usageError.
+func parseBreakArgs(args []string) (dir, name string, err error) {
+	fl := flag.NewFlagSet("break", flag.ContinueOnError)
+	fl.SetOutput(io.Discard)
+	mount := fl.String("mount", "", "")
+	if err := fl.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return "", "", err
+		}
+		return "", "", usageErrorf("break: %w (see 'lockfs break --help')", err)
+	}
+	if fl.NArg() != 1 {
+		return "", "", usageErrorf("break: want one NAME (see 'lockfs break --help')")
+	}
+	return lockTarget(*mount, fl.Arg(0))
 }

@@ -53,6 +53,11 @@ func checkLockfsDir(dir string) error {
 // path MOUNT/NAME, into the mount directory and the lock name.
 func lockTarget(mount, name string) (dir, lock string, err error) {
 	if filepath.IsAbs(name) {
+		// Dir and Base drop trailing slashes differently: "/m/x/"
+		// would become the lock x in the directory /m/x.
+		if strings.HasSuffix(name, "/") {
+			return "", "", usageErrorf("lock path %q ends in '/': give the path of the lock file", name)
+		}
 		dir, lock = filepath.Dir(name), filepath.Base(name)
 	} else {
 		if strings.Contains(name, "/") {

@@ -116,6 +116,10 @@ func parseMountArgs(args []string) (mountConfig, error) {
 	case 0:
 		return cfg, usageErrorf("mount: missing MOUNTPOINT (see 'lockfs mount --help')")
 	case 1:
+		if pos[0] == "" {
+			// filepath.Abs would make it the working directory.
+			return cfg, usageErrorf("mount: empty MOUNTPOINT")
+		}
 		cfg.mountpoint = pos[0]
 	default:
 		return cfg, usageErrorf("mount: want one MOUNTPOINT, got %d arguments: %q", len(pos), pos)

@@ -64,20 +64,14 @@ type statusReport struct {
 
 // runStatus implements 'lockfs status'.
 func runStatus(args []string, stdout, stderr io.Writer) error {
-	fl := flag.NewFlagSet("status", flag.ContinueOnError)
-	fl.SetOutput(io.Discard)
-	asJSON := fl.Bool("json", false, "")
-	if err := fl.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(stdout, statusUsage)
-			return nil
-		}
-		return usageErrorf("status: %w (see 'lockfs status --help')", err)
+	mnt, asJSON, err := parseStatusArgs(args)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprint(stdout, statusUsage)
+		return nil
 	}
-	if fl.NArg() > 1 {
-		return usageErrorf("status: want at most one MOUNTPOINT (see 'lockfs status --help')")
+	if err != nil {
+		return err
 	}
-	mnt := mountOrDefault(fl.Arg(0))
 	if err := checkLockfsDir(mnt); err != nil {
 		return fmt.Errorf("status: %w", err)
 	}
@@ -85,13 +79,32 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("status: %w", err)
 	}
-	if *asJSON {
+	if asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(rep)
 	}
 	writeStatusTable(stdout, rep)
 	return nil
+}
+
+// parseStatusArgs parses the command line of 'lockfs status': the
+// mountpoint (defaulted) and --json. It returns flag.ErrHelp for --help,
+// else a usageError.
+func parseStatusArgs(args []string) (mnt string, asJSON bool, err error) {
+	fl := flag.NewFlagSet("status", flag.ContinueOnError)
+	fl.SetOutput(io.Discard)
+	fl.BoolVar(&asJSON, "json", false, "")
+	if err := fl.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return "", false, err
+		}
+		return "", false, usageErrorf("status: %w (see 'lockfs status --help')", err)
+	}
+	if fl.NArg() > 1 {
+		return "", false, usageErrorf("status: want at most one MOUNTPOINT (see 'lockfs status --help')")
+	}
+	return mountOrDefault(fl.Arg(0)), asJSON, nil
 }
 
 // readStatus lists mnt and reads every name's attributes. Names that became

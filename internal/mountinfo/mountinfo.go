@@ -66,9 +66,12 @@ func Parse(data []byte) ([]Mount, error) {
 //
 //	ID PARENT MAJ:MIN ROOT POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER
 //
-// It returns an error when a field is missing or the IDs are not numbers.
+// Fields are separated by spaces only: the kernel escapes space, tab,
+// newline and backslash in paths, but writes every other byte (\r, \v,
+// UTF-8 no-break space, ...) as it is. It returns an error when a field is
+// missing or the IDs are not numbers.
 func ParseLine(line string) (Mount, error) {
-	f := strings.Fields(line)
+	f := strings.FieldsFunc(line, func(r rune) bool { return r == ' ' })
 	sep := -1
 	for i := 6; i < len(f); i++ {
 		if f[i] == "-" {

@@ -447,8 +447,9 @@ func (b *Backend) verifyAndRecordLocked(name string, lf lockFile, mode lockengin
 		}
 	}
 	if mode == lockengine.Exclusive {
-		tok++
-		err = writeRecord(lf.fd, tokenPrefix, tok)
+		if tok, err = nextToken(tok); err == nil {
+			err = writeRecord(lf.fd, tokenPrefix, tok)
+		}
 	} else {
 		err = touch(lf.fd)
 	}

@@ -75,7 +75,9 @@ func (h *hold) Bump() (uint64, error) {
 	}
 	tok, _, err := readRecord(h.lf.fd, tokenPrefix)
 	if err == nil {
-		tok = max(tok, h.token.Load()) + 1
+		tok, err = nextToken(max(tok, h.token.Load()))
+	}
+	if err == nil {
 		err = writeRecord(h.lf.fd, tokenPrefix, tok)
 	}
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 
 	"golang.org/x/sys/unix"
@@ -90,4 +91,16 @@ func touch(fd int) error {
 		return fmt.Errorf("refresh: futimens: %w", errno)
 	}
 	return nil
+}
+
+// errTokenOverflow: the record holds the largest token; a grant cannot go
+// above it (only a corrupt or forged record gets there).
+var errTokenOverflow = errors.New("fencing token at its maximum (corrupt record?)")
+
+// nextToken returns n+1, or errTokenOverflow instead of wrapping to 0.
+func nextToken(n uint64) (uint64, error) {
+	if n == math.MaxUint64 {
+		return 0, fmt.Errorf("read record: token %d: %w", n, errTokenOverflow)
+	}
+	return n + 1, nil
 }

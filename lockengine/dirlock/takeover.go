@@ -82,7 +82,10 @@ func (b *Backend) takeover(name string, lf lockFile, mode lockengine.Mode, w *st
 	if err != nil {
 		return nil, fmt.Errorf("lock %q: takeover: %w", name, err)
 	}
-	tok := max(old, floor) + 1
+	tok, err := nextToken(max(old, floor))
+	if err != nil {
+		return nil, fmt.Errorf("lock %q: takeover: %w", name, err)
+	}
 	tmpName := "takeover-" + strconv.FormatUint(rand.Uint64(), 36)
 	fd, err := unix.Openat(b.tmpFd, tmpName, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
 	if err != nil {
