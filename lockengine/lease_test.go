@@ -64,3 +64,45 @@ func TestLeaseDoneRacesWithEnd(t *testing.T) {
 		}
 	}
 }
+
+// Downgrade racing the holder's own Release: the lease's reference to its
+// entry is dropped exactly once, whichever wins, and the name ends free.
+func TestDowngradeRacesWithRelease(t *testing.T) {
+	b := newFakeBackend()
+	q := NewQueue(b, QueueOptions{})
+	t.Cleanup(func() { _ = q.Close() })
+	ctx := context.Background()
+	for i := range 5000 {
+		l, err := q.Acquire(ctx, "d", Exclusive)
+		if err != nil {
+			t.Fatalf("round %d: acquire: %v", i, err)
+		}
+		done := make(chan *Lease, 1)
+		go func() {
+			nl, err := l.Downgrade()
+			if err != nil {
+				nl = nil
+			}
+			done <- nl
+		}()
+		_ = l.Release()
+		if nl := <-done; nl != nil {
+			if err := nl.Release(); err != nil {
+				t.Fatalf("round %d: release downgraded: %v", i, err)
+			}
+		}
+		q.mu.Lock()
+		e := q.entries["d"]
+		q.mu.Unlock()
+		if e != nil {
+			if refs := e.refs.Load(); refs != 0 {
+				t.Fatalf("round %d: entry refs %d after every lease ended, want 0", i, refs)
+			}
+		}
+	}
+	l, err := q.TryAcquire(ctx, "d", Exclusive)
+	if err != nil {
+		t.Fatalf("name not free at the end: %v", err)
+	}
+	_ = l.Release()
+}

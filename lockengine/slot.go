@@ -49,10 +49,9 @@ func (l *Lease) Downgrade() (*Lease, error) {
 		q.dispatch(e)
 	}
 	e.mu.Unlock()
-	// l is over: its Release must not release the grant again. Its
-	// reference to e is dropped here instead.
-	l.once.Do(func() {})
-	q.unref(e)
+	// l is no longer listed, so its Release only drops its reference to
+	// e (once, even if the holder releases l concurrently).
+	_ = l.Release()
 	return nl, nil
 }
 
