@@ -148,25 +148,6 @@ func parseMountArgs(args []string) (mountConfig, error) {
 	return cfg, nil
 }
 
-// defaultStateDir is /var/lib/lockfs as root, else $XDG_RUNTIME_DIR/lockfs
-// or $HOME/.local/state/lockfs.
-func defaultStateDir() (string, error) {
-	if os.Geteuid() == 0 {
-		return "/var/lib/lockfs", nil
-	}
-	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
-		return filepath.Join(d, "lockfs"), nil
-	}
-	if h := os.Getenv("HOME"); h != "" {
-		return filepath.Join(h, ".local", "state", "lockfs"), nil
-	}
-	return "", errors.New("no default state directory: neither XDG_RUNTIME_DIR nor HOME is set")
-}
-
-func defaultStateDirHelp() string {
-	return "/var/lib/lockfs as root, else $XDG_RUNTIME_DIR/lockfs or $HOME/.local/state/lockfs"
-}
-
 // runMount implements 'lockfs mount'.
 func runMount(args []string, stdout, stderr io.Writer) error {
 	// One P unless the user says otherwise: a lock request is a few
@@ -291,13 +272,6 @@ func runMount(args []string, stdout, stderr io.Writer) error {
 		logger.Info("stopped", "mountpoint", mnt)
 	}
 	return runErr
-}
-
-func stateDirPerm(root bool) os.FileMode {
-	if root {
-		return 0o755
-	}
-	return 0o700
 }
 
 // checkMountpoint returns a usage error unless mnt is an existing directory.

@@ -75,7 +75,7 @@ func (h *hold) Bump() (uint64, error) {
 	}
 	tok, _, err := readRecord(h.lf.fd, tokenPrefix)
 	if err == nil {
-		tok = max(tok, h.token.Load()) + 1
+		tok = max(tok, h.token.Load(), h.b.base) + 1
 		err = writeRecord(h.lf.fd, tokenPrefix, tok)
 	}
 	if err != nil {
