@@ -156,8 +156,11 @@ const stateDirPerm = 0o700
 // state: $XDG_STATE_HOME/lockfs, or $HOME/.local/state/lockfs. Not
 // $XDG_RUNTIME_DIR: it is a tmpfs, and the epoch that keeps tokens
 // increasing across restarts must survive a reboot.
-func defaultStateDir() (string, error) {
-	if os.Geteuid() == 0 {
+func defaultStateDir() (string, error) { return defaultStateDirFor(os.Geteuid()) }
+
+// defaultStateDirFor is defaultStateDir for the effective uid euid.
+func defaultStateDirFor(euid int) (string, error) {
+	if euid == 0 {
 		return "/var/lib/lockfs", nil
 	}
 	if d := os.Getenv("XDG_STATE_HOME"); d != "" && filepath.IsAbs(d) {
