@@ -40,7 +40,8 @@ func newMountFlags(cfg *mountConfig, logLevel *string) *flag.FlagSet {
 	fl := flag.NewFlagSet("mount", flag.ContinueOnError)
 	fl.SetOutput(io.Discard)
 	fl.StringVar(&cfg.stateDir, "state-dir", "",
-		"backing directory of the local lock engine (default "+defaultStateDirHelp()+"); created if missing")
+		"backing directory of the local lock engine (default "+defaultStateDirHelp()+
+			"); created 0700 if missing; must be owned by the user lockfs runs as")
 	fl.DurationVar(&cfg.heartbeat, "heartbeat", 10*time.Second, "heartbeat interval of held locks")
 	fl.DurationVar(&cfg.takeoverAfter, "takeover-after", 0,
 		"take a name from a holder whose heartbeat stopped this long ago; 0 = never (else >= 3x heartbeat)")
