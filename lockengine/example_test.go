@@ -33,7 +33,8 @@ func ExampleQueue() {
 		log.Fatal(err)
 	}
 	// The holder passes l.Token() to the resources it protects, so they
-	// can refuse a stale holder.
+	// can refuse a stale holder. The dir backend's tokens start above
+	// epoch<<32, and its first Open on a directory is epoch 1.
 	fmt.Println("held:", l.Name(), l.Mode(), "token", l.Token(), "err", l.Err())
 	if err := l.Release(); err != nil {
 		log.Fatal(err)
@@ -49,7 +50,7 @@ func ExampleQueue() {
 	}
 	fmt.Println("after release:", l.Err())
 	// Output:
-	// held: deploy exclusive token 1 err <nil>
-	// held again: token 2
+	// held: deploy exclusive token 4294967297 err <nil>
+	// held again: token 4294967298
 	// after release: lockengine: lease released
 }

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -146,6 +147,36 @@ func (ef *backendFlags) tlsConfig() (*tls.Config, error) {
 	return cfg, nil
 }
 
+// stateDirPerm is the mode of a state directory (and of missing parents)
+// that lockfs creates: the daemon's alone, since any user who can open a
+// lock file can flock it and hold the name outside lockfs.
+const stateDirPerm = 0o700
+
+// defaultStateDir is /var/lib/lockfs as root, else persistent per-user
+// state: $XDG_STATE_HOME/lockfs, or $HOME/.local/state/lockfs. Not
+// $XDG_RUNTIME_DIR: it is a tmpfs, and the epoch that keeps tokens
+// increasing across restarts must survive a reboot.
+func defaultStateDir() (string, error) { return defaultStateDirFor(os.Geteuid()) }
+
+// defaultStateDirFor is defaultStateDir for the effective uid euid.
+func defaultStateDirFor(euid int) (string, error) {
+	if euid == 0 {
+		return "/var/lib/lockfs", nil
+	}
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" && filepath.IsAbs(d) {
+		return filepath.Join(d, "lockfs"), nil
+	}
+	if h := os.Getenv("HOME"); h != "" {
+		return filepath.Join(h, ".local", "state", "lockfs"), nil
+	}
+	return "", errors.New("no default state directory: neither XDG_STATE_HOME nor HOME is set")
+}
+
+// defaultStateDirHelp describes defaultStateDir for --help.
+func defaultStateDirHelp() string {
+	return "/var/lib/lockfs as root, else $XDG_STATE_HOME/lockfs or $HOME/.local/state/lockfs"
+}
+
 // openBackend builds the backend that cfg's flags ask for: the dir backend
 // on the backing directory (created if missing) or the etcd backend with
 // its session. An etcd
@@ -157,7 +188,7 @@ func openBackend(cfg mountConfig, root bool, logger *slog.Logger) (lockengine.Ba
 		return nil, err
 	}
 	if ef.kind == backendDir {
-		if err := os.MkdirAll(cfg.stateDir, stateDirPerm(root)); err != nil {
+		if err := os.MkdirAll(cfg.stateDir, stateDirPerm); err != nil {
 			return nil, fmt.Errorf("mount: state dir: %w", err)
 		}
 		b, err := dirlock.Open(cfg.stateDir, dirlock.Options{

@@ -72,3 +72,27 @@ func TestBackendTLSConfig(t *testing.T) {
 	_, err = ef.tlsConfig()
 	assert.Error(t, err, "bad client key pair")
 }
+
+// The non-root default state directory is persistent per-user state
+// ($XDG_STATE_HOME, else ~/.local/state), never the tmpfs
+// $XDG_RUNTIME_DIR; root keeps /var/lib/lockfs.
+func TestDefaultStateDir(t *testing.T) {
+	t.Setenv("XDG_RUNTIME_DIR", "/run/user/1000")
+	t.Setenv("XDG_STATE_HOME", "/home/u/.state")
+	t.Setenv("HOME", "/home/u")
+	check := func(euid int, want string) {
+		t.Helper()
+		got, err := defaultStateDirFor(euid)
+		if err != nil || got != want {
+			t.Errorf("defaultStateDirFor(%d) = %q, %v; want %q", euid, got, err, want)
+		}
+	}
+	check(0, "/var/lib/lockfs")
+	check(1000, "/home/u/.state/lockfs")
+	t.Setenv("XDG_STATE_HOME", "")
+	check(1000, "/home/u/.local/state/lockfs")
+	t.Setenv("HOME", "")
+	if _, err := defaultStateDirFor(1000); err == nil {
+		t.Error("no error without XDG_STATE_HOME and HOME")
+	}
+}

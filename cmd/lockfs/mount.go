@@ -40,7 +40,8 @@ func newMountFlags(cfg *mountConfig, logLevel *string) *flag.FlagSet {
 	fl := flag.NewFlagSet("mount", flag.ContinueOnError)
 	fl.SetOutput(io.Discard)
 	fl.StringVar(&cfg.stateDir, "state-dir", "",
-		"backing directory of the local lock engine (default "+defaultStateDirHelp()+"); created if missing")
+		"backing directory of the local lock engine (default "+defaultStateDirHelp()+
+			"); created 0700 if missing; must be owned by the user lockfs runs as")
 	fl.DurationVar(&cfg.heartbeat, "heartbeat", 10*time.Second, "heartbeat interval of held locks")
 	fl.DurationVar(&cfg.takeoverAfter, "takeover-after", 0,
 		"take a name from a holder whose heartbeat stopped this long ago; 0 = never (else >= 3x heartbeat)")
@@ -150,25 +151,6 @@ func parseMountArgs(args []string) (mountConfig, error) {
 		cfg.stateDir = dir
 	}
 	return cfg, nil
-}
-
-// defaultStateDir is /var/lib/lockfs as root, else $XDG_RUNTIME_DIR/lockfs
-// or $HOME/.local/state/lockfs.
-func defaultStateDir() (string, error) {
-	if os.Geteuid() == 0 {
-		return "/var/lib/lockfs", nil
-	}
-	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
-		return filepath.Join(d, "lockfs"), nil
-	}
-	if h := os.Getenv("HOME"); h != "" {
-		return filepath.Join(h, ".local", "state", "lockfs"), nil
-	}
-	return "", errors.New("no default state directory: neither XDG_RUNTIME_DIR nor HOME is set")
-}
-
-func defaultStateDirHelp() string {
-	return "/var/lib/lockfs as root, else $XDG_RUNTIME_DIR/lockfs or $HOME/.local/state/lockfs"
 }
 
 // runMount implements 'lockfs mount'.
@@ -295,13 +277,6 @@ func runMount(args []string, stdout, stderr io.Writer) error {
 		logger.Info("stopped", "mountpoint", mnt)
 	}
 	return runErr
-}
-
-func stateDirPerm(root bool) os.FileMode {
-	if root {
-		return 0o755
-	}
-	return 0o700
 }
 
 // checkMountpoint returns a usage error unless mnt is an existing directory.

@@ -123,10 +123,16 @@ type Backend struct {
 
 	// Whether some backend on this directory may take over locks: the
 	// marker file "takeover" exists. Sticky once seen. See takeoverMarker.
-	epoch     time.Time    // base of the monotonic clock readings below
+	started   time.Time    // base of the monotonic clock readings below
 	armed     atomic.Bool  // the marker was seen
-	checkedAt atomic.Int64 // when the marker was last looked for, ns since epoch
+	checkedAt atomic.Int64 // when the marker was last looked for, ns since started
 	dirFd     int          // O_DIRECTORY descriptor of dir
+
+	// The epoch of this Open and its tokens' lower bound, epoch<<32:
+	// every token handed out is at least base. See epoch.go.
+	epoch, base uint64
+
+	tightened int // permission fixes logged by this Open; see ownAndTighten
 
 	stopSweep chan struct{}
 	sweepDone chan struct{}
@@ -143,10 +149,8 @@ func Open(dir string, opts Options) (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("lockengine: state dir %q: %w", dir, err)
 	}
-	for _, d := range []string{dir, filepath.Join(dir, "locks"), filepath.Join(dir, "tmp")} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return nil, fmt.Errorf("lockengine: state dir: %w", err)
-		}
+	if err := os.MkdirAll(dir, dirPerm); err != nil {
+		return nil, fmt.Errorf("lockengine: state dir: %w", err)
 	}
 	typ, err := fsType(dir)
 	if err != nil {
@@ -172,7 +176,7 @@ func Open(dir string, opts Options) (*Backend, error) {
 		log:       opts.Logger,
 		idle:      make(map[string]lockFile),
 		holds:     make(map[string]*hold),
-		epoch:     time.Now(),
+		started:   time.Now(),
 		dirFd:     -1,
 		stopSweep: make(chan struct{}),
 		sweepDone: make(chan struct{}),
@@ -184,31 +188,37 @@ func Open(dir string, opts Options) (*Backend, error) {
 	if b.dirFd, err = unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
 		return fail(fmt.Errorf("open: %w", err))
 	}
-	if b.locksFd, err = unix.Open(filepath.Join(dir, "locks"), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err != nil {
-		return fail(fmt.Errorf("open locks: %w", err))
+	// Nothing is created in a directory that another user owns.
+	if err := b.secureDir(b.dirFd, dir); err != nil {
+		return fail(err)
 	}
-	if b.tmpFd, err = unix.Open(filepath.Join(dir, "tmp"), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err != nil {
-		return fail(fmt.Errorf("open tmp: %w", err))
+	if b.locksFd, err = openSubdir(b.dirFd, "locks"); err != nil {
+		return fail(err)
 	}
-	if b.guard.fd, err = unix.Open(filepath.Join(dir, "guard"), unix.O_RDWR|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644); err != nil {
-		return fail(fmt.Errorf("open guard: %w", err))
+	if b.tmpFd, err = openSubdir(b.dirFd, "tmp"); err != nil {
+		return fail(err)
 	}
-	var st unix.Stat_t
-	if err := unix.Fstat(b.guard.fd, &st); err != nil {
-		return fail(fmt.Errorf("stat guard: %w", err))
+	if b.guard.fd, _, err = openStateFile(b.dirFd, dir, "guard", unix.O_RDWR|unix.O_CREAT, filePerm); err != nil {
+		return fail(fmt.Errorf("guard: %w", err))
 	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return fail(fmt.Errorf("guard: %w", lockengine.ErrNotRegular))
+	if err := b.secureStateDir(); err != nil {
+		return fail(err)
 	}
 	if opts.TakeoverAfter > 0 {
 		// Arm the guard for every backend on this directory before this
 		// one can take anything over: see takeoverMarker.
-		fd, err := unix.Openat(b.dirFd, takeoverMarker, unix.O_RDONLY|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
+		fd, _, err := openStateFile(b.dirFd, dir, takeoverMarker, unix.O_RDONLY|unix.O_CREAT, filePerm)
 		if err != nil {
-			return fail(fmt.Errorf("create takeover marker: %w", err))
+			return fail(fmt.Errorf("takeover marker: %w", err))
 		}
 		closeFd(fd)
 	}
+	epoch, err := b.startEpoch()
+	if err != nil {
+		return fail(err)
+	}
+	b.epoch = epoch
+	b.base = epoch << epochShift
 	b.refreshArmed()
 	b.hb = heartbeat.New(opts.Heartbeat)
 	if opts.SweepInterval > 0 {
@@ -218,6 +228,23 @@ func Open(dir string, opts Options) (*Backend, error) {
 	}
 	return b, nil
 }
+
+// openSubdir creates (0700) if missing and opens the subdirectory name of
+// the directory open as dirfd, without following a symlink.
+func openSubdir(dirfd int, name string) (int, error) {
+	if err := unix.Mkdirat(dirfd, name, dirPerm); err != nil && err != unix.EEXIST {
+		return -1, fmt.Errorf("create %s: %w", name, err)
+	}
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("open %s: %w", name, err)
+	}
+	return fd, nil
+}
+
+// Epoch returns the epoch of this Open: every token it hands out is at
+// least Epoch()<<32, and a later Open on the directory has a larger epoch.
+func (b *Backend) Epoch() uint64 { return b.epoch }
 
 // HeartbeatFailures returns how many heartbeat refreshes or verifications
 // have failed since Open.
@@ -339,10 +366,10 @@ func (b *Backend) openFile(name string) (lockFile, error) {
 		// update atime (relatime: mtime is always newer) and dirty the
 		// inode. Not allowed on other users' files: retry without.
 		fd, err := unix.Openat(b.locksFd, name,
-			unix.O_RDWR|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC|unix.O_NOATIME, 0o644)
+			unix.O_RDWR|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC|unix.O_NOATIME, filePerm)
 		if err == unix.EPERM {
 			fd, err = unix.Openat(b.locksFd, name,
-				unix.O_RDWR|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0o644)
+				unix.O_RDWR|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, filePerm)
 		}
 		return fd, err
 	})
@@ -447,7 +474,13 @@ func (b *Backend) verifyAndRecordLocked(name string, lf lockFile, mode lockengin
 		}
 	}
 	if mode == lockengine.Exclusive {
-		if tok, err = nextToken(tok); err == nil {
+		// Never below this Open's epoch base, so a record rolled back
+		// by a crash cannot make a token repeat: see epoch.go. Shared
+		// grants carry the recorded generation without the base: a
+		// shared token above the record would let an older daemon's
+		// next exclusive grant (record+1, its own lower base) fall
+		// below it.
+		if tok, err = nextToken(max(tok, b.base)); err == nil {
 			err = writeRecord(lf.fd, tokenPrefix, tok)
 		}
 	} else {

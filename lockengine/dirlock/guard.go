@@ -120,7 +120,7 @@ func (g *guard) raiseFloor(n uint64) error {
 // most half a heartbeat ago (or is absent now). An unguarded attempt calls
 // it after its record write: see takeoverMarker.
 func (b *Backend) unarmedRecently() bool {
-	if b.sinceEpoch()-b.checkedAt.Load() <= int64(b.opts.Heartbeat)/2 && !b.armed.Load() {
+	if b.sinceStart()-b.checkedAt.Load() <= int64(b.opts.Heartbeat)/2 && !b.armed.Load() {
 		return true
 	}
 	b.refreshArmed()
@@ -166,7 +166,7 @@ const takeoverMarker = "takeover"
 
 // refreshArmed looks for the takeover marker.
 func (b *Backend) refreshArmed() {
-	now := b.sinceEpoch()
+	now := b.sinceStart()
 	var st unix.Stat_t
 	if err := fstatat(b.dirFd, takeoverMarker, &st); err != unix.ENOENT {
 		b.armed.Store(true) // present, or unknown: take the safe path
@@ -174,4 +174,4 @@ func (b *Backend) refreshArmed() {
 	b.checkedAt.Store(now)
 }
 
-func (b *Backend) sinceEpoch() int64 { return int64(time.Since(b.epoch)) }
+func (b *Backend) sinceStart() int64 { return int64(time.Since(b.started)) }

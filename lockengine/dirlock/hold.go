@@ -75,7 +75,7 @@ func (h *hold) Bump() (uint64, error) {
 	}
 	tok, _, err := readRecord(h.lf.fd, tokenPrefix)
 	if err == nil {
-		tok, err = nextToken(max(tok, h.token.Load()))
+		tok, err = nextToken(max(tok, h.token.Load(), h.b.base))
 	}
 	if err == nil {
 		err = writeRecord(h.lf.fd, tokenPrefix, tok)

@@ -82,12 +82,12 @@ func (b *Backend) takeover(name string, lf lockFile, mode lockengine.Mode, w *st
 	if err != nil {
 		return nil, fmt.Errorf("lock %q: takeover: %w", name, err)
 	}
-	tok, err := nextToken(max(old, floor))
+	tok, err := nextToken(max(old, floor, b.base))
 	if err != nil {
 		return nil, fmt.Errorf("lock %q: takeover: %w", name, err)
 	}
 	tmpName := "takeover-" + strconv.FormatUint(rand.Uint64(), 36)
-	fd, err := unix.Openat(b.tmpFd, tmpName, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
+	fd, err := unix.Openat(b.tmpFd, tmpName, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|stateOpenFlags, filePerm)
 	if err != nil {
 		return nil, fmt.Errorf("lock %q: takeover: create: %w", name, err)
 	}
