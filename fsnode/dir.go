@@ -98,11 +98,15 @@ func (f *filesystem) dirAttr(a *fuse.Attr, perm uint32) {
 	f.setTimes(a)
 }
 
-// Permission bits of the directories. The root is like /run/lock: everybody
-// may lock any name. (The mount runs without default_permissions; the bits
-// are informational, lockfs grants every open.)
+// Permission bits of the directories. The root is writable by everybody:
+// everybody may lock any name. (The mount runs without default_permissions;
+// the bits are informational, lockfs grants every open.) It has no sticky
+// bit: with one, the kernel would refuse an unlink by the cached owner of
+// the lock file (its first holder) before the daemon sees it; without one,
+// whether an rm breaks the lock is the daemon's decision alone (see
+// lockDir.Unlink).
 const (
-	rootPerm     = 0o1777
+	rootPerm     = 0o777
 	reservedPerm = 0o555
 )
 

@@ -24,7 +24,9 @@ var errTimedOut = errors.New("fsnode: lock wait timed out")
 //   - lockengine.ErrInvalidName, lockengine.ErrInvalidMode,
 //     lockengine.ErrInvalidLimit: EINVAL
 //   - lockengine.ErrNotHeld (unlink of a name nobody holds here): ENOENT
-//   - lockengine.ErrPermission (unlink by neither root nor a holder): EPERM
+//   - lockengine.ErrPermission (unlink by neither root nor the owner of
+//     every current lease): EPERM
+//   - lockengine.ErrLockDelay (unlink during a break's lock-delay): EBUSY
 //   - a syscall.Errno in the chain that names the cause better than EIO
 //     (EACCES, EPERM, EROFS, ENOSPC, EDQUOT, EMFILE, ENFILE, ENOMEM,
 //     ENOLCK): that errno
@@ -42,6 +44,8 @@ func Errno(err error) syscall.Errno {
 	case errors.Is(err, lockengine.ErrInvalidName), errors.Is(err, lockengine.ErrInvalidMode),
 		errors.Is(err, lockengine.ErrInvalidLimit):
 		return syscall.EINVAL
+	case errors.Is(err, lockengine.ErrLockDelay):
+		return syscall.EBUSY
 	case errors.Is(err, lockengine.ErrNotHeld):
 		return syscall.ENOENT
 	case errors.Is(err, lockengine.ErrPermission):
@@ -67,7 +71,7 @@ func logLevel(e syscall.Errno) slog.Level {
 	switch e {
 	case syscall.EAGAIN, syscall.EINTR:
 		return slog.LevelDebug
-	case syscall.ENAMETOOLONG, syscall.EINVAL, syscall.EPERM, syscall.EISDIR, syscall.ENOENT:
+	case syscall.ENAMETOOLONG, syscall.EINVAL, syscall.EPERM, syscall.EISDIR, syscall.ENOENT, syscall.EBUSY:
 		return slog.LevelInfo
 	}
 	return slog.LevelError

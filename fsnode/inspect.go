@@ -33,9 +33,15 @@ const (
 	XattrState = XattrPrefix + "state"
 	// XattrHolders: one line per lease, "UID GID PID MODE TOKEN GRANTED
 	// VIA" (GRANTED in RFC 3339 with nanoseconds; VIA the interface that
-	// took it: open, flock or posix), current holders first, then lost
+	// took it: open, flock or posix, "-" for the engine's own lease during
+	// a lock-delay), current holders first in grant order, then lost
 	// leases not yet closed, which carry an eighth field "lost". PID is in
 	// the daemon's pid namespace: 0 for a holder not visible from it.
+	//
+	// The value never exceeds MaxHoldersLen bytes (getxattr(2) cannot
+	// return more than 64 KiB): when the lines do not all fit, it lists
+	// as many as fit and ends with the line "... N more" (HoldersMore),
+	// where N is the number of leases left out.
 	XattrHolders = XattrPrefix + "holders"
 	// XattrWaiters: the number of queued requests (opens and lock calls),
 	// decimal.
@@ -53,6 +59,14 @@ const (
 	// setxattr; it lives in the daemon's memory (see Engine.SetLimit).
 	XattrLimit = XattrPrefix + "limit"
 )
+
+// MaxHoldersLen is the most bytes XattrHolders has, its last line
+// included: below XATTR_SIZE_MAX (65536), with room to spare.
+const MaxHoldersLen = 60 * 1024
+
+// HoldersMore is the format of the last line of a truncated XattrHolders
+// (fmt.Sscanf with it reads the number of leases left out).
+const HoldersMore = "... %d more"
 
 // xattrNames is the Listxattr answer: every name NUL-terminated. The cause
 // is listed only while the state is lost.
@@ -82,16 +96,29 @@ func timeString(t time.Time) string {
 	return t.UTC().Format(time.RFC3339Nano)
 }
 
-// holdersString formats XattrHolders.
-func holdersString(leases []lockengine.LeaseInfo) string {
+// holdersString formats XattrHolders, at most limit bytes (see
+// MaxHoldersLen): the lines that fit, then "... N more" for the rest.
+func holdersString(leases []lockengine.LeaseInfo, limit int) string {
+	// Room for the last line however many leases are left out.
+	reserve := len(fmt.Sprintf(HoldersMore+"\n", len(leases)))
 	var b strings.Builder
-	for _, l := range leases {
-		fmt.Fprintf(&b, "%d %d %d %s %d %s %s", l.Owner.UID, l.Owner.GID, l.Owner.PID, l.Mode,
+	var line []byte
+	for i, l := range leases {
+		line = fmt.Appendf(line[:0], "%d %d %d %s %d %s %s", l.Owner.UID, l.Owner.GID, l.Owner.PID, l.Mode,
 			l.Token, timeString(l.Granted), l.Owner.Via)
 		if l.Lost {
-			b.WriteString(" lost")
+			line = append(line, " lost"...)
 		}
-		b.WriteByte('\n')
+		line = append(line, '\n')
+		room := limit - reserve
+		if i == len(leases)-1 {
+			room = limit // the last line needs no "more" after it
+		}
+		if b.Len()+len(line) > room {
+			fmt.Fprintf(&b, HoldersMore+"\n", len(leases)-i)
+			break
+		}
+		b.Write(line)
 	}
 	return b.String()
 }
@@ -107,7 +134,7 @@ func xattrValue(info lockengine.LockInfo, attr string) (string, bool) {
 	case XattrState:
 		return stateString(info.State), true
 	case XattrHolders:
-		return holdersString(info.Leases), true
+		return holdersString(info.Leases, MaxHoldersLen), true
 	case XattrWaiters:
 		return strconv.Itoa(info.Waiters), true
 	case XattrAcquired:
@@ -149,7 +176,9 @@ func (n *lockNode) inspect() lockengine.LockInfo {
 }
 
 // Getattr reports an empty regular file, mode 0666, whose owner is the
-// first holder of the lock (the mount's owner when nobody holds it) and
+// first holder of the lock as the engine lists it (the earliest granted
+// current lease; during a lock-delay the user who broke it; else the
+// earliest lost lease not yet closed; the mount's owner when none) and
 // whose mtime and ctime are the grant time (atime: the last heartbeat). It
 // never waits for the lock.
 func (n *lockNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
@@ -160,7 +189,9 @@ func (n *lockNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrO
 }
 
 // holderAttr overrides owner and times of a lock file's attributes with
-// those of info's first lease.
+// those of info's first lease (the engine lists current leases first, in
+// grant order, so the owner stays the same while that holder holds it).
+// The owner is informational: the daemon alone decides an unlink.
 func (f *filesystem) holderAttr(a *fuse.Attr, info lockengine.LockInfo) {
 	if len(info.Leases) == 0 {
 		return
@@ -245,8 +276,13 @@ func (n *lockNode) Removexattr(ctx context.Context, attr string) syscall.Errno {
 
 // Unlink breaks the lock name (an administrator's "rm M/NAME"): every
 // holder's descriptor fails with EIO from then on, and waiters are granted
-// after the engine's lock-delay. The caller must be root or have the UID of
-// a holder (else EPERM); a name nobody holds in this daemon is ENOENT.
+// after the engine's lock-delay. The caller must be root, or own every
+// lease currently granted on the name (a lone holder breaking its own
+// lock); anyone else, a co-holder of a shared lock or a semaphore
+// included, gets EPERM. A name nobody holds in this daemon is ENOENT; a
+// name held only by the engine during its lock-delay after a break is
+// EBUSY. The root directory has no sticky bit, so the kernel leaves the
+// decision to the daemon (see Engine.Break).
 func (d *lockDir) Unlink(ctx context.Context, name string) syscall.Errno {
 	if err := validLockName(name); err != nil {
 		return d.fsys.fail("unlink", name, 0, err)

@@ -2,6 +2,7 @@ package fsnode
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"strings"
 	"syscall"
@@ -100,4 +101,45 @@ func TestRecord(t *testing.T) {
 	at := time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)
 	got := string(Record("a b", lockengine.Shared, 42, lockengine.Owner{UID: 1, GID: 2, PID: 3}, at))
 	assert.Equal(t, "42\nname=\"a b\" mode=shared token=42 uid=1 gid=2 pid=3 acquired=2026-01-02T03:04:05.000000006Z\n", got)
+}
+
+func TestHoldersCapped(t *testing.T) {
+	granted := time.Date(2025, 1, 2, 3, 4, 5, 6, time.UTC)
+	leases := make([]lockengine.LeaseInfo, 2000)
+	for i := range leases {
+		leases[i] = lockengine.LeaseInfo{Owner: lockengine.Owner{UID: uint32(100000 + i), GID: 100000, PID: 4000000,
+			Via: lockengine.ViaOpen}, Mode: lockengine.Shared, Token: 1 << 40, Granted: granted}
+	}
+	v := holdersString(leases, MaxHoldersLen)
+	require.LessOrEqual(t, len(v), MaxHoldersLen)
+	require.Less(t, MaxHoldersLen, 64*1024, "below XATTR_SIZE_MAX")
+	lines := strings.Split(strings.TrimSuffix(v, "\n"), "\n")
+	var more int
+	_, err := fmt.Sscanf(lines[len(lines)-1], HoldersMore, &more)
+	require.NoError(t, err, "last line %q", lines[len(lines)-1])
+	require.Equal(t, len(leases), len(lines)-1+more, "listed plus omitted is every lease")
+	require.True(t, strings.HasPrefix(lines[0], "100000 100000 4000000 shared "), lines[0])
+
+	// Small limits: whatever fits, always with the count.
+	one := holdersString(leases[:1], MaxHoldersLen)
+	leases = []lockengine.LeaseInfo{leases[0], leases[0], leases[0]}
+	for limit := 0; limit <= 3*len(one); limit++ {
+		v := holdersString(leases[:3], limit)
+		if limit >= 3*len(one) {
+			assert.Equal(t, strings.Repeat(one, 3), v)
+			continue
+		}
+		require.True(t, strings.HasSuffix(v, " more\n"), "limit %d: %q", limit, v)
+		if limit >= len(one)+len("... 2 more\n") {
+			require.True(t, strings.HasPrefix(v, one), "limit %d: %q", limit, v)
+		}
+	}
+	// Exactly fitting needs no "more" line.
+	assert.Equal(t, strings.Repeat(one, 2), holdersString(leases[:2], 2*len(one)))
+}
+
+func TestUnlinkErrnos(t *testing.T) {
+	assert.Equal(t, syscall.EBUSY, Errno(fmt.Errorf("x: %w", lockengine.ErrLockDelay)))
+	assert.Equal(t, syscall.EPERM, Errno(fmt.Errorf("x: %w", lockengine.ErrPermission)))
+	assert.Equal(t, uint32(0o777), uint32(rootPerm), "no sticky bit: the daemon decides every unlink")
 }

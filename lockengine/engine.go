@@ -101,8 +101,14 @@ var (
 	ErrRemoteFS = errors.New("lockengine: backing directory is on a network filesystem")
 	// ErrNotHeld: Break found no holder of the name in this engine.
 	ErrNotHeld = errors.New("lockengine: lock not held here")
-	// ErrPermission: Break by someone who is neither root nor a holder.
+	// ErrPermission: Break by someone who is neither root nor the owner
+	// (UID) of every current lease of the name.
 	ErrPermission = errors.New("lockengine: permission denied")
+	// ErrLockDelay: Break of a name that only the engine's own lease
+	// holds, during the lock-delay after an earlier break. Refused, so
+	// that a second break cannot extend the delay; it does not wrap
+	// ErrNotHeld.
+	ErrLockDelay = errors.New("lockengine: lock is in its lock-delay after a break")
 	// ErrInvalidLimit: SetLimit with a limit below 1.
 	ErrInvalidLimit = errors.New("lockengine: invalid lock limit")
 	// ErrBroken is wrapped (with ErrLost) by the error of leases ended by
@@ -145,12 +151,19 @@ type Engine interface {
 	// Inspect describes one name like Snapshot; ok is false when nothing
 	// holds or waits for it in this engine.
 	Inspect(name string) (info LockInfo, ok bool)
-	// Break ends every lease of name in this engine with an error wrapping
-	// ErrLost and ErrBroken, on behalf of by, who must be root (UID 0) or
-	// the UID of a holder (else ErrPermission). The name is then held
-	// exclusively by the engine itself for the lock-delay, which bumps the
-	// fencing token and keeps waiters out until the delay has passed.
-	// ErrNotHeld when no lease of name is held in this engine.
+	// Break ends every current lease of name in this engine with an
+	// error wrapping ErrLost and ErrBroken, on behalf of by, who must be
+	// root (UID 0) or own (by UID) every lease currently granted on the
+	// name: a lone holder may break its own lock, but a co-holder of a
+	// shared lock or of a semaphore's slots may not end the others'
+	// leases (ErrPermission, logged with the name, the UID and the
+	// reason; it releases its own lease instead). The name is then held
+	// exclusively by the engine itself for the lock-delay, which bumps
+	// the fencing token and keeps every waiter out until the delay has
+	// passed, semaphore waiters included. During the delay, when only the
+	// engine's own lease holds the name, Break returns ErrLockDelay: a
+	// second break cannot extend it. ErrNotHeld when no lease of name is
+	// held in this engine.
 	Break(ctx context.Context, name string, by Owner) error
 	// SetLimit makes name a counting semaphore: up to n exclusive holders
 	// at once, each with a token of its own, FIFO beyond them (shared
@@ -333,17 +346,20 @@ type Backend interface {
 
 // Hold is one process's grant of a name from a Backend.
 //
-// The Queue calls Token and Bump (and LastHeartbeat, when the Hold is a
+// The Queue calls Token (and LastHeartbeat, when the Hold is a
 // HeartbeatReporter) with the per-name lock held: the lock (entry.mu) that
-// every Acquire, Release, Break and loss of the name takes. They must
-// return promptly, Token and LastHeartbeat without I/O, Bump after at most
-// one bounded request (a write to the lock file, one etcd transaction
-// bounded by the operation timeout); they must not call back into the
-// Queue nor call the lost callback themselves. Valid is called without
-// the per-name lock, by Lease.Err on every check of a lease, from any
-// goroutine: it must be cheap and must not block on I/O. Unlock is called
-// without the per-name lock and may block on I/O; the Queue marks the name
-// busy meanwhile, so no other call for the name overlaps it.
+// every Acquire, Release, Break, loss and inspection (Inspect, Snapshot)
+// of the name takes. They must return promptly and without I/O, and must
+// not call back into the Queue nor call the lost callback themselves.
+// Valid is called without the per-name lock, by Lease.Err on every check
+// of a lease, from any goroutine: it must be cheap and must not block on
+// I/O. Bump and Unlock are called without the per-name lock and may block
+// on I/O (Bump after at most one bounded request: a write to the lock
+// file, one etcd transaction bounded by the operation timeout); the Queue
+// marks the name busy meanwhile, so no other backend call for the name
+// overlaps them, and a Release, loss or Break of the name waits for a Bump
+// to end. Bump must not call the lost callback itself, and a backend must
+// not call the lost callback while holding a lock that Bump takes.
 type Hold interface {
 	// Token is the fencing token of this grant.
 	Token() uint64

@@ -23,6 +23,10 @@ type fakeBackend struct {
 	locking    map[string]int           // guarded by mu; Lock calls waiting per name
 	blocked    map[string]chan struct{} // guarded by mu; names held elsewhere, closed when freed
 	violations []string                 // guarded by mu
+	// bumpGate, when set (before any Bump), makes Bump wait until it is
+	// closed; bumping counts the Bumps waiting at it.
+	bumpGate chan struct{}
+	bumping  atomic.Int32
 }
 
 func newFakeBackend() *fakeBackend {
@@ -198,6 +202,13 @@ func (h *fakeHold) Unlock() error {
 }
 
 func (h *fakeHold) Bump() (uint64, error) {
+	h.b.enter(h.name, "Bump")
+	defer h.b.exit(h.name)
+	if g := h.b.bumpGate; g != nil {
+		h.b.bumping.Add(1)
+		<-g
+		h.b.bumping.Add(-1)
+	}
 	h.b.mu.Lock()
 	defer h.b.mu.Unlock()
 	if h.mode != Exclusive || !h.valid.Load() {

@@ -36,8 +36,12 @@ type Queue struct {
 
 var _ Engine = (*Queue)(nil)
 
-// grantWaiter grants w a lease in g and wakes it. Called with e.mu held.
+// grantWaiter grants w a lease in g and wakes it. Break's lock-delay
+// request marks g as the engine's delay group. Called with e.mu held.
 func (q *Queue) grantWaiter(e *entry, g *group, w *waiter, now time.Time) {
+	if w.delay {
+		g.delay = true
+	}
 	w.lease = q.grant(e, g, w.mode, w.owner, now)
 	q.obs.Granted(e.name, w.mode, now.Sub(w.since))
 	close(w.ready)
@@ -136,13 +140,13 @@ func (q *Queue) acquire(ctx context.Context, name string, mode Mode, try bool) (
 			w = newWaiter(mode, owner, start)
 			e.waiters = append([]*waiter{w}, e.waiters...)
 		case e.admits(e.group, mode):
-			now := time.Now()
-			l, err := q.join(e, mode, owner, now)
-			if err == nil {
-				q.obs.Granted(name, mode, now.Sub(start))
+			l, err, joined := q.joinNow(e, mode, owner, start)
+			if joined {
+				q.dispatch(e) // requests that queued during a Bump
+				e.mu.Unlock()
+				return l, err
 			}
-			e.mu.Unlock()
-			return l, err
+			// The group changed during the Bump: queue.
 		}
 	}
 	if w == nil {
@@ -274,20 +278,98 @@ func (q *Queue) grant(e *entry, g *group, mode Mode, owner Owner, now time.Time)
 	return l
 }
 
-// join adds a lease in mode to the current group. A second or later
-// exclusive holder (a name with a limit above 1) gets a token of its own:
-// the backend bumps the group's token. Called with e.mu held by a caller
-// that holds a reference to e.
-func (q *Queue) join(e *entry, mode Mode, owner Owner, now time.Time) (*Lease, error) {
+// needsBump reports whether a request in mode joining g needs a token of
+// its own: a second or later exclusive holder of a semaphore. Called with
+// e.mu held.
+func needsBump(g *group, mode Mode) bool {
+	return mode == Exclusive && g.leases.n > 0
+}
+
+// joinNow adds a lease in mode to the current group, which admits it, for
+// an Acquire that found no queue and nothing busy. When the request needs
+// a token of its own (needsBump) it bumps the hold first, without e.mu
+// (see bump); joined is false when the group no longer admits the request
+// afterwards, and the caller queues it. Called and returns with e.mu held
+// by a caller that holds a reference to e.
+func (q *Queue) joinNow(e *entry, mode Mode, owner Owner, start time.Time) (l *Lease, err error, joined bool) {
 	g := e.group
-	if mode == Exclusive && g.leases.n > 0 {
-		tok, err := g.hold.Bump()
-		if err != nil {
-			return nil, fmt.Errorf("lock %q: %w", e.name, err)
+	if needsBump(g, mode) {
+		tok, err := q.bump(e, g.hold)
+		switch {
+		case e.closed:
+			return nil, ErrClosed, true
+		case err != nil:
+			return nil, fmt.Errorf("lock %q: %w", e.name, err), true
+		case e.group != g || !e.admits(g, mode):
+			return nil, nil, false // downgraded or limit lowered meanwhile
 		}
 		g.token = tok
 	}
-	return q.grant(e, g, mode, owner, now), nil
+	now := time.Now()
+	l = q.grant(e, g, mode, owner, now)
+	q.obs.Granted(e.name, mode, now.Sub(start))
+	return l, nil, true
+}
+
+// bump asks the backend for a new token for hold. It is a backend call
+// (one etcd transaction, a write to the lock file), so it is made without
+// e.mu: the entry is busyBump meanwhile, which keeps every other backend
+// call for the name out and makes Release, losses, Break and Close wait
+// (waitBump), so the hold stays the one it was. Inspect and Snapshot do
+// not wait. Called and returns with e.mu held and e.busy == notBusy.
+func (q *Queue) bump(e *entry, hold Hold) (uint64, error) {
+	e.busy = busyBump
+	q.inflight.Add(1)
+	e.mu.Unlock()
+	tok, err := hold.Bump()
+	e.mu.Lock()
+	q.inflight.Done()
+	e.busy = notBusy
+	e.bumped.Broadcast()
+	return tok, err
+}
+
+// startBump bumps g's hold in the background for the waiter at the head
+// of the queue, an exclusive request joining the semaphore group g
+// (dispatch must not block on the backend). Called with e.mu held and
+// e.busy == notBusy.
+func (q *Queue) startBump(e *entry, g *group) {
+	e.busy = busyBump
+	e.refs.Add(1)
+	q.inflight.Add(1)
+	go q.bumpFor(e, g)
+}
+
+// bumpFor is startBump's goroutine: it grants the head waiter a lease of
+// g with the new token (or fails it with the backend's error), when the
+// head still is such a request.
+func (q *Queue) bumpFor(e *entry, g *group) {
+	defer q.inflight.Done()
+	defer q.unref(e)
+	tok, err := g.hold.Bump()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.busy = notBusy
+	e.bumped.Broadcast()
+	if e.closed {
+		return
+	}
+	if e.group == g && len(e.waiters) > 0 {
+		w := e.waiters[0]
+		if !w.delay && e.admits(g, w.mode) && needsBump(g, w.mode) {
+			e.waiters = e.waiters[1:]
+			if err != nil {
+				w.err = fmt.Errorf("lock %q: %w", e.name, err)
+			} else {
+				g.token = tok
+				now := time.Now()
+				w.lease = q.grant(e, g, w.mode, w.owner, now)
+				q.obs.Granted(e.name, w.mode, now.Sub(w.since))
+			}
+			close(w.ready)
+		}
+	}
+	q.dispatch(e)
 }
 
 // dispatch grants what can be granted to the waiters at the head of the
@@ -296,17 +378,20 @@ func (q *Queue) join(e *entry, mode Mode, owner Owner, now time.Time) (*Lease, e
 func (q *Queue) dispatch(e *entry) {
 	for len(e.waiters) > 0 {
 		w := e.waiters[0]
-		if e.group != nil {
-			if !e.admits(e.group, w.mode) {
+		if g := e.group; g != nil {
+			if w.delay || !e.admits(g, w.mode) {
 				return // wait for the current holders to leave
+			}
+			if needsBump(g, w.mode) {
+				if e.busy == notBusy {
+					q.startBump(e, g)
+				}
+				return // the bump grants it and dispatches again
 			}
 			e.waiters = e.waiters[1:]
 			now := time.Now()
-			l, err := q.join(e, w.mode, w.owner, now)
-			w.lease, w.err = l, err
-			if err == nil {
-				q.obs.Granted(e.name, w.mode, now.Sub(w.since))
-			}
+			w.lease = q.grant(e, g, w.mode, w.owner, now)
+			q.obs.Granted(e.name, w.mode, now.Sub(w.since))
 			close(w.ready)
 			continue
 		}
@@ -318,7 +403,7 @@ func (q *Queue) dispatch(e *entry) {
 		case notBusy:
 			q.startWorker(e, w.mode)
 		}
-		return // busyInline and busyUnlock dispatch when they finish
+		return // busyInline, busyUnlock and busyBump dispatch when they finish
 	}
 	if e.busy == busyWorker {
 		e.worker.cancel()
@@ -375,6 +460,8 @@ func (q *Queue) workLoop(ctx context.Context, e *entry, wk *worker) {
 }
 
 // lostFunc returns the callback the backend calls when g's hold is lost.
+// When Break handed the hold on to its lock-delay group (g.heir), that
+// group is the one that loses it.
 func (q *Queue) lostFunc(e *entry, g *group) func(error) {
 	return func(err error) {
 		if !errors.Is(err, ErrLost) {
@@ -382,6 +469,10 @@ func (q *Queue) lostFunc(e *entry, g *group) func(error) {
 		}
 		e.mu.Lock()
 		defer e.mu.Unlock()
+		e.waitBump()
+		for g.heir != nil {
+			g = g.heir
+		}
 		if g.lostErr != nil {
 			return
 		}
@@ -418,6 +509,7 @@ func (q *Queue) release(l *Lease) error {
 	e, g := l.e, l.g
 	var err error
 	e.mu.Lock()
+	e.waitBump()
 	if g.leases.remove(l) {
 		l.end(ErrReleased)
 		q.obs.Released(e.name, l.mode, time.Since(l.granted))
@@ -451,7 +543,7 @@ func (q *Queue) ref(name string) (*entry, error) {
 	}
 	e := q.entries[name]
 	if e == nil {
-		e = &entry{name: name, limit: max(q.limits[name], 1)}
+		e = newEntry(name, max(q.limits[name], 1))
 		q.entries[name] = e
 	}
 	e.refs.Add(1)
@@ -497,6 +589,7 @@ func (q *Queue) Close() error {
 	var holds []Hold
 	for _, e := range es {
 		e.mu.Lock()
+		e.waitBump()
 		e.closed = true
 		for _, w := range e.waiters {
 			w.err = ErrClosed

@@ -27,6 +27,7 @@ var ErrCannotDowngrade = errors.New("lockengine: lease cannot be downgraded in p
 func (l *Lease) Downgrade() (*Lease, error) {
 	q, e, g := l.q, l.e, l.g
 	e.mu.Lock()
+	e.waitBump()
 	switch {
 	case l.ended.Load():
 		e.mu.Unlock()

@@ -14,13 +14,16 @@ const breakUsage = `Usage: lockfs break [--mount M] NAME
 
 Breaks the lock NAME (the same as rm M/NAME): its holders' descriptors fail
 with EIO from then on (lockfs run stops its COMMAND), the fencing token is
-bumped, and waiters are granted after the daemon's --lock-delay. Only root
-and users with a holder's uid may break a lock. NAME is a lock name under the
+bumped, and waiters are granted after the daemon's --lock-delay. Only root,
+or a user who owns every lease currently held on NAME (a lone holder breaking
+its own lock), may break it: a co-holder of a shared lock or of a semaphore
+gets EPERM (it releases its own lease by closing its descriptor). During the
+lock-delay a second break is refused (EBUSY). NAME is a lock name under the
 mount (--mount, else $LOCKFS_MOUNT, else /mnt/locks) or an absolute path into
 a lockfs mount.
 
 Exit status: 0 broken, 1 not broken (not held: ENOENT; not allowed: EPERM;
-not a lockfs mount), 2 usage error.
+in its lock-delay: EBUSY; not a lockfs mount), 2 usage error.
 `
 
 // runBreak implements 'lockfs break'.
@@ -43,7 +46,9 @@ func runBreak(args []string, stdout, stderr io.Writer) error {
 	case errors.Is(err, unix.ENOENT):
 		return fmt.Errorf("break %s: not held (%w)", path, err)
 	case errors.Is(err, unix.EPERM):
-		return fmt.Errorf("break %s: only root or a holder's uid may break it (%w)", path, err)
+		return fmt.Errorf("break %s: only root or the owner of every lease on it may break it (%w)", path, err)
+	case errors.Is(err, unix.EBUSY):
+		return fmt.Errorf("break %s: already broken, in its lock-delay (%w)", path, err)
 	default:
 		return fmt.Errorf("break %s: %w", path, err)
 	}

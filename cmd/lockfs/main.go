@@ -53,7 +53,7 @@ Usage:
   lockfs mount [flags] MOUNTPOINT        mount and serve in the foreground
   lockfs status [--json] [MOUNTPOINT]    show held and awaited locks (takes none)
   lockfs run [flags] NAME -- COMMAND...  run COMMAND while holding the lock NAME
-  lockfs break [--mount M] NAME          break a stuck lock (root or a holder's uid)
+  lockfs break [--mount M] NAME          break a stuck lock (root or a lone holder)
   lockfs version                         print the version
   lockfs help [mount|status|run|break]   print this help, or a command's
 

@@ -101,8 +101,39 @@ func newMetrics(backend lockengine.Backend) *metrics {
 
 func (m *metrics) setEngine(eng lockengine.Engine) { m.eng.Store(&eng) }
 
+// Limits of the metrics server, so that slow or many clients cannot tie
+// up the daemon: a client must send its request headers within
+// metricsReadHeaderTimeout and the whole request within metricsReadTimeout,
+// take the response within metricsWriteTimeout, and an idle keep-alive
+// connection is closed after metricsIdleTimeout. At most
+// metricsMaxInFlight scrapes are served at once (more get 503).
+const (
+	metricsReadHeaderTimeout = 5 * time.Second
+	metricsReadTimeout       = 10 * time.Second
+	metricsWriteTimeout      = 30 * time.Second
+	metricsIdleTimeout       = 60 * time.Second
+	metricsMaxHeaderBytes    = 16 << 10
+	metricsMaxInFlight       = 4
+)
+
+// handler serves the registry at most metricsMaxInFlight scrapes at once.
 func (m *metrics) handler() http.Handler {
-	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{MaxRequestsInFlight: metricsMaxInFlight})
+}
+
+// newMetricsServer returns the HTTP server of --metrics-addr: h at
+// /metrics, nothing else, with the timeouts above.
+func newMetricsServer(h http.Handler) *http.Server {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", h)
+	return &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: metricsReadHeaderTimeout,
+		ReadTimeout:       metricsReadTimeout,
+		WriteTimeout:      metricsWriteTimeout,
+		IdleTimeout:       metricsIdleTimeout,
+		MaxHeaderBytes:    metricsMaxHeaderBytes,
+	}
 }
 
 // Granted implements lockengine.Observer.

@@ -72,7 +72,7 @@ A stale lockfs mount left at MOUNTPOINT by a killed daemon is removed first.
 Write opens lock exclusively, read-only opens shared. A holder reads its
 fencing token from its descriptor (read -r tok <&9); ls -l, stat and
 getfattr -d show holders without taking the lock; rm MOUNTPOINT/NAME breaks
-it (root or a holder's uid). See 'lockfs help status|run|break'.
+it (root or a lone holder). See 'lockfs help status|run|break'.
 
 Flags:
 `)

@@ -73,9 +73,7 @@ func startQueueSetup(qf queueFlags, backend lockengine.Backend, logger *slog.Log
 		return nil, fmt.Errorf("mount: --metrics-addr: %w", err)
 	}
 	qs.ln = ln
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", qs.metrics.handler())
-	qs.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	qs.srv = newMetricsServer(qs.metrics.handler())
 	return qs, nil
 }
 

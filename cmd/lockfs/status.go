@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 
@@ -26,9 +27,19 @@ reads the user.lockfs.* extended attributes, so it takes no lock, never waits
 for one, and works for every user who can read the mount. PID is 0 for a
 holder that is not visible from the daemon's pid namespace.
 
-  --json   one JSON document: {"mount": ..., "locks": [...]}
+A lock with more holders than its attribute lists (thousands of shared
+holders) shows the ones listed and a row "... N more holders". Names with
+control characters, Unicode bidi controls or invalid UTF-8 (and names with
+spaces or double quotes) are shown quoted, as in Go. A lock whose attributes
+cannot be read is shown with state "error" and the error; the others are
+still listed.
 
-Exit status: 0 success, 1 error (not a lockfs mount), 2 usage error.
+  --json   one JSON document: {"mount": ..., "locks": [...]}; a lock
+           carries "holders_omitted": N when N holders were not listed,
+           and "error" when its attributes could not be read
+
+Exit status: 0 success (also when some locks could not be read), 1 error
+(not a lockfs mount, the mount cannot be listed), 2 usage error.
 `
 
 // statusHolder is one line of user.lockfs.holders.
@@ -54,7 +65,16 @@ type statusLock struct {
 	Heartbeat string         `json:"heartbeat,omitempty"`
 	Cause     string         `json:"cause,omitempty"`
 	Holders   []statusHolder `json:"holders"`
+	// HoldersOmitted is how many holders user.lockfs.holders left out
+	// (its "... N more" line).
+	HoldersOmitted int `json:"holders_omitted,omitempty"`
+	// Error says why the lock's attributes could not be read; the other
+	// fields are then empty.
+	Error string `json:"error,omitempty"`
 }
+
+// stateError is the State of a lock whose attributes could not be read.
+const stateError = "error"
 
 // statusReport is the --json document.
 type statusReport struct {
@@ -108,7 +128,9 @@ func parseStatusArgs(args []string) (mnt string, asJSON bool, err error) {
 }
 
 // readStatus lists mnt and reads every name's attributes. Names that became
-// free in between are left out.
+// free in between are left out. A name whose attributes cannot be read is
+// reported with State "error" and the error, and the listing goes on; only
+// failing to list mnt is an error.
 func readStatus(mnt string) (statusReport, error) {
 	rep := statusReport{Mount: mnt, Locks: []statusLock{}}
 	ents, err := os.ReadDir(mnt)
@@ -118,7 +140,9 @@ func readStatus(mnt string) (statusReport, error) {
 	for _, de := range ents {
 		lk, err := readLockStatus(filepath.Join(mnt, de.Name()))
 		if err != nil {
-			return rep, err
+			rep.Locks = append(rep.Locks, statusLock{Name: de.Name(), State: stateError,
+				Holders: []statusHolder{}, Error: err.Error()})
+			continue
 		}
 		if lk.State == "free" || lk.State == "" {
 			continue
@@ -174,10 +198,23 @@ func readLockStatus(path string) (statusLock, error) {
 	lk.Token, _ = strconv.ParseUint(token, 10, 64)
 	lk.Waiters, _ = strconv.Atoi(waiters)
 	lk.Holders = parseHolders(holders)
+	lk.HoldersOmitted = holdersOmitted(holders)
 	return lk, nil
 }
 
-// parseHolders parses user.lockfs.holders.
+// holdersOmitted returns how many holders user.lockfs.holders s left out:
+// N of its last line "... N more" (fsnode.HoldersMore), else 0.
+func holdersOmitted(s string) int {
+	s = strings.TrimSuffix(s, "\n")
+	var n int
+	if _, err := fmt.Sscanf(s[strings.LastIndexByte(s, '\n')+1:], fsnode.HoldersMore, &n); err != nil || n < 0 {
+		return 0
+	}
+	return n
+}
+
+// parseHolders parses the holder lines of user.lockfs.holders (the
+// "... N more" line is not one: see holdersOmitted).
 func parseHolders(s string) []statusHolder {
 	out := []statusHolder{}
 	for line := range strings.SplitSeq(s, "\n") {
@@ -206,14 +243,46 @@ func parseHolders(s string) []statusHolder {
 	return out
 }
 
+// needsQuote reports whether a lock name is shown quoted in the table: it
+// is not valid UTF-8, or has a control character (C0, DEL, C1), a Unicode
+// bidi control (which could reorder what the terminal shows), a space
+// or a double quote (which would make the columns ambiguous).
+func needsQuote(name string) bool {
+	if !utf8.ValidString(name) {
+		return true
+	}
+	return strings.ContainsFunc(name, func(r rune) bool {
+		switch {
+		case r <= ' ', r == '"', r >= 0x7f && r <= 0x9f:
+			return true
+		case r >= 0x202a && r <= 0x202e, r >= 0x2066 && r <= 0x2069,
+			r == 0x200e, r == 0x200f, r == 0x061c:
+			return true
+		}
+		return false
+	})
+}
+
+// displayName is name as the table shows it (see needsQuote).
+func displayName(name string) string {
+	if needsQuote(name) {
+		return strconv.Quote(name)
+	}
+	return name
+}
+
 // writeStatusTable prints one row per holder (a lock with only waiters gets
-// one row with "-" holder columns).
+// one row with "-" holder columns), then "... N more holders" when the
+// attribute left some out. A lock that could not be read gets one row with
+// state "error" and the error after the columns.
 func writeStatusTable(w io.Writer, rep statusReport) {
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tSTATE\tMODE\tTOKEN\tWAITERS\tUID\tGID\tPID\tVIA\tSINCE")
 	for _, lk := range rep.Locks {
-		if strings.ContainsFunc(lk.Name, func(r rune) bool { return r <= ' ' || r == '"' || r == 0x7f }) {
-			lk.Name = strconv.Quote(lk.Name)
+		lk.Name = displayName(lk.Name)
+		if lk.Error != "" {
+			fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\t-\t-\t-\t-\t%s\n", lk.Name, stateError, strconv.Quote(lk.Error))
+			continue
 		}
 		mode := lk.Mode
 		if mode == "" {
@@ -230,6 +299,10 @@ func writeStatusTable(w io.Writer, rep statusReport) {
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", lk.Name, state, h.Mode, h.Token, lk.Waiters,
 				h.UID, h.GID, h.PID, h.Via, h.Granted)
+		}
+		if lk.HoldersOmitted > 0 {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t... %d more holders\n", lk.Name, lk.State, mode, lk.Token, lk.Waiters,
+				lk.HoldersOmitted)
 		}
 	}
 	_ = tw.Flush()

@@ -43,6 +43,9 @@ var Cases = map[string]func(t *testing.T, f Factory){
 	"InspectOwners":          testInspectOwners,
 	"BreakPermission":        testBreakPermission,
 	"BreakLockDelay":         testBreakLockDelay,
+	"BreakWhoMay":            testBreakWhoMay,
+	"BreakSemaphoreDelay":    testBreakSemaphoreDelay,
+	"BreakDelayNotExtended":  testBreakDelayNotExtended,
 	"SemaphoreLimit":         testSemaphoreLimit,
 	"SemaphoreLimitChanges":  testSemaphoreLimitChanges,
 }
@@ -530,6 +533,109 @@ func testBreakLockDelay(t *testing.T, f Factory) {
 	next := get(t, local)
 	require.GreaterOrEqual(t, time.Since(broken), LockDelay, "the waiter proceeds only after the lock-delay")
 	require.Greater(t, next.Token(), l.Token(), "a break bumps the token")
+	require.NoError(t, next.Release())
+	require.NoError(t, l.Release())
+}
+
+// Root may break any lock; anyone else only a lock whose every current
+// lease is theirs. A co-holder of a shared lock (or of a semaphore) may
+// not end the other holders' leases.
+func testBreakWhoMay(t *testing.T, f Factory) {
+	a, _ := f(t)
+	ctx := ctxT(t)
+	root := lockengine.Owner{UID: 0, PID: 1}
+	alice := lockengine.Owner{UID: 1000, GID: 1000, PID: 42}
+	bob := lockengine.Owner{UID: 1001, GID: 1001, PID: 43}
+
+	// Shared, root and alice: alice may not break it.
+	r, err := a.Acquire(lockengine.WithOwner(ctx, root), "shr", lockengine.Shared)
+	require.NoError(t, err)
+	s, err := a.Acquire(lockengine.WithOwner(ctx, alice), "shr", lockengine.Shared)
+	require.NoError(t, err)
+	require.ErrorIs(t, a.Break(ctx, "shr", alice), lockengine.ErrPermission, "a co-holder may not break")
+	require.ErrorIs(t, a.Break(ctx, "shr", bob), lockengine.ErrPermission, "a stranger may not break")
+	require.NoError(t, r.Err())
+	require.NoError(t, s.Err())
+	require.NoError(t, a.Break(ctx, "shr", root), "root may break")
+	<-r.Done()
+	<-s.Done()
+	require.ErrorIs(t, s.Err(), lockengine.ErrBroken)
+	require.NoError(t, r.Release())
+	require.NoError(t, s.Release())
+
+	// Semaphore slots of alice and bob: neither may break.
+	require.NoError(t, a.SetLimit("slots", 2))
+	s1, err := a.Acquire(lockengine.WithOwner(ctx, alice), "slots", lockengine.Exclusive)
+	require.NoError(t, err)
+	s2, err := a.Acquire(lockengine.WithOwner(ctx, bob), "slots", lockengine.Exclusive)
+	require.NoError(t, err)
+	require.ErrorIs(t, a.Break(ctx, "slots", alice), lockengine.ErrPermission)
+	require.ErrorIs(t, a.Break(ctx, "slots", bob), lockengine.ErrPermission)
+	require.NoError(t, s1.Err())
+	require.NoError(t, s2.Release(), "a co-holder releases its own slot instead")
+	require.NoError(t, a.Break(ctx, "slots", alice), "alice is now the lone holder")
+	<-s1.Done()
+	require.ErrorIs(t, s1.Err(), lockengine.ErrBroken)
+	require.NoError(t, s1.Release())
+
+	// A lone holder of two shared leases may break its own lock.
+	x1, err := a.Acquire(lockengine.WithOwner(ctx, bob), "own2", lockengine.Shared)
+	require.NoError(t, err)
+	x2, err := a.Acquire(lockengine.WithOwner(ctx, bob), "own2", lockengine.Shared)
+	require.NoError(t, err)
+	require.NoError(t, a.Break(ctx, "own2", bob))
+	<-x1.Done()
+	<-x2.Done()
+	require.NoError(t, x1.Release())
+	require.NoError(t, x2.Release())
+}
+
+// Breaking a semaphore keeps every waiter out for the lock-delay, even
+// though the name admits more exclusive holders than the engine's own.
+func testBreakSemaphoreDelay(t *testing.T, f Factory) {
+	a, _ := f(t)
+	ctx := ctxT(t)
+	require.NoError(t, a.SetLimit("semd", 3))
+	l := mustAcquire(t, a, "semd", lockengine.Exclusive)
+	broken := time.Now()
+	require.NoError(t, a.Break(ctx, "semd", lockengine.Owner{UID: 0}))
+	<-l.Done()
+	require.ErrorIs(t, l.Err(), lockengine.ErrBroken)
+	if time.Since(broken) < LockDelay/2 {
+		_, err := a.TryAcquire(ctx, "semd", lockengine.Exclusive)
+		require.ErrorIs(t, err, lockengine.ErrWouldBlock, "no slot during the lock-delay")
+	}
+	next := mustAcquire(t, a, "semd", lockengine.Exclusive)
+	require.GreaterOrEqual(t, time.Since(broken), LockDelay, "a slot only after the lock-delay")
+	require.Greater(t, next.Token(), l.Token())
+	require.NoError(t, next.Release())
+	require.NoError(t, l.Release())
+}
+
+// A second break during the lock-delay is refused (ErrLockDelay), even by
+// root or by the user whose break started it, so it cannot extend the
+// delay.
+func testBreakDelayNotExtended(t *testing.T, f Factory) {
+	a, _ := f(t)
+	ctx := ctxT(t)
+	alice := lockengine.Owner{UID: 1000, GID: 1000, PID: 42}
+	l, err := a.Acquire(lockengine.WithOwner(ctx, alice), "ext", lockengine.Exclusive)
+	require.NoError(t, err)
+	w := acquireAsync(ctx, a, "ext", lockengine.Exclusive)
+	waitFor(t, "waiter queued", func() bool { return waiters(a, "ext") == 1 })
+	broken := time.Now()
+	require.NoError(t, a.Break(ctx, "ext", alice), "a lone holder may break its own lock")
+	<-l.Done()
+	for _, by := range []lockengine.Owner{alice, {UID: 0}} {
+		err := a.Break(ctx, "ext", by)
+		if time.Since(broken) < LockDelay/2 {
+			require.ErrorIs(t, err, lockengine.ErrLockDelay, "uid %d breaks during the lock-delay", by.UID)
+		}
+	}
+	next := get(t, w)
+	waited := time.Since(broken)
+	require.GreaterOrEqual(t, waited, LockDelay)
+	require.Less(t, waited, Timeout/2)
 	require.NoError(t, next.Release())
 	require.NoError(t, l.Release())
 }

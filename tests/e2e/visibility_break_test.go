@@ -62,7 +62,7 @@ func TestBreakByRoot(t *testing.T) {
 	assert.ErrorIs(t, os.Remove(d.Path("nobody-holds-this")), unix.ENOENT)
 }
 
-// Breaking needs root or a holder's uid: nobody cannot break root's lock
+// Breaking needs root or the owner of every lease: nobody cannot break root's lock
 // (rm and lockfs break get EPERM, the lock stays), but can break its own.
 func TestBreakPermission(t *testing.T) {
 	e := setup(t)
