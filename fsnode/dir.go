@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -46,6 +47,12 @@ type filesystem struct {
 	// flushOwners holds the lock owner of each FLUSH in progress, keyed
 	// by the request's cancel channel (see rawFS.Flush).
 	flushOwners sync.Map
+
+	// lim enforces the per-user limits (see limits.go); nil: none.
+	lim *limiter
+	// inodes counts the lock-file nodes not yet forgotten (see
+	// lockNode.OnForget and sweep.go).
+	inodes atomic.Int64
 }
 
 // park records an open of name that is about to wait; the returned
@@ -110,13 +117,14 @@ const (
 	reservedPerm = 0o555
 )
 
-func newRoot(eng lockengine.Engine, lg *slog.Logger) *lockDir {
+func newRoot(eng lockengine.Engine, lg *slog.Logger, lim *limiter) *lockDir {
 	fsys := &filesystem{
 		eng:   eng,
 		log:   lg,
 		uid:   uint32(os.Getuid()),
 		gid:   uint32(os.Getgid()),
 		start: time.Now(),
+		lim:   lim,
 	}
 	return &lockDir{dirBase: dirBase{fsys: fsys}, root: true, perm: rootPerm}
 }
@@ -228,7 +236,9 @@ func (d *lockDir) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOu
 }
 
 // Lookup never blocks and succeeds for every valid lock name, returning the
-// same inode for a name as long as the kernel remembers it.
+// same inode for a name as long as the kernel remembers it. It counts the
+// name against the caller's names limit, and fails with ENOLCK past it (see
+// limits.go); the count ends when the kernel forgets the inode.
 func (d *lockDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
 	if ch := d.reserved[name]; ch != nil {
 		d.fsys.dirAttr(&out.Attr, reservedPerm)
@@ -239,9 +249,23 @@ func (d *lockDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 		return nil, d.fsys.fail("lookup", name, 0, err)
 	}
 	ch := d.GetChild(name)
-	if ch == nil {
-		ch = d.NewInode(ctx, &lockNode{fsys: d.fsys, name: name, policy: d.policy},
-			fs.StableAttr{Mode: syscall.S_IFREG})
+	var n *lockNode
+	if ch != nil {
+		n, _ = ch.Operations().(*lockNode)
+	}
+	created := n == nil
+	if created {
+		n = &lockNode{fsys: d.fsys, name: name, policy: d.policy}
+		ch = d.NewInode(ctx, n, fs.StableAttr{Mode: syscall.S_IFREG})
+		d.fsys.inodes.Add(1)
+	}
+	n.used.Store(true)
+	if err := d.fsys.lim.chargeName(ctx, n); err != nil {
+		if created {
+			// Never handed to the kernel, so never forgotten.
+			n.OnForget()
+		}
+		return nil, Errno(err)
 	}
 	d.fsys.fileAttr(&out.Attr)
 	return ch, 0

@@ -41,6 +41,28 @@ type lockNode struct {
 	fsys   *filesystem
 	name   string // the lock name
 	policy policy // whether and how Open takes the lock
+
+	// open counts the handles of this node not yet released; used is
+	// set by every lookup and open. The sweep (sweep.go) invalidates
+	// the kernel's entry of a node with neither, so that its inode is
+	// forgotten.
+	open atomic.Int32
+	used atomic.Bool
+	// forgotten is set by the first OnForget.
+	forgotten atomic.Bool
+}
+
+var _ fs.NodeOnForgetter = (*lockNode)(nil)
+
+// OnForget runs when the kernel has forgotten the inode (and no handle is
+// open): the name no longer counts against the limits of the uids that
+// looked it up, and the inode count drops.
+func (n *lockNode) OnForget() {
+	if n.forgotten.Swap(true) {
+		return
+	}
+	n.fsys.inodes.Add(-1)
+	n.fsys.lim.forgetName(n)
 }
 
 // Setattr accepts and ignores every change (truncate from O_TRUNC or
@@ -74,10 +96,23 @@ func withOwner(ctx context.Context, via lockengine.Via) context.Context {
 // cancelled (FUSE_INTERRUPT: the caller got a signal) it returns EINTR and
 // holds nothing; a grant that raced with the cancellation is returned as a
 // success, and the kernel then sends RELEASE for it.
+//
+// The per-user limits (limits.go) are checked first: the name (an open by
+// a uid that did not look it up itself), then, for an open that locks, the
+// held leases, and before waiting the waiting requests. Past a limit the
+// open fails at once with ENOLCK.
 func (n *lockNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	n.used.Store(true)
+	if err := n.fsys.lim.chargeName(ctx, n); err != nil {
+		return nil, 0, Errno(err)
+	}
 	mode, try, take := n.policy.openLock(flags)
 	if !take {
-		return n.fsys.newHandle(n.name, nil), callFlags, 0
+		return n.fsys.newHandle(n, nil), callFlags, 0
+	}
+	uid, reserved, err := n.fsys.lim.reserveHeld(ctx)
+	if err != nil {
+		return nil, 0, Errno(err)
 	}
 	lease, err := n.fsys.acquire(withOwner(ctx, lockengine.ViaOpen), n.name, mode, n.policy, try)
 	if err == nil && lease == nil {
@@ -87,12 +122,22 @@ func (n *lockNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 		if lease != nil {
 			_ = lease.Release()
 		}
+		if reserved {
+			n.fsys.lim.unreserveHeld(uid)
+		}
+		if errors.Is(err, syscall.ENOLCK) {
+			return nil, 0, Errno(err) // logged by the limiter, rate-limited
+		}
 		return nil, 0, n.fsys.fail("open", n.name, mode, err)
 	}
 	if n.fsys.log.Enabled(context.Background(), slog.LevelDebug) {
 		n.fsys.log.Debug("lock granted", "lock", n.name, "mode", mode.String(), "token", lease.Token(), "via", "open")
 	}
-	return n.fsys.newHandle(n.name, lease), openFlags, 0
+	h := n.fsys.newHandle(n, lease)
+	if reserved {
+		n.fsys.lim.settle(h.slot, uid, true)
+	}
+	return h, openFlags, 0
 }
 
 // acquire asks the engine for name in mode: once when try is set, else
@@ -108,6 +153,11 @@ func (f *filesystem) acquire(ctx context.Context, name string, mode lockengine.M
 	if lease, err := f.eng.TryAcquire(ctx, name, mode); err == nil || !errors.Is(err, lockengine.ErrWouldBlock) {
 		return lease, err
 	}
+	endWait, err := f.lim.beginWait(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer endWait()
 	defer f.park(name)()
 	if p.kind == waitTimeout {
 		tctx, cancel := context.WithTimeoutCause(ctx, p.timeout, errTimedOut)
@@ -127,6 +177,7 @@ func (f *filesystem) acquire(ctx context.Context, name string, mode lockengine.M
 // take, convert and release through it. The slot is released on RELEASE.
 type handle struct {
 	fsys *filesystem
+	node *lockNode // nil in tests that build handles directly
 	name string
 	slot *lockengine.Slot
 	// released is set by the first Release; a second one is a bug.
@@ -144,8 +195,9 @@ type record struct {
 	text  []byte
 }
 
-func (f *filesystem) newHandle(name string, lease *lockengine.Lease) *handle {
-	return &handle{fsys: f, name: name, slot: lockengine.NewSlot(f.eng, name, lease)}
+func (f *filesystem) newHandle(n *lockNode, lease *lockengine.Lease) *handle {
+	n.open.Add(1)
+	return &handle{fsys: f, node: n, name: n.name, slot: lockengine.NewSlot(f.eng, n.name, lease)}
 }
 
 // lease returns the lease the descriptor holds: its slot's, else that of a
@@ -270,7 +322,11 @@ func (h *handle) Release(ctx context.Context) syscall.Errno {
 	if err := h.slot.Close(); err != nil {
 		h.fsys.fail("release", h.name, 0, err)
 	}
+	h.fsys.lim.uncharge(h.slot)
 	h.fsys.dropPosixVia(h)
+	if h.node != nil {
+		h.node.open.Add(-1)
+	}
 	if l != nil && h.fsys.log.Enabled(context.Background(), slog.LevelDebug) {
 		h.fsys.log.Debug("lock released", "lock", h.name, "mode", l.Mode().String(), "token", l.Token())
 	}

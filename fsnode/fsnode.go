@@ -85,12 +85,20 @@ type Options struct {
 	DebugFUSE bool
 	// DebugLog is where the go-fuse debug trace goes; nil means stderr.
 	DebugLog *log.Logger
+	// Limits are the per-user limits (see Limits); the zero value limits
+	// nothing.
+	Limits Limits
+	// NameSweep is how often the entries of idle names are invalidated so
+	// that the kernel forgets their inodes (see sweep.go): zero means
+	// DefaultNameSweep, negative never.
+	NameSweep time.Duration
 }
 
 // Server is a mounted lockfs filesystem.
 type Server struct {
 	srv        *fuse.Server
 	mountpoint string
+	fsys       *filesystem
 }
 
 // Mount mounts a lockfs filesystem backed by eng at mountpoint (an existing
@@ -103,7 +111,11 @@ func Mount(mountpoint string, eng lockengine.Engine, opts Options) (*Server, err
 	if lg == nil {
 		lg = slog.New(slog.DiscardHandler)
 	}
-	root := newRoot(eng, lg)
+	var lim *limiter
+	if opts.Limits != (Limits{}) {
+		lim = newLimiter(opts.Limits, lg)
+	}
+	root := newRoot(eng, lg, lim)
 	timeout := cacheTimeout
 	lockTimeout := time.Duration(lockAttrTimeout)
 	debugLog := opts.DebugLog
@@ -162,7 +174,19 @@ func Mount(mountpoint string, eng lockengine.Engine, opts Options) (*Server, err
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
 	go srv.Serve()
-	return &Server{srv: srv, mountpoint: mountpoint}, nil
+	sweep := opts.NameSweep
+	if sweep == 0 {
+		sweep = DefaultNameSweep
+	}
+	if sweep > 0 {
+		sw := &sweeper{root: root, stop: make(chan struct{})}
+		go sw.run(sweep)
+		go func() {
+			srv.Wait()
+			close(sw.stop)
+		}()
+	}
+	return &Server{srv: srv, mountpoint: mountpoint, fsys: root.fsys}, nil
 }
 
 // Unmount unmounts the filesystem and waits for the serve loops to end. It

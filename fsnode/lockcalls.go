@@ -94,7 +94,9 @@ func (h *handle) setlk(ctx context.Context, owner uint64, lk *fuse.FileLock, fla
 		if slot == nil {
 			return 0
 		}
-		if err := slot.Unlock(ctx); err != nil {
+		err := slot.Unlock(ctx)
+		h.fsys.lim.settle(slot, 0, false)
+		if err != nil {
 			return h.fsys.fail(via.String()+" unlock", h.name, 0, err)
 		}
 		h.fsys.yieldToParked(h.name)
@@ -106,6 +108,20 @@ func (h *handle) setlk(ctx context.Context, owner uint64, lk *fuse.FileLock, fla
 			fmt.Errorf("lock %q: lock type %d: %w", h.name, lk.Typ, lockengine.ErrInvalidMode))
 	}
 	slot := h.slotFor(owner, via, true)
+	// A call that may take a new lease counts against the caller's held
+	// limit (a conversion of a lease the slot holds does not), and one
+	// that waits against its waiting limit: past either it fails at once
+	// with ENOLCK (see limits.go).
+	var uid uint32
+	var reserved bool
+	if h.fsys.lim != nil && !h.fsys.lim.isCharged(slot) {
+		var err error
+		if uid, reserved, err = h.fsys.lim.reserveHeld(ctx); err != nil {
+			return Errno(err)
+		}
+	}
+	defer func() { h.fsys.lim.settle(slot, uid, reserved) }()
+	lctx := ctx
 	ctx = withOwner(ctx, via)
 	var err error
 	if via == lockengine.ViaPOSIX {
@@ -115,11 +131,16 @@ func (h *handle) setlk(ctx context.Context, owner uint64, lk *fuse.FileLock, fla
 		err = slot.Lock(ctx, mode, false)
 	}
 	if wait && errors.Is(err, lockengine.ErrWouldBlock) {
+		endWait, werr := h.fsys.lim.beginWait(lctx)
+		if werr != nil {
+			return Errno(werr)
+		}
 		// Parked like a waiting open, so that the RELEASE that frees
 		// the name lets this call run at once (see handle.Release).
 		unpark := h.fsys.park(h.name)
 		err = slot.Lock(ctx, mode, true)
 		unpark()
+		endWait()
 	}
 	if err != nil {
 		return h.fsys.fail(via.String(), h.name, mode, err)
@@ -212,6 +233,7 @@ func (f *filesystem) dropPosix(name string, owner uint64) {
 		if err := pl.slot.Close(); err != nil {
 			f.fail("posix unlock", name, 0, err)
 		}
+		f.lim.uncharge(pl.slot)
 	}
 }
 
@@ -238,6 +260,7 @@ func (f *filesystem) dropPosixVia(h *handle) {
 		if err := pl.slot.Close(); err != nil {
 			f.fail("posix unlock", h.name, 0, err)
 		}
+		f.lim.uncharge(pl.slot)
 	}
 }
 

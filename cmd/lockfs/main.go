@@ -78,6 +78,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitCode(runStatus(args[1:], stdout, stderr), stderr)
 	case "run":
 		return runRun(args[1:], stdout, stderr)
+	case supervisorCmd:
+		return runSupervisor(args[1:], stderr)
 	case "break":
 		return exitCode(runBreak(args[1:], stdout, stderr), stderr)
 	case "version", "--version", "-version":

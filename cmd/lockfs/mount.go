@@ -34,6 +34,7 @@ type mountConfig struct {
 	debugFUSE     bool
 	backend       backendFlags // --engine and --etcd-*, see backend.go
 	queue         queueFlags   // --lock-delay, --metrics-addr, see queueflags.go
+	limits        limitFlags   // --max-*-per-user, --limit-root, --name-sweep, see limits.go
 }
 
 func newMountFlags(cfg *mountConfig, logLevel *string) *flag.FlagSet {
@@ -50,6 +51,7 @@ func newMountFlags(cfg *mountConfig, logLevel *string) *flag.FlagSet {
 	fl.BoolVar(&cfg.debugFUSE, "debug-fuse", false, "print every FUSE request and reply (go-fuse debug) on stderr")
 	registerBackendFlags(fl, &cfg.backend)
 	registerQueueFlags(fl, &cfg.queue)
+	registerLimitFlags(fl, &cfg.limits)
 	return fl
 }
 
@@ -135,6 +137,9 @@ func parseMountArgs(args []string) (mountConfig, error) {
 		return cfg, usageErrorf("mount: --takeover-after must be 0 or at least 3x --heartbeat (%v), got %v",
 			3*cfg.heartbeat, cfg.takeoverAfter)
 	}
+	if err := cfg.limits.check(); err != nil {
+		return cfg, err
+	}
 	if cfg.readyFd != -1 {
 		if cfg.readyFd < 0 {
 			return cfg, usageErrorf("mount: --ready-fd %d is not a file descriptor", cfg.readyFd)
@@ -176,6 +181,10 @@ func runMount(args []string, stdout, stderr io.Writer) error {
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.logLevel}))
 	root := os.Geteuid() == 0
+	// Every held name of the dir backend costs a descriptor: take all
+	// the hard limit allows. The limits keep fdReserve of them for root
+	// (see limitFlags.options).
+	nofile := raiseNofile(logger)
 
 	mnt, err := filepath.Abs(cfg.mountpoint)
 	if err != nil {
@@ -231,6 +240,8 @@ func runMount(args []string, stdout, stderr io.Writer) error {
 		DirectMount: root,
 		DebugFUSE:   cfg.debugFUSE,
 		DebugLog:    log.New(stderr, "fuse: ", log.Lmicroseconds),
+		Limits:      cfg.limits.options(nofile),
+		NameSweep:   cfg.limits.nameSweepOption(),
 	})
 	if err != nil {
 		_ = eng.Close()
@@ -240,6 +251,9 @@ func runMount(args []string, stdout, stderr io.Writer) error {
 				"with /dev/fuse accessible; see its message above)", msg)
 		}
 		return errors.New(msg)
+	}
+	if err := registerFSMetrics(qs, srv); err != nil {
+		logger.Warn("filesystem metrics unavailable", "err", err)
 	}
 	where := slog.String("state_dir", cfg.stateDir)
 	if cfg.backend.kind == "etcd" {

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"syscall"
 	"time"
@@ -44,6 +45,8 @@ and releases the lock when COMMAND exits. NAME is a lock name under the mount
 lockfs mount. COMMAND gets LOCKFS_TOKEN (the fencing token) and LOCKFS_NAME
 in its environment; the lock descriptor is not passed on (close-on-exec).
 SIGINT, SIGTERM, SIGHUP and SIGQUIT are forwarded to COMMAND's process group.
+If lockfs run itself dies (even by SIGKILL), COMMAND's process group is
+killed with SIGKILL and the lock is released only once it is gone.
 If the lock is lost while COMMAND runs (broken by an administrator, heartbeat
 failure, takeover), COMMAND's process group gets SIGTERM, then SIGKILL after
 --kill-grace, and lockfs run exits 75.
@@ -209,7 +212,10 @@ func readToken(fd int) (string, error) {
 	return tok, nil
 }
 
-// runHolding runs the command while fd holds the lock.
+// runHolding runs the command while fd holds the lock, through a
+// supervisor process (see runsupervisor.go), and returns lockfs run's exit
+// code: the supervisor's, which is COMMAND's status or one of the run
+// codes.
 func runHolding(c runConfig, fd int, token string, stderr io.Writer) int {
 	path, err := exec.LookPath(c.argv[0])
 	if err != nil {
@@ -219,59 +225,38 @@ func runHolding(c runConfig, fd int, token string, stderr io.Writer) int {
 		}
 		return runExitNoExec
 	}
-	cmd := exec.Command(path, c.argv[1:]...)
-	cmd.Args[0] = c.argv[0]
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	cmd.Env = append(os.Environ(), "LOCKFS_TOKEN="+token, "LOCKFS_NAME="+c.name)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	restoreTTY := foreground(cmd)
-
 	sigs := make(chan os.Signal, 8)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
 	defer signal.Stop(sigs)
-
-	if err := cmd.Start(); err != nil {
-		restoreTTY()
+	sup, err := startSupervisor(c, path, fd, token)
+	if err != nil {
 		fmt.Fprintf(stderr, "lockfs run: %v\n", err)
-		switch {
-		case errors.Is(err, os.ErrPermission), errors.Is(err, syscall.ENOEXEC):
-			return runExitNoExec
-		case errors.Is(err, os.ErrNotExist):
-			return runExitNotFound
-		}
 		return runExitOSErr
 	}
-	pgid := cmd.Process.Pid
+	defer runtime.KeepAlive(sup.life)
 	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-
-	lost := make(chan error, 1)
-	stopWatch := make(chan struct{})
-	go watchLoss(fd, lost, stopWatch)
-	defer close(stopWatch)
-
-	var lostErr error
-	var kill <-chan time.Time
+	go func() { done <- sup.cmd.Wait() }()
 	for {
 		select {
 		case sig := <-sigs:
-			_ = unix.Kill(-pgid, sig.(syscall.Signal))
-		case err := <-lost:
-			lostErr = err
-			fmt.Fprintf(stderr, "lockfs run: lock %s lost (%v): sending SIGTERM to COMMAND, SIGKILL in %v\n",
-				c.name, err, c.killGrace)
-			_ = unix.Kill(-pgid, unix.SIGTERM)
-			kill = time.After(c.killGrace)
-		case <-kill:
-			_ = unix.Kill(-pgid, unix.SIGKILL)
+			// The supervisor forwards it to COMMAND's group.
+			_ = sup.cmd.Process.Signal(sig)
 		case err := <-done:
-			restoreTTY()
-			if lostErr != nil {
-				// Stragglers of the group must not keep acting either.
-				_ = unix.Kill(-pgid, unix.SIGKILL)
-				return runExitLost
+			var ee *exec.ExitError
+			if err == nil || (errors.As(err, &ee) && !ee.Sys().(syscall.WaitStatus).Signaled()) {
+				return sup.cmd.ProcessState.ExitCode()
 			}
-			return commandStatus(err, stderr)
+			// The supervisor was killed: it can no longer guard
+			// COMMAND's group, so this process does, before it
+			// closes its copy of the lock descriptor (on return).
+			sup.restoreTTY()
+			pgid := sup.pgid()
+			if pgid > 0 {
+				_ = unix.Kill(-pgid, unix.SIGKILL)
+				reapGroup(pgid)
+			}
+			fmt.Fprintf(stderr, "lockfs run: the supervisor of COMMAND died (%v); COMMAND's process group was killed\n", err)
+			return runExitOSErr
 		}
 	}
 }
@@ -312,13 +297,23 @@ func commandStatus(err error, stderr io.Writer) int {
 	return runExitOSErr
 }
 
-// foreground makes cmd's process group the terminal's foreground group when
-// stdin is the controlling terminal and lockfs run is in the foreground, so
-// an interactive COMMAND can read the terminal and gets ^C directly. The
-// returned function gives the terminal back to lockfs run's group.
-func foreground(cmd *exec.Cmd) (restore func()) {
+// foregroundPgrp returns lockfs run's process group when stdin is the
+// controlling terminal and that group is its foreground group (lockfs run
+// runs in the foreground), else -1.
+func foregroundPgrp() int {
 	fg, err := unix.IoctlGetInt(0, unix.TIOCGPGRP)
 	if err != nil || fg != unix.Getpgrp() {
+		return -1
+	}
+	return fg
+}
+
+// foreground makes cmd's process group the terminal's foreground group when
+// pgrp (lockfs run's group, see foregroundPgrp) is not -1, so an interactive
+// COMMAND can read the terminal and gets ^C directly. The returned function
+// gives the terminal back to pgrp.
+func foreground(cmd *exec.Cmd, pgrp int) (restore func()) {
+	if pgrp < 0 {
 		return func() {}
 	}
 	cmd.SysProcAttr.Foreground = true
@@ -326,6 +321,6 @@ func foreground(cmd *exec.Cmd) (restore func()) {
 	return func() {
 		signal.Ignore(syscall.SIGTTOU)
 		defer signal.Reset(syscall.SIGTTOU)
-		_ = unix.IoctlSetPointerInt(0, unix.TIOCSPGRP, unix.Getpgrp())
+		_ = unix.IoctlSetPointerInt(0, unix.TIOCSPGRP, pgrp)
 	}
 }

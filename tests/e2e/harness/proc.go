@@ -50,6 +50,8 @@ type ProcOptions struct {
 	Args []string // arguments, without the program
 	Env  []string // added to the test process's environment
 	Dir  string
+	// Credential, when set, runs the process as that user.
+	Credential *syscall.Credential
 }
 
 // Start starts a process and registers a cleanup that kills its whole
@@ -66,7 +68,7 @@ func Start(t testing.TB, o ProcOptions) *Proc {
 	p.Cmd = exec.Command(o.Path, o.Args...)
 	p.Cmd.Env = append(os.Environ(), o.Env...)
 	p.Cmd.Dir = o.Dir
-	p.Cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	p.Cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, Credential: o.Credential}
 
 	// Real pipes (*os.File) rather than io.Writers: exec's copying goroutines
 	// would make Wait hang while a backgrounded grandchild keeps the pipe open.

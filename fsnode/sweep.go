@@ -1,0 +1,89 @@
+package fsnode
+
+import (
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+)
+
+// Giving back the memory of idle names.
+//
+// Every name looked up gets a go-fuse node and a kernel inode, and the
+// entry timeout is long (cacheTimeout) so that an open of a known name
+// costs OPEN and RELEASE only. The kernel keeps such a dentry, and with it
+// the inode, until memory pressure prunes it: 20,000 distinct names kept
+// ~27 MB of the daemon's memory for good, and every name counted against
+// its uids' names limit for good.
+//
+// Two ways out were weighed:
+//
+//   - A zero entry timeout makes the kernel drop the dentry at its last
+//     dput (fuse_dentry_delete: an expired entry is not cached), so the
+//     inode is forgotten at close. But every open then costs a LOOKUP
+//     round trip as well, on the hot path of every lock.
+//   - A periodic sweep (this file) that asks the kernel to invalidate the
+//     entries of names that nobody has open and that were not looked up or
+//     opened since the previous sweep (FUSE_NOTIFY_INVAL_ENTRY, which
+//     unhashes the dentry; unused, it is freed at once and the kernel sends
+//     FORGET). It costs one pass over the children every interval, and one
+//     extra LOOKUP for a name reused after a pause of one to two intervals;
+//     names in use keep their cached entries.
+//
+// The sweep is the cheaper one and is what Mount runs. Names that are held
+// or waited on always have an open handle (the holder's or the waiter's
+// open, or the descriptor a lock call came through), so they are never
+// invalidated; an invalidation that races with a new lookup only costs
+// that lookup a second LOOKUP later.
+
+// DefaultNameSweep is the interval of the sweep when Options.NameSweep is
+// zero.
+const DefaultNameSweep = 30 * time.Second
+
+// sweeper runs the sweep of one mount.
+type sweeper struct {
+	root *lockDir
+	stop chan struct{}
+}
+
+// run sweeps every interval until stop is closed.
+func (s *sweeper) run(interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+		}
+		s.sweep()
+	}
+}
+
+// sweep invalidates the entries of the idle lock files under every lock
+// directory (the root, its reserved directories and .timeout/SECS).
+func (s *sweeper) sweep() int {
+	n := 0
+	dirs := []*fs.Inode{s.root.EmbeddedInode()}
+	for _, ch := range s.root.reserved {
+		if _, ok := ch.Operations().(*timeoutDir); ok {
+			for _, td := range ch.Children() {
+				dirs = append(dirs, td)
+			}
+			continue
+		}
+		dirs = append(dirs, ch)
+	}
+	for _, dir := range dirs {
+		for name, ch := range dir.Children() {
+			node, ok := ch.Operations().(*lockNode)
+			if !ok || node.open.Load() > 0 || node.used.Swap(false) {
+				continue
+			}
+			// Errors (ENOENT: the kernel had forgotten it already)
+			// change nothing.
+			_ = dir.NotifyEntry(name)
+			n++
+		}
+	}
+	return n
+}
