@@ -33,7 +33,8 @@
 // (attributes of lock files are not cached by the kernel), and the extended
 // attributes user.lockfs.* (see [XattrToken] and the others) describe the
 // holders, waiters and state. unlink(2) of a lock file breaks the lock
-// (lockengine.Engine.Break): root or a holder's uid only (else EPERM), ENOENT
+// (lockengine.Engine.Break): root, or a uid that owns every current lease
+// of the name (else EPERM), ENOENT
 // when nobody holds it here.
 package fsnode
 

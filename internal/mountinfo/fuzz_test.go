@@ -107,10 +107,7 @@ func FuzzParseLine(f *testing.F) {
 				opt = append(opt, o)
 			}
 		}
-		var sup []string
-		for _, o := range strings.Fields(super) {
-			sup = append(sup, o)
-		}
+		sup := strings.Fields(super)
 		for _, p := range []*string{&root, &point, &fstype, &source} {
 			if *p == "" {
 				*p = "none"
