@@ -129,6 +129,10 @@ func FuzzParseRunArgs(f *testing.F) {
 			if err != nil || d != c.wait {
 				t.Fatalf("%q: -w %v became %q, which the filesystem reads as %v, %v", args, c.wait, comps[1], d, err)
 			}
+		case c.shared:
+			if len(comps) != 2 || comps[0] != fsnode.SharedDir {
+				t.Fatalf("%q: blocking shared path %q", args, p)
+			}
 		default:
 			if len(comps) != 1 {
 				t.Fatalf("%q: blocking path %q", args, p)
