@@ -319,7 +319,9 @@ func (m *model) lossCause(l *mLease, broken bool) int64 {
 		calls = m.inject[l.grant.name]
 	}
 	for _, c := range calls {
-		if (!broken || c.ok) && c.call.seq < seen && c.done.seq > l.reqStart {
+		// An injected loss reaches the leases granted until it settled:
+		// they may have joined a hold that the store no longer backs.
+		if (!broken || c.ok) && c.call.seq < seen && (c.done.seq > l.reqStart || (!broken && c.settle > l.reqStart)) {
 			return c.call.seq
 		}
 	}
