@@ -16,9 +16,17 @@ import (
 )
 
 // engines returns two engines on one backing directory: two daemons
-// sharing a state dir.
+// sharing a state dir. Losses are injected (enginetest.RegisterLose) by
+// removing a lock file, which the holder's heartbeat notices within an
+// interval.
 func engines(t *testing.T) (a, b lockengine.Engine) {
 	dir := t.TempDir()
+	enginetest.RegisterLose(t, func(name string) {
+		err := os.Remove(filepath.Join(dir, "locks", name))
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("lose %q: %v", name, err)
+		}
+	})
 	open := func() lockengine.Engine {
 		be, err := dirlock.Open(dir, dirlock.Options{Heartbeat: 100 * time.Millisecond})
 		require.NoError(t, err)
