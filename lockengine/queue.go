@@ -133,7 +133,7 @@ func (q *Queue) acquire(ctx context.Context, name string, mode Mode, try bool) (
 				if l == nil && err == nil {
 					err = fmt.Errorf("lock %q: %w", name, ErrWouldBlock)
 				}
-				return l, err
+				return unlessEnded(ctx, name, l, err)
 			}
 			// Held elsewhere: wait at the head of the queue, ahead of
 			// anyone who queued during the attempt.
@@ -144,7 +144,7 @@ func (q *Queue) acquire(ctx context.Context, name string, mode Mode, try bool) (
 			if joined {
 				q.dispatch(e) // requests that queued during a Bump
 				e.mu.Unlock()
-				return l, err
+				return unlessEnded(ctx, name, l, err)
 			}
 			// The group changed during the Bump: queue.
 		}
@@ -162,7 +162,11 @@ func (q *Queue) acquire(ctx context.Context, name string, mode Mode, try bool) (
 
 	select {
 	case <-w.ready:
-		return w.lease, w.err
+		if w.lease == nil || ctx.Err() == nil {
+			return w.lease, w.err
+		}
+		// Both were ready: the caller's end wins, and the grant is
+		// undone below.
 	case <-ctx.Done():
 	}
 	e.mu.Lock()
@@ -179,6 +183,18 @@ func (q *Queue) acquire(ctx context.Context, name string, mode Mode, try bool) (
 		e.mu.Unlock()
 	}
 	return nil, fmt.Errorf("lock %q: %w", name, ctx.Err())
+}
+
+// unlessEnded returns what acquire grants, unless the caller's ctx ended
+// while the grant was being made (a backend call, a Bump): then the grant
+// is undone and the caller gets the context's error, as for a request that
+// was cancelled while it waited. Called without e.mu.
+func unlessEnded(ctx context.Context, name string, l *Lease, err error) (*Lease, error) {
+	if l != nil && ctx.Err() != nil {
+		_ = l.Release()
+		return nil, fmt.Errorf("lock %q: %w", name, ctx.Err())
+	}
+	return l, err
 }
 
 // tryInline makes one non-blocking backend attempt for an uncontended
@@ -298,6 +314,8 @@ func (q *Queue) joinNow(e *entry, mode Mode, owner Owner, start time.Time) (l *L
 		switch {
 		case e.closed:
 			return nil, ErrClosed, true
+		case err != nil && q.lostOnBump(e, g, err):
+			return nil, nil, false // wait for a new grant
 		case err != nil:
 			return nil, fmt.Errorf("lock %q: %w", e.name, err), true
 		case e.group != g || !e.admits(g, mode):
@@ -309,6 +327,20 @@ func (q *Queue) joinNow(e *entry, mode Mode, owner Owner, start time.Time) (l *L
 	l = q.grant(e, g, mode, owner, now)
 	q.obs.Granted(e.name, mode, now.Sub(start))
 	return l, nil, true
+}
+
+// lostOnBump handles a Bump that failed because the hold is gone: the
+// backend can no longer prove it (its loss report may not have reached the
+// Queue yet, since losses wait for the bump). The group is lost now, and
+// the request that needed the bump waits for a new grant instead of
+// failing. It reports whether it did so. Called with e.mu held; releases
+// it while the hold is given back.
+func (q *Queue) lostOnBump(e *entry, g *group, err error) bool {
+	if e.closed || e.group != g || g.hold.Valid() {
+		return false
+	}
+	q.loseGroup(e, g, fmt.Errorf("%w: bump: %w", ErrLost, err))
+	return true
 }
 
 // bump asks the backend for a new token for hold. It is a backend call
@@ -352,6 +384,12 @@ func (q *Queue) bumpFor(e *entry, g *group) {
 	e.busy = notBusy
 	e.bumped.Broadcast()
 	if e.closed {
+		return
+	}
+	if err != nil && q.lostOnBump(e, g, err) {
+		if !e.closed {
+			q.dispatch(e) // the head waiter waits for a new grant
+		}
 		return
 	}
 	if e.group == g && len(e.waiters) > 0 {

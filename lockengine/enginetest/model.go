@@ -31,13 +31,9 @@ func init() {
 // ModelRandomHistory.
 const SeedEnv = "LOCKFS_MODEL_SEED"
 
-// StrictEnv, when set, makes ModelRandomHistory fail on known engine bugs
-// too (see the known field of violation); HistoryEnv names a file to write
-// the whole history of the run to.
-const (
-	StrictEnv  = "LOCKFS_MODEL_STRICT"
-	HistoryEnv = "LOCKFS_MODEL_HISTORY"
-)
+// HistoryEnv names a file to write the whole history of a
+// ModelRandomHistory run to.
+const HistoryEnv = "LOCKFS_MODEL_HISTORY"
 
 // loseFuncs holds the loss injectors registered by factories, by test.
 var loseFuncs sync.Map // *testing.T -> func(name string)
@@ -283,13 +279,8 @@ func testModelRandomHistory(t *testing.T, f Factory) {
 		}
 		require.NoError(t, os.WriteFile(path, []byte(b.String()), 0o644))
 	}
-	strict := os.Getenv(StrictEnv) != ""
 	failed := 0
 	for _, v := range checkHistory(events, orders.pairs(), m.h.byLease) {
-		if v.known != "" && !strict {
-			t.Logf("known issue (%s; %s=1 fails on it): %s", v.known, StrictEnv, v.msg)
-			continue
-		}
 		if failed++; failed > 5 {
 			t.Errorf("... and more violations")
 			break
@@ -554,10 +545,15 @@ func (m *modelRun) worker(g int, r *rand.Rand) {
 		case p < 49:
 			m.h.add(event{kind: evBreakCall, g: g, eng: eng, name: name, op: "Break(root)"})
 			err := m.engs[eng].Break(context.Background(), name, lockengine.Owner{UID: 0})
-			if errors.Is(err, lockengine.ErrNotHeld) {
+			switch {
+			case errors.Is(err, lockengine.ErrNotHeld):
 				err = nil
 				m.h.add(event{kind: evBreakDone, g: g, eng: eng, name: name, op: "not held"})
-			} else {
+			case errors.Is(err, lockengine.ErrLockDelay):
+				// Already broken: a second break changes nothing.
+				err = nil
+				m.h.add(event{kind: evBreakDone, g: g, eng: eng, name: name, op: "in lock-delay"})
+			default:
 				m.h.add(event{kind: evBreakDone, g: g, eng: eng, name: name, op: "broken", err: err})
 			}
 		case p < 54:

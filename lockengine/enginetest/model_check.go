@@ -28,17 +28,7 @@ type violation struct {
 	name     string
 	from, to int64
 	msg      string
-	// known names an engine bug already reported and not fixed yet: the
-	// case logs it instead of failing unless LOCKFS_MODEL_STRICT is set.
-	known string
 }
-
-// Known engine bugs the model finds (see knownIssues).
-const (
-	knownBreakSemaphore = "Break keeps waiters out for the lock-delay only while the limit is 1"
-	knownInlineCtx      = "the uncontended Acquire does not check ctx after the backend's TryLock"
-	knownBumpAfterLoss  = "a semaphore join fails with Bump's ErrNotHeld when the hold was lost but not yet reported"
-)
 
 type mReq struct {
 	start event
@@ -268,9 +258,6 @@ func (m *model) checkCalls() {
 		switch r.end.kind {
 		case evFailed:
 			m.fail(r.start.name, r.start.seq, r.end.seq, "request %d failed: %v", r.start.req, r.end.err)
-			if errors.Is(r.end.err, lockengine.ErrNotHeld) && m.injectedBetween(r.start.name, -1, r.end.seq) {
-				m.vs[len(m.vs)-1].known = knownBumpAfterLoss
-			}
 		case evCtxErr:
 			if waitsForever(r.start.op) {
 				m.fail(r.start.name, r.start.seq, r.end.seq,
@@ -285,7 +272,6 @@ func (m *model) checkCalls() {
 				m.fail(r.start.name, r.start.seq, r.end.seq,
 					"request %d was granted lease %d %v after its context ended (#%d), and the grant was not undone",
 					r.start.req, l.id, l.grant.granted.Sub(ce.at), ce.seq)
-				m.vs[len(m.vs)-1].known = knownInlineCtx
 			}
 		}
 	}
@@ -549,9 +535,6 @@ func (m *model) checkLockDelay() {
 					m.fail(k.name, c.call.seq, l.grant.seq,
 						"lease %d granted in engine %c %v after the Break began, within the lock-delay %v (limit up to %d)",
 						l.id, 'a'+k.eng, g.Sub(c.call.at).Round(time.Microsecond), LockDelay, n)
-					if n > 1 {
-						m.vs[len(m.vs)-1].known = knownBreakSemaphore
-					}
 				}
 			}
 		}
