@@ -149,7 +149,8 @@ func (f *fixture) open(t *testing.T, name string, p policy, flags uint32) *handl
 
 // openEmpty opens name through a node with policy p with an open that must
 // take nothing, and returns the (empty) handle. Such a handle keeps FLUSH
-// (no FOPEN_NOFLUSH): POSIX locks taken through it are released on close.
+// (no FOPEN_NOFLUSH) when it can write, so POSIX locks taken through it
+// are released on close; a read-only one skips it (see callFlags).
 func (f *fixture) openEmpty(t *testing.T, name string, p policy, flags uint32) *handle {
 	t.Helper()
 	return f.openEmptyCtx(t, context.Background(), name, p, flags)
@@ -160,7 +161,11 @@ func (f *fixture) openEmptyCtx(t *testing.T, ctx context.Context, name string, p
 	fh, fuseFlags, errno := f.node(name, p).Open(ctx, flags)
 	require.Equal(t, syscall.Errno(0), errno)
 	require.NotNil(t, fh)
-	assert.Equal(t, uint32(fuse.FOPEN_DIRECT_IO), fuseFlags)
+	want := uint32(fuse.FOPEN_DIRECT_IO)
+	if flags&syscall.O_ACCMODE == syscall.O_RDONLY {
+		want |= fuse.FOPEN_NOFLUSH
+	}
+	assert.Equal(t, want, fuseFlags, "open flags %#o", flags)
 	h := fh.(*handle)
 	require.Nil(t, h.lease(), "the open took nothing")
 	return h
