@@ -273,24 +273,11 @@ func (b *fsBench) uncontended(c fsConfig, lfs, floor, floorLock, floor1 *daemon)
 		"t:" + filepath.Join(lfs.mnt, "x"),
 		"t:" + filepath.Join(floor.mnt, "x"),
 	}
-	// Warm up: lookups, page cache, the daemons' threads.
-	if _, err := b.multiNs(min(2000, c.n), 500, specs...); err != nil {
+	ns, err := b.rounds(c, specs...)
+	if err != nil {
 		return err
 	}
-	ns := make([][]float64, len(specs))
-	var vsFloor, vsLock, vsLocal []float64
-	for range c.rounds {
-		r, err := b.multiNs(c.n, c.chunk, specs...)
-		if err != nil {
-			return err
-		}
-		for i := range r {
-			ns[i] = append(ns[i], r[i])
-		}
-		vsFloor = append(vsFloor, r[0]/r[1])
-		vsLock = append(vsLock, r[0]/r[2])
-		vsLocal = append(vsLocal, r[0]/r[3])
-	}
+	vsFloor, vsLock, vsLocal := perRound(ns, 0, 1), perRound(ns, 0, 2), perRound(ns, 0, 3)
 	us := func(ns []float64) string {
 		var parts []string
 		for _, v := range ns {
@@ -319,6 +306,35 @@ func (b *fsBench) uncontended(c fsConfig, lfs, floor, floorLock, floor1 *daemon)
 	fmt.Printf("   lockfs/floor %.2fx (rounds: %s)\n", ratio, ratios(vsFloor))
 	fmt.Printf("   lockfs/(floor + in-memory lock) %.2fx; lockfs/local flock %.1fx\n", median(vsLock), median(vsLocal))
 	return nil
+}
+
+// rounds warms up (lookups, page cache, the daemons' threads), then runs
+// c.rounds rounds of c.n operations of each spec in alternating chunks of
+// c.chunk (see multiNs), and returns each spec's ns/op, one per round.
+func (b *fsBench) rounds(c fsConfig, specs ...string) ([][]float64, error) {
+	if _, err := b.multiNs(min(2000, c.n), 500, specs...); err != nil {
+		return nil, err
+	}
+	ns := make([][]float64, len(specs))
+	for range c.rounds {
+		r, err := b.multiNs(c.n, c.chunk, specs...)
+		if err != nil {
+			return nil, err
+		}
+		for i := range r {
+			ns[i] = append(ns[i], r[i])
+		}
+	}
+	return ns, nil
+}
+
+// perRound returns, per round, the ratio of spec i's time to spec j's.
+func perRound(ns [][]float64, i, j int) []float64 {
+	out := make([]float64, len(ns[i]))
+	for k := range out {
+		out[k] = ns[i][k] / ns[j][k]
+	}
+	return out
 }
 
 const (

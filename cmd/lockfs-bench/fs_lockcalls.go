@@ -101,21 +101,11 @@ func (b *fsBench) callsLoops(c fsConfig, lfs *daemon, local string) error {
 		"t:" + filepath.Join(lfs.mnt, "y"),
 		"l:" + filepath.Join(local, "x"),
 	}
-	if _, err := b.multiNs(min(2000, c.n), 500, specs...); err != nil { // warm-up
+	ns, err := b.rounds(c, specs...)
+	if err != nil {
 		return err
 	}
-	ns := make([][]float64, len(specs))
-	var ratios []float64
-	for range c.rounds {
-		r, err := b.multiNs(c.n, c.chunk, specs...)
-		if err != nil {
-			return err
-		}
-		for i := range r {
-			ns[i] = append(ns[i], r[i])
-		}
-		ratios = append(ratios, r[0]/r[1])
-	}
+	ratios := perRound(ns, 0, 1)
 	fmt.Printf("   b. C loops on one mount, %d per case per round in alternating chunks of %d, %d rounds (median, range):\n",
 		c.n, c.chunk, c.rounds)
 	fmt.Printf("      lockfs open(O_RDONLY)+flock(EX)+flock(UN)+close on M/x   %6.1f us/op  (%s)\n", median(ns[0])/1e3, spread(ns[0], 1e3, "%.1f"))
