@@ -114,7 +114,11 @@ func hostUptime(t *testing.T) float64 {
 // acquires.
 func TestEtcdEngine(t *testing.T) {
 	image := setup(t)
-	const ttl = 2 * time.Second
+	// The TTL bounds how long the disconnect phase waits, and must also
+	// outlast a stall of the whole machine: with a 2 s TTL, a loaded
+	// 2-core run once let both daemons' sessions expire at the same
+	// moment (etcd itself did not answer), which freed the held name.
+	const ttl = 6 * time.Second
 	net := newNetwork(t, "net")
 	etcd := startOnNetwork(t, image, net, "etcd", nil,
 		"etcdserver", "-listen-client", "http://0.0.0.0:2379", "-advertise-client", "http://etcd:2379",
@@ -130,7 +134,7 @@ func TestEtcdEngine(t *testing.T) {
 		return fmt.Errorf("not ready: %s%s", r.stdout, r.stderr)
 	})
 	mount := []string{"lockfs", "mount", "--engine", "etcd", "--etcd-endpoints", "http://etcd:2379",
-		"--etcd-ttl", ttl.String(), "--etcd-op-timeout", "2s", "/mnt/locks"}
+		"--etcd-ttl", ttl.String(), "--etcd-op-timeout", "5s", "/mnt/locks"}
 	a := startOnNetwork(t, image, net, "a", daemonFlags, mount...)
 	b := startOnNetwork(t, image, net, "b", daemonFlags, mount...)
 	a.waitMounted("/mnt/locks")
