@@ -53,6 +53,8 @@ type soakConfig struct {
 	etcd       bool
 	lockfs     string
 	spareFirst bool
+
+	finalWaiters int
 }
 
 // soakRun is the state of one soak run.
@@ -119,6 +121,7 @@ func runSoak(args []string) error {
 	fl.DurationVar(&c.lockDelay, "lock-delay", 500*time.Millisecond, "the daemons' --lock-delay (longer than the longest SIGSTOP, 200ms)")
 	fl.BoolVar(&c.etcd, "etcd", false, "use the etcd backend (not implemented)")
 	fl.StringVar(&c.lockfs, "lockfs", "", "lockfs binary (default: go build ./cmd/lockfs of the module around the working dir, else lockfs next to this binary)")
+	fl.IntVar(&c.finalWaiters, "final-waiters", 5, "clients started at the end that wait on a name the soak holds, so that the shutdown must unblock them")
 	fl.BoolVar(&c.spareFirst, "spare-first", true, "never SIGKILL daemon 0, so that its RSS and descriptors are sampled over the whole run")
 	_ = fl.Parse(args)
 	if c.etcd {
@@ -208,9 +211,15 @@ func runSoak(args []string) error {
 
 	// The end: clients stop starting attempts at the deadline; those
 	// still waiting after a grace are unblocked by stopping the daemons.
+	// The first grace is short so that waits still queued are ended by
+	// the shutdown (with an errno) rather than by grants; the second
+	// bounds the shutdown.
 	endMono := monoNow()
-	grace := 10 * time.Second
-	r.waitClients(grace)
+	// Make sure some waits are still blocked at the shutdown: hold n00
+	// through daemon 0 and start -final-waiters clients that each make
+	// one blocking open of it.
+	holdFD := r.finalWaiters(mounts)
+	r.waitClients(2 * time.Second)
 	blockedAtEnd := r.liveClients()
 	r.checkDState("after the duration")
 	close(stopSampling)
@@ -224,6 +233,10 @@ func runSoak(args []string) error {
 	var wg sync.WaitGroup
 	for _, d := range ds {
 		wg.Go(d.stop)
+	}
+	grace := 10 * time.Second
+	if holdFD >= 0 {
+		_ = unix.Close(holdFD)
 	}
 	r.waitClients(grace)
 	stuck := r.liveClients()
@@ -273,15 +286,56 @@ func (r *soakRun) startDaemon(s *soakSlot) error {
 	return nil
 }
 
-func (r *soakRun) startClient(mounts []string, until int64) error {
+// finalWaiters takes n00 exclusively through daemon 0 (waiting up to 5 s)
+// and starts the final waiters, clients that make one blocking open of
+// n00 each. It returns the held descriptor, or -1.
+func (r *soakRun) finalWaiters(mounts []string) int {
+	if r.c.finalWaiters <= 0 {
+		return -1
+	}
+	type res struct {
+		fd  int
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		fd, err := unix.Open(filepath.Join(mounts[0], "n00"), unix.O_RDWR|unix.O_CLOEXEC, 0)
+		ch <- res{fd, err}
+	}()
+	select {
+	case rs := <-ch:
+		if rs.err != nil {
+			fmt.Fprintf(os.Stderr, "lockfs-bench soak: final hold of n00: %v; no final waiters\n", rs.err)
+			return -1
+		}
+		for range r.c.finalWaiters {
+			if err := r.startClient(mounts, 0, "-once"); err != nil {
+				fmt.Fprintf(os.Stderr, "lockfs-bench soak: final waiter: %v\n", err)
+			}
+		}
+		return rs.fd
+	case <-time.After(5 * time.Second):
+		// Still queued: the shutdown unblocks this open too.
+		fmt.Fprintln(os.Stderr, "lockfs-bench soak: final hold of n00 not granted in 5s; no final waiters")
+		go func() {
+			if rs := <-ch; rs.err == nil {
+				_ = unix.Close(rs.fd)
+			}
+		}()
+		return -1
+	}
+}
+
+func (r *soakRun) startClient(mounts []string, until int64, extra ...string) error {
 	r.mu.Lock()
 	r.seq++
 	log := filepath.Join(r.logs, fmt.Sprintf("c%05d.log", r.seq))
 	seed := r.rng.Uint64()
 	r.allLogs = append(r.allLogs, log)
 	r.mu.Unlock()
-	cmd := exec.Command(r.b.self, "soak-client", "-log", log, "-mounts", strings.Join(mounts, ","),
-		"-names", strconv.Itoa(r.c.names), "-seed", strconv.FormatUint(seed, 10), "-until", strconv.FormatInt(until, 10))
+	args := append([]string{"soak-client", "-log", log, "-mounts", strings.Join(mounts, ","),
+		"-names", strconv.Itoa(r.c.names), "-seed", strconv.FormatUint(seed, 10), "-until", strconv.FormatInt(until, 10)}, extra...)
+	cmd := exec.Command(r.b.self, args...)
 	cmd.Env = append(os.Environ(), "GOMAXPROCS=1", "GOGC=400")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -80,6 +80,7 @@ type soakReport struct {
 	overlapsOK   int // overlaps after a fault, fenced by a greater token
 	blockedAtEnd int
 	stuck        int
+	finalFails   map[string]int // errnos of the final waiters
 	// attempts (BEGIN) with no outcome: of clients the chaos SIGKILLed,
 	// and of the others (a violation)
 	unfinishedKilled, unfinished int
@@ -89,7 +90,7 @@ type soakReport struct {
 func (rep *soakReport) addViolation(s string) { rep.violations = append(rep.violations, s) }
 
 func checkSoak(logs []string, logPid map[string]int, events []soakEvent, startMono, endMono int64) *soakReport {
-	rep := &soakReport{grants: map[string]int{}, lost: map[string]int{}, errnos: map[string]int{}}
+	rep := &soakReport{grants: map[string]int{}, lost: map[string]int{}, errnos: map[string]int{}, finalFails: map[string]int{}}
 	killedAt := map[int]int64{}
 	daemonKills := map[int][]int64{}
 	for _, e := range events {
@@ -168,6 +169,9 @@ func checkSoak(logs []string, logPid map[string]int, events []soakEvent, startMo
 				cur = nil
 			case "FAIL":
 				open = false
+				if len(w) >= 3 && w[1] == "final" {
+					rep.finalFails[w[2]]++
+				}
 				if len(w) >= 3 {
 					rep.errnos[w[2]]++
 				}
@@ -268,8 +272,10 @@ func (r *soakRun) print(rep *soakReport, elapsed time.Duration, lockFiles int, l
 	fmt.Printf("faults injected: %d (%s)\n", nf, fmtCounts(r.faults))
 	fmt.Printf("failed attempts by errno: %s\n", fmtCounts(rep.errnos))
 	fmt.Printf("overlaps after a fault fenced by a greater token: %d\n", rep.overlapsOK)
-	fmt.Printf("clients still running 10s after the duration: %d (to be unblocked by stopping the daemons); still running 10s after that (stuck): %d\n",
+	fmt.Printf("clients still running 2s after the duration: %d (then unblocked by stopping the daemons); still running 10s after that (stuck): %d\n",
 		rep.blockedAtEnd, rep.stuck)
+	fmt.Printf("final waiters (blocked on n00, held by the soak, at the shutdown): %d grants, ended by errno: %s\n",
+		rep.grants["final"], fmtCounts(rep.finalFails))
 	fmt.Printf("attempts without an outcome: %d of clients SIGKILLed by the chaos loop, %d of others (violations)\n",
 		rep.unfinishedKilled, rep.unfinished)
 	if len(rep.waits) > 0 {

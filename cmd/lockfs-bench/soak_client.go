@@ -77,6 +77,7 @@ func runSoakClient(args []string) error {
 	names := fl.Int("names", 16, "names")
 	seed := fl.Uint64("seed", 1, "seed")
 	until := fl.Int64("until", 0, "CLOCK_MONOTONIC deadline (ns)")
+	once := fl.Bool("once", false, "make one blocking exclusive open of the first name through the first mount and hold it until it fails")
 	_ = fl.Parse(args)
 	fd, err := unix.Open(*logPath, unix.O_WRONLY|unix.O_CREAT|unix.O_APPEND|unix.O_CLOEXEC, 0o644)
 	if err != nil {
@@ -84,6 +85,10 @@ func runSoakClient(args []string) error {
 	}
 	c := &soakClient{log: fd, mounts: strings.Split(*mounts, ","), names: *names,
 		rng: rand.New(rand.NewPCG(*seed, uint64(os.Getpid()))), pid: os.Getpid()}
+	if *once {
+		c.finalWait()
+		return nil
+	}
 	for monoNow() < *until {
 		c.once()
 	}
@@ -178,6 +183,38 @@ func (c *soakClient) once() {
 		}
 	}
 	_ = unix.Close(fd)
+}
+
+// finalWait is a final waiter: one blocking open of n00 through the first
+// mount, which the soak holds until it stops the daemons. A grant is held
+// until a read fails (the daemon stopped), so the client always ends with
+// a FAIL or a LOST line.
+func (c *soakClient) finalWait() {
+	c.logf("BEGIN n00 open %d 0", monoNow())
+	fd, err := unix.Open(filepath.Join(c.mounts[0], "n00"), unix.O_RDWR|unix.O_CLOEXEC, 0)
+	tGrant := monoNow()
+	if err != nil {
+		c.fail("final", 0, err)
+		return
+	}
+	buf := make([]byte, 512)
+	n, err := unix.Pread(fd, buf, 0)
+	if err != nil {
+		c.fail("final", 0, err)
+		return
+	}
+	line, _, _ := strings.Cut(string(buf[:n]), "\n")
+	token, _ := strconv.ParseUint(line, 10, 64)
+	c.logf("ENTER n00 ex %d %d %d final 0", token, tGrant, c.pid)
+	for {
+		time.Sleep(10 * time.Millisecond)
+		if _, err := unix.Pread(fd, buf, 0); err != nil {
+			c.logf("LOST n00 ex %d %d %s", token, monoNow(), errnoName(err))
+			c.logf("EXIT n00 ex %d %d", token, monoNow())
+			_ = unix.Close(fd)
+			return
+		}
+	}
 }
 
 // fail logs a failed attempt; ENOENT while the mountpoint holds no FUSE
