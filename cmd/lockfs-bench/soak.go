@@ -17,6 +17,14 @@ package main
 // fencing tokens, stuck waits, D-state processes, daemon RSS and descriptor
 // growth and leaked state files. Exit status 1 on any violation.
 //
+// Notes: daemon 0 is never SIGKILLed (-spare-first) so that one daemon's
+// RSS and descriptors are sampled over the whole run. A tmpfs remount,ro
+// is refused (EBUSY) while a daemon has a state file open for writing;
+// the read-only fault then falls back to a read-only bind mount over the
+// state dir. At the end the soak holds n00 and starts -final-waiters
+// clients blocked on it, so that stopping the daemons must unblock them
+// with an errno.
+//
 // -etcd is accepted for the command line of the brief but only the dir
 // backend is implemented: -etcd=true is refused.
 
