@@ -4,6 +4,7 @@
 //
 //	lockfs-bench fs [flags]       through a mounted filesystem (root)
 //	lockfs-bench etcd [flags]     the etcd backend against etcd's own mutex (root)
+//	lockfs-bench soak [flags]     a chaos soak with an independent checker (root)
 //
 // The lock engine alone has Go benchmarks instead (go test -bench . -run
 // '^$' ./lockengine/...). The fs benchmark compares lockfs with a
@@ -19,7 +20,7 @@ import (
 )
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: lockfs-bench fs|etcd [flags]")
+	fmt.Fprintln(os.Stderr, "usage: lockfs-bench fs|etcd|soak [flags]")
 	os.Exit(2)
 }
 
@@ -33,6 +34,10 @@ func main() {
 		err = runFS(os.Args[2:])
 	case "etcd":
 		err = runEtcd(os.Args[2:])
+	case "soak":
+		err = runSoak(os.Args[2:])
+	case "soak-client": // internal: a client process of soak
+		err = runSoakClient(os.Args[2:])
 	default:
 		usage()
 	}

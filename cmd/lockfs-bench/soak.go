@@ -1,0 +1,482 @@
+package main
+
+// lockfs-bench soak: a chaos soak of the filesystem (root).
+//
+//	lockfs-bench soak [-duration 1m] [-daemons 2] [-clients 200] [-names 16]
+//	                  [-seed N] [-state-size 64M] [-lock-delay 500ms] [-lockfs PATH]
+//
+// It mounts a small tmpfs under a temp dir, starts -daemons lockfs daemons
+// sharing one state directory on it, and runs -clients client processes
+// (this binary, re-executed as the hidden 'soak-client') that take and
+// release locks on -names names through every interface (open, .shared,
+// .try, .timeout, flock, fcntl) and log each grant with its fencing token
+// and CLOCK_MONOTONIC times. Meanwhile a chaos loop injects faults: SIGKILL
+// and restart of a daemon, SIGKILL of a client holding a lock, SIGSTOP of
+// a client, breaks, a full state tmpfs and a read-only state tmpfs. At the
+// end an independent checker merges the logs and checks mutual exclusion,
+// fencing tokens, stuck waits, D-state processes, daemon RSS and descriptor
+// growth and leaked state files. Exit status 1 on any violation.
+//
+// Notes: daemon 0 is never SIGKILLed (-spare-first) so that one daemon's
+// RSS and descriptors are sampled over the whole run. A tmpfs remount,ro
+// is refused (EBUSY) while a daemon has a state file open for writing;
+// the read-only fault then falls back to a read-only bind mount over the
+// state dir. At the end the soak holds n00 and starts -final-waiters
+// clients blocked on it, so that stopping the daemons must unblock them
+// with an errno.
+//
+// -etcd is accepted for the command line of the brief but only the dir
+// backend is implemented: -etcd=true is refused.
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/lockfs/lockfs/internal/launch"
+	"github.com/lockfs/lockfs/internal/mountinfo"
+)
+
+type soakConfig struct {
+	duration   time.Duration
+	daemons    int
+	clients    int
+	names      int
+	seed       uint64
+	stateSize  string
+	lockDelay  time.Duration
+	etcd       bool
+	lockfs     string
+	spareFirst bool
+
+	finalWaiters int
+}
+
+// soakRun is the state of one soak run.
+type soakRun struct {
+	c       soakConfig
+	b       *fsBench
+	rng     *rand.Rand
+	stateFS string // the tmpfs mountpoint
+	state   string // the state dir on it
+	logs    string // client logs
+
+	mu      sync.Mutex
+	slots   []*soakSlot       // one per daemon mountpoint
+	clients map[int]*soakProc // live clients by pid
+	allLogs []string
+	logPid  map[string]int
+	faults  map[string]int
+	events  []soakEvent // daemon and client kills, breaks
+	samples map[*daemon][]soakSample
+	dState  []string
+	seq     int
+
+	cleanOnce sync.Once
+}
+
+type soakSlot struct {
+	idx int
+	mnt string
+	d   *daemon
+}
+
+type soakProc struct {
+	cmd  *exec.Cmd
+	log  string
+	done chan struct{}
+}
+
+// soakEvent is a fault the checker needs: kind "daemon-kill" (slot =
+// mount index), "client-kill" (pid) or "break" (name).
+type soakEvent struct {
+	kind string
+	t    int64
+	slot int
+	pid  int
+	name string
+}
+
+type soakSample struct {
+	t      time.Duration
+	rssKiB int64
+	fds    int
+}
+
+func runSoak(args []string) error {
+	fl := flag.NewFlagSet("soak", flag.ExitOnError)
+	var c soakConfig
+	fl.DurationVar(&c.duration, "duration", time.Minute, "how long the clients and the chaos run")
+	fl.IntVar(&c.daemons, "daemons", 2, "daemons sharing the state directory")
+	fl.IntVar(&c.clients, "clients", 200, "client processes")
+	fl.IntVar(&c.names, "names", 16, "lock names")
+	fl.Uint64Var(&c.seed, "seed", 0, "random seed (0: from the clock)")
+	fl.StringVar(&c.stateSize, "state-size", "64M", "size of the state tmpfs")
+	fl.DurationVar(&c.lockDelay, "lock-delay", 500*time.Millisecond, "the daemons' --lock-delay (longer than the longest SIGSTOP, 200ms)")
+	fl.BoolVar(&c.etcd, "etcd", false, "use the etcd backend (not implemented)")
+	fl.StringVar(&c.lockfs, "lockfs", "", "lockfs binary (default: go build ./cmd/lockfs of the module around the working dir, else lockfs next to this binary)")
+	fl.IntVar(&c.finalWaiters, "final-waiters", 5, "clients started at the end that wait on a name the soak holds, so that the shutdown must unblock them")
+	fl.BoolVar(&c.spareFirst, "spare-first", true, "never SIGKILL daemon 0, so that its RSS and descriptors are sampled over the whole run")
+	_ = fl.Parse(args)
+	if c.etcd {
+		return errors.New("soak: -etcd=true is not implemented; only the dir backend is soaked")
+	}
+	if c.daemons < 1 || c.clients < 1 || c.names < 1 {
+		return errors.New("soak: -daemons, -clients and -names must be at least 1")
+	}
+	if os.Geteuid() != 0 {
+		return errors.New("soak: needs root (it mounts a tmpfs and FUSE filesystems)")
+	}
+	if c.seed == 0 {
+		c.seed = uint64(time.Now().UnixNano())
+	}
+	tmp, err := os.MkdirTemp("", "lockfs-bench-soak-")
+	if err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	r := &soakRun{c: c, rng: rand.New(rand.NewPCG(c.seed, 0x50a4)),
+		b:       &fsBench{tmp: tmp, self: self, procs: map[*exec.Cmd]*proc{}},
+		stateFS: filepath.Join(tmp, "statefs"), logs: filepath.Join(tmp, "logs"),
+		clients: map[int]*soakProc{}, logPid: map[string]int{}, faults: map[string]int{}, samples: map[*daemon][]soakSample{}}
+	r.state = filepath.Join(r.stateFS, "state")
+	defer r.cleanup()
+	signal.Ignore(syscall.SIGPIPE)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	go func() {
+		sig, ok := <-sigs
+		if !ok {
+			return
+		}
+		fmt.Fprintf(os.Stderr, "lockfs-bench: %v: cleaning up\n", sig)
+		r.cleanup()
+		os.Exit(130)
+	}()
+
+	lockfsBin, how, err := locateLockfs(c.lockfs, tmp, self)
+	if err != nil {
+		return err
+	}
+	r.b.lockfs = lockfsBin
+	if err := os.MkdirAll(r.stateFS, 0o755); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(r.logs, 0o755); err != nil {
+		return err
+	}
+	if err := unix.Mount("lockfs-soak", r.stateFS, "tmpfs", 0, "size="+c.stateSize+",mode=0755"); err != nil {
+		return fmt.Errorf("mount tmpfs on %s: %w", r.stateFS, err)
+	}
+	if err := os.Mkdir(r.state, 0o700); err != nil {
+		return err
+	}
+	fmt.Printf("lockfs-bench soak: lockfs %s (%s); seed %d; %d daemons, %d clients, %d names, %v, lock-delay %v, state tmpfs %s; %d CPUs; load average %s\n",
+		lockfsBin, how, c.seed, c.daemons, c.clients, c.names, c.duration, c.lockDelay, c.stateSize, runtime.NumCPU(), loadavg())
+
+	for i := range c.daemons {
+		s := &soakSlot{idx: i, mnt: filepath.Join(tmp, fmt.Sprintf("d%d", i), "mnt")}
+		r.slots = append(r.slots, s)
+		if err := r.startDaemon(s); err != nil {
+			return err
+		}
+	}
+	mounts := make([]string, len(r.slots))
+	for i, s := range r.slots {
+		mounts[i] = s.mnt
+	}
+	start := time.Now()
+	startMono := monoNow()
+	until := startMono + c.duration.Nanoseconds()
+	for range c.clients {
+		if err := r.startClient(mounts, until); err != nil {
+			return err
+		}
+	}
+	stopSampling := make(chan struct{})
+	var sampling sync.WaitGroup
+	sampling.Go(func() { r.sample(start, stopSampling) })
+
+	chaosErr := r.chaos(mounts, until)
+
+	// The end: clients stop starting attempts at the deadline; those
+	// still waiting after a grace are unblocked by stopping the daemons.
+	// The first grace is short so that waits still queued are ended by
+	// the shutdown (with an errno) rather than by grants; the second
+	// bounds the shutdown.
+	endMono := monoNow()
+	// Make sure some waits are still blocked at the shutdown: hold n00
+	// through daemon 0 and start -final-waiters clients that each make
+	// one blocking open of it.
+	holdFD := r.finalWaiters(mounts)
+	r.waitClients(2 * time.Second)
+	blockedAtEnd := r.liveClients()
+	r.checkDState("after the duration")
+	close(stopSampling)
+	sampling.Wait()
+	r.mu.Lock()
+	var ds []*daemon
+	for _, s := range r.slots {
+		ds = append(ds, s.d)
+	}
+	r.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, d := range ds {
+		wg.Go(d.stop)
+	}
+	grace := 10 * time.Second
+	if holdFD >= 0 {
+		_ = unix.Close(holdFD)
+	}
+	r.waitClients(grace)
+	stuck := r.liveClients()
+	r.checkDState("after stopping the daemons")
+	wg.Wait()
+	lockFiles, lockNames := countDir(filepath.Join(r.state, "locks"))
+	r.b.killClients()
+	elapsed := time.Since(start)
+
+	rep := checkSoak(r.allLogs, r.logPid, r.events, startMono, endMono)
+	rep.blockedAtEnd = len(blockedAtEnd)
+	rep.stuck = len(stuck)
+	for _, pid := range stuck {
+		rep.addViolation(fmt.Sprintf("client %d still running %v after the daemons were stopped (stuck wait; killed)", pid, grace))
+	}
+	for _, s := range r.dState {
+		rep.addViolation(s)
+	}
+	if chaosErr != nil {
+		rep.addViolation("chaos: " + chaosErr.Error())
+	}
+	if lockFiles > c.names {
+		rep.addViolation(fmt.Sprintf("%d files in STATE/locks for %d names: %s", lockFiles, c.names, strings.Join(lockNames, " ")))
+	}
+	r.print(rep, elapsed, lockFiles, lockNames)
+	if len(rep.violations) > 0 {
+		return fmt.Errorf("%d violations", len(rep.violations))
+	}
+	return nil
+}
+
+// startDaemon starts (or restarts) the daemon of slot s on the shared
+// state dir and waits for its mount.
+func (r *soakRun) startDaemon(s *soakSlot) error {
+	d := &daemon{name: fmt.Sprintf("d%d", s.idx), dir: filepath.Dir(s.mnt), mnt: s.mnt}
+	if err := os.MkdirAll(s.mnt, 0o755); err != nil {
+		return err
+	}
+	args := []string{"mount", "--state-dir", r.state, "--log-level", "warn", "--ready-fd", "3",
+		"--lock-delay", r.c.lockDelay.String(), s.mnt}
+	if err := r.b.run(d, launch.Options{Path: r.b.lockfs, Args: args, ReadyFD: 3}); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	s.d = d
+	r.mu.Unlock()
+	return nil
+}
+
+// finalWaiters takes n00 exclusively through daemon 0 (waiting up to 5 s)
+// and starts the final waiters, clients that make one blocking open of
+// n00 each. It returns the held descriptor, or -1.
+func (r *soakRun) finalWaiters(mounts []string) int {
+	if r.c.finalWaiters <= 0 {
+		return -1
+	}
+	type res struct {
+		fd  int
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		fd, err := unix.Open(filepath.Join(mounts[0], "n00"), unix.O_RDWR|unix.O_CLOEXEC, 0)
+		ch <- res{fd, err}
+	}()
+	select {
+	case rs := <-ch:
+		if rs.err != nil {
+			fmt.Fprintf(os.Stderr, "lockfs-bench soak: final hold of n00: %v; no final waiters\n", rs.err)
+			return -1
+		}
+		for range r.c.finalWaiters {
+			if err := r.startClient(mounts, 0, "-once"); err != nil {
+				fmt.Fprintf(os.Stderr, "lockfs-bench soak: final waiter: %v\n", err)
+			}
+		}
+		return rs.fd
+	case <-time.After(5 * time.Second):
+		// Still queued: the shutdown unblocks this open too.
+		fmt.Fprintln(os.Stderr, "lockfs-bench soak: final hold of n00 not granted in 5s; no final waiters")
+		go func() {
+			if rs := <-ch; rs.err == nil {
+				_ = unix.Close(rs.fd)
+			}
+		}()
+		return -1
+	}
+}
+
+func (r *soakRun) startClient(mounts []string, until int64, extra ...string) error {
+	r.mu.Lock()
+	r.seq++
+	log := filepath.Join(r.logs, fmt.Sprintf("c%05d.log", r.seq))
+	seed := r.rng.Uint64()
+	r.allLogs = append(r.allLogs, log)
+	r.mu.Unlock()
+	args := append([]string{"soak-client", "-log", log, "-mounts", strings.Join(mounts, ","),
+		"-names", strconv.Itoa(r.c.names), "-seed", strconv.FormatUint(seed, 10), "-until", strconv.FormatInt(until, 10)}, extra...)
+	cmd := exec.Command(r.b.self, args...)
+	cmd.Env = append(os.Environ(), "GOMAXPROCS=1", "GOGC=400")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := r.b.start(cmd); err != nil {
+		return err
+	}
+	p := &soakProc{cmd: cmd, log: log, done: make(chan struct{})}
+	r.mu.Lock()
+	r.clients[cmd.Process.Pid] = p
+	r.logPid[log] = cmd.Process.Pid
+	r.mu.Unlock()
+	go func() {
+		_ = r.b.wait(cmd)
+		r.mu.Lock()
+		delete(r.clients, cmd.Process.Pid)
+		r.mu.Unlock()
+		close(p.done)
+	}()
+	return nil
+}
+
+func (r *soakRun) liveClients() []int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var pids []int
+	for pid := range r.clients {
+		pids = append(pids, pid)
+	}
+	return pids
+}
+
+// waitClients waits up to d for every client to exit.
+func (r *soakRun) waitClients(d time.Duration) {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) && len(r.liveClients()) > 0 {
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// checkDState records a violation for every client or daemon in D state
+// in three looks 500 ms apart (a moment in D is normal).
+func (r *soakRun) checkDState(when string) {
+	pids := r.liveClients()
+	r.mu.Lock()
+	for _, s := range r.slots {
+		if s.d != nil && s.d.proc != nil && !s.d.proc.Exited() {
+			pids = append(pids, s.d.pid())
+		}
+	}
+	r.mu.Unlock()
+	inD := map[int]int{}
+	for i := range 3 {
+		if i > 0 {
+			time.Sleep(500 * time.Millisecond)
+		}
+		for _, pid := range pids {
+			if st := launch.ProcState(pid); strings.HasPrefix(st, "D") {
+				inD[pid]++
+			}
+		}
+	}
+	for pid, n := range inD {
+		if n == 3 {
+			r.mu.Lock()
+			r.dState = append(r.dState, fmt.Sprintf("pid %d in D state %s: %s", pid, when, launch.ProcState(pid)))
+			r.mu.Unlock()
+		}
+	}
+}
+
+// sample records each live daemon's RSS and descriptor count every second.
+func (r *soakRun) sample(start time.Time, stop chan struct{}) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		r.mu.Lock()
+		var ds []*daemon
+		for _, s := range r.slots {
+			if s.d != nil && !s.d.proc.Exited() {
+				ds = append(ds, s.d)
+			}
+		}
+		r.mu.Unlock()
+		for _, d := range ds {
+			m, err := readMem(d.pid())
+			if err != nil {
+				continue
+			}
+			ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", d.pid()))
+			if err != nil {
+				continue
+			}
+			r.mu.Lock()
+			r.samples[d] = append(r.samples[d], soakSample{t: time.Since(start), rssKiB: m.rss, fds: len(ents)})
+			r.mu.Unlock()
+		}
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// cleanup stops the clients and daemons, detaches the mounts and the
+// state tmpfs and removes the temp dir (fsBench.cleanup). It runs once.
+func (r *soakRun) cleanup() { r.cleanOnce.Do(r.doCleanup) }
+
+func (r *soakRun) doCleanup() {
+	r.b.killClients()
+	r.b.mu.Lock()
+	ds := append([]*daemon(nil), r.b.daemons...)
+	r.b.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, d := range ds {
+		wg.Go(d.stop)
+	}
+	wg.Wait()
+	if ok, _ := mountinfo.IsMounted(r.stateFS); ok {
+		if err := unix.Unmount(r.stateFS, unix.MNT_DETACH); err != nil {
+			fmt.Fprintf(os.Stderr, "lockfs-bench: umount %s: %v\n", r.stateFS, err)
+		}
+	}
+	r.b.cleanup()
+}
+
+func countDir(dir string) (int, []string) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return -1, []string{err.Error()}
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	return len(ents), names
+}
