@@ -35,7 +35,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -103,18 +102,7 @@ func runEtcd(args []string) error {
 	}
 	b := &etcdBench{tmp: tmp}
 	defer b.cleanup()
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	defer signal.Stop(sigs)
-	go func() {
-		sig, ok := <-sigs
-		if !ok {
-			return
-		}
-		fmt.Fprintf(os.Stderr, "lockfs-bench: %v: cleaning up\n", sig)
-		b.cleanup()
-		os.Exit(130)
-	}()
+	defer cleanupOnSignal(b.cleanup)()
 
 	lockfs, err := b.binary(*lockfsPath, "lockfs", "./cmd/lockfs")
 	if err != nil {

@@ -99,18 +99,7 @@ func runFS(args []string) error {
 	defer b.cleanup()
 	// Finish (and clean up) even if stdout is a pipe whose reader left.
 	signal.Ignore(syscall.SIGPIPE)
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	defer signal.Stop(sigs)
-	go func() {
-		sig, ok := <-sigs
-		if !ok {
-			return
-		}
-		fmt.Fprintf(os.Stderr, "lockfs-bench: %v: cleaning up\n", sig)
-		b.cleanup()
-		os.Exit(130)
-	}()
+	defer cleanupOnSignal(b.cleanup)()
 
 	start := time.Now()
 	lockfsBin, how, err := locateLockfs(c.lockfs, tmp, self)

@@ -17,6 +17,8 @@ package main
 import (
 	"fmt"
 	"os"
+	"os/signal"
+	"syscall"
 )
 
 func usage() {
@@ -44,5 +46,26 @@ func main() {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "lockfs-bench:", err)
 		os.Exit(1)
+	}
+}
+
+// cleanupOnSignal runs cleanup and exits 130 when SIGINT, SIGTERM or SIGHUP
+// arrives, so that an interrupted run leaves no mount, daemon or temp dir
+// behind. The returned function stops listening.
+func cleanupOnSignal(cleanup func()) (stop func()) {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	go func() {
+		sig, ok := <-sigs
+		if !ok {
+			return
+		}
+		fmt.Fprintf(os.Stderr, "lockfs-bench: %v: cleaning up\n", sig)
+		cleanup()
+		os.Exit(130)
+	}()
+	return func() {
+		signal.Stop(sigs)
+		close(sigs)
 	}
 }

@@ -157,19 +157,9 @@ func runSoak(args []string) error {
 		clients: map[int]*soakProc{}, logPid: map[string]int{}, faults: map[string]int{}, samples: map[*daemon][]soakSample{}}
 	r.state = filepath.Join(r.stateFS, "state")
 	defer r.cleanup()
+	// Finish (and clean up) even if stdout is a pipe whose reader left.
 	signal.Ignore(syscall.SIGPIPE)
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	defer signal.Stop(sigs)
-	go func() {
-		sig, ok := <-sigs
-		if !ok {
-			return
-		}
-		fmt.Fprintf(os.Stderr, "lockfs-bench: %v: cleaning up\n", sig)
-		r.cleanup()
-		os.Exit(130)
-	}()
+	defer cleanupOnSignal(r.cleanup)()
 
 	lockfsBin, how, err := locateLockfs(c.lockfs, tmp, self)
 	if err != nil {
