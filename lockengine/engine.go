@@ -13,8 +13,10 @@
 //
 // # Glossary
 //
-//   - name: what a lock is called; a valid file name (see [ValidateName]),
-//     the same in every process that shares the backend.
+//   - name: what a lock is called; a path of valid file names (see
+//     [ValidateName] and [Tree]), the same in every process that shares the
+//     backend.
+//   - directory: a lock directory, the parent of names (see [Tree]).
 //   - mode: [Shared] (any number of holders) or [Exclusive] (one holder, or
 //     up to the name's limit set with SetLimit).
 //   - request: one Acquire or TryAcquire call for a name in a mode; it
@@ -78,10 +80,11 @@ var (
 	// ErrWouldBlock: TryAcquire could not grant at once (held in a
 	// conflicting mode, or earlier waiters are queued).
 	ErrWouldBlock = errors.New("lockengine: lock would block")
-	// ErrInvalidName: the name cannot be a file name (empty, ".", "..",
-	// contains '/' or NUL).
+	// ErrInvalidName: the name is not a path of valid file names (an
+	// empty component, ".", "..", a NUL byte, a leading or trailing '/').
 	ErrInvalidName = errors.New("lockengine: invalid lock name")
-	// ErrNameTooLong: the name is longer than MaxNameLen bytes.
+	// ErrNameTooLong: a component is longer than MaxNameLen bytes, the
+	// name longer than MaxPathLen or deeper than MaxDepth.
 	ErrNameTooLong = errors.New("lockengine: lock name too long")
 	// ErrInvalidMode: the mode is neither Shared nor Exclusive.
 	ErrInvalidMode = errors.New("lockengine: invalid lock mode")
@@ -116,21 +119,69 @@ var (
 	ErrBroken = errors.New("lockengine: lock broken by an administrator")
 )
 
-// MaxNameLen is the longest lock name, in bytes (NAME_MAX).
+// MaxNameLen is the longest component of a lock name, in bytes (NAME_MAX).
 const MaxNameLen = 255
 
-// ValidateName returns nil when name can name a lock, or an error wrapping
-// ErrInvalidName or ErrNameTooLong.
+// ValidateName returns nil when name can name a lock or a lock directory
+// (a path, see Tree), or an error wrapping ErrInvalidName or
+// ErrNameTooLong.
 func ValidateName(name string) error {
-	switch {
-	case name == "" || name == "." || name == "..":
+	if len(name) > MaxPathLen {
+		return fmt.Errorf("%w: %d bytes (max %d)", ErrNameTooLong, len(name), MaxPathLen)
+	}
+	if name == "" {
 		return fmt.Errorf("%w: %q", ErrInvalidName, name)
-	case len(name) > MaxNameLen:
-		return fmt.Errorf("%w: %d bytes (max %d)", ErrNameTooLong, len(name), MaxNameLen)
-	case strings.ContainsAny(name, "/\x00"):
-		return fmt.Errorf("%w: %q contains '/' or NUL", ErrInvalidName, name)
+	}
+	depth := 0
+	for rest := name; ; {
+		comp, tail, more := strings.Cut(rest, "/")
+		if err := ValidateComponent(comp); err != nil {
+			if errors.Is(err, ErrNameTooLong) {
+				return fmt.Errorf("%w: component of %d bytes in %q (max %d)", ErrNameTooLong, len(comp), name, MaxNameLen)
+			}
+			return fmt.Errorf("%w: %q", ErrInvalidName, name)
+		}
+		if depth++; depth > MaxDepth {
+			return fmt.Errorf("%w: %q is deeper than %d components", ErrNameTooLong, name, MaxDepth)
+		}
+		if !more {
+			return nil
+		}
+		rest = tail
+	}
+}
+
+// ValidateComponent returns nil when c can be one component of a name: a
+// file name that is not empty, "." or "..", at most MaxNameLen bytes, with
+// no '/' or NUL. Errors wrap ErrInvalidName or ErrNameTooLong.
+func ValidateComponent(c string) error {
+	switch {
+	case c == "" || c == "." || c == "..":
+		return fmt.Errorf("%w: %q", ErrInvalidName, c)
+	case len(c) > MaxNameLen:
+		return fmt.Errorf("%w: %d bytes (max %d)", ErrNameTooLong, len(c), MaxNameLen)
+	case strings.ContainsAny(c, "/\x00"):
+		return fmt.Errorf("%w: %q contains '/' or NUL", ErrInvalidName, c)
 	}
 	return nil
+}
+
+// SplitName splits a valid name into its parent directory's path ("" for
+// a top-level name) and its last component.
+func SplitName(name string) (dir, base string) {
+	i := strings.LastIndexByte(name, '/')
+	if i < 0 {
+		return "", name
+	}
+	return name[:i], name[i+1:]
+}
+
+// JoinName returns the name of base in directory dir ("" is the root).
+func JoinName(dir, base string) string {
+	if dir == "" {
+		return base
+	}
+	return dir + "/" + base
 }
 
 // Engine grants named locks. All methods are safe for concurrent use.
