@@ -231,6 +231,8 @@ type Engine interface {
 	// Close releases every lease (their Done channels close with
 	// ErrClosed), fails every waiter with ErrClosed and frees resources.
 	Close() error
+	// Tree manages the lock directories: names are paths in it.
+	Tree
 }
 
 // State is the state of a name in one engine.
