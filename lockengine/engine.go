@@ -395,6 +395,20 @@ type Backend interface {
 	Lock(ctx context.Context, name string, mode Mode, lost func(error)) (Hold, error)
 	// Close stops background work. Holds still outstanding are released.
 	Close() error
+	// Tree keeps the lock directories in the shared store, so that every
+	// process sharing it sees the same tree. The Queue calls its methods
+	// without any lock of its own, after checking the names it holds or
+	// queues itself; the backend checks the rest, atomically with respect
+	// to TryLock and Lock of every process sharing the store, as far as
+	// it can see them (see each backend's documentation): Mkdir fails
+	// with ErrExist while another process holds the path, Rmdir with
+	// ErrNotEmpty while another process holds a name below it. TryLock
+	// and Lock of a name whose parent directory does not exist fail at
+	// once with an error wrapping ErrNoDir, and of a name that is a
+	// directory with ErrIsDir; a Lock that waits when the directory is
+	// removed (possible only where the backend cannot see waiters of
+	// other processes) fails with ErrNoDir instead of waiting on.
+	Tree
 }
 
 // Hold is one process's grant of a name from a Backend.

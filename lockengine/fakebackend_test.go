@@ -4,8 +4,11 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // fakeBackend is an in-memory Backend for Queue tests. It grants every
@@ -15,8 +18,13 @@ import (
 // lost, and checks the Queue's promise to a Backend: at most one call in
 // progress and one hold outstanding per name. Breaches are recorded, not
 // returned, so that a test can look at them after the fact (violations).
+// Its lock directories are in memory (dirs); like a backend that cannot
+// see other processes' waiters, Mkdir and Rmdir check only holds and names
+// marked held elsewhere, not Lock calls waiting, so the Queue's own checks
+// of its waiters are what tests see.
 type fakeBackend struct {
 	mu         sync.Mutex
+	dirs       map[string]DirAttr       // guarded by mu; the lock directories
 	holds      map[string]*fakeHold     // guarded by mu; the outstanding hold per name
 	tokens     map[string]uint64        // guarded by mu
 	inflight   map[string]int           // guarded by mu; calls in progress per name
@@ -31,6 +39,7 @@ type fakeBackend struct {
 
 func newFakeBackend() *fakeBackend {
 	return &fakeBackend{
+		dirs:     make(map[string]DirAttr),
 		holds:    make(map[string]*fakeHold),
 		tokens:   make(map[string]uint64),
 		inflight: make(map[string]int),
@@ -85,10 +94,27 @@ func (b *fakeBackend) TryLock(ctx context.Context, name string, mode Mode, lost 
 	defer b.exit(name)
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if err := b.checkNameLocked(name); err != nil {
+		return nil, err
+	}
 	if b.blocked[name] != nil {
 		return nil, fmt.Errorf("fake: lock %q: %w", name, ErrWouldBlock)
 	}
 	return b.grantLocked(name, mode, lost), nil
+}
+
+// checkNameLocked fails a lock of name whose parent directory is missing
+// (ErrNoDir) or that is a directory (ErrIsDir). Called with b.mu held.
+func (b *fakeBackend) checkNameLocked(name string) error {
+	if dir, _ := SplitName(name); dir != "" {
+		if _, ok := b.dirs[dir]; !ok {
+			return fmt.Errorf("fake: lock %q: %w", name, ErrNoDir)
+		}
+	}
+	if _, ok := b.dirs[name]; ok {
+		return fmt.Errorf("fake: lock %q: %w", name, ErrIsDir)
+	}
+	return nil
 }
 
 // Lock implements Backend.
@@ -97,6 +123,9 @@ func (b *fakeBackend) Lock(ctx context.Context, name string, mode Mode, lost fun
 	defer b.exit(name)
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if err := b.checkNameLocked(name); err != nil {
+		return nil, err
+	}
 	for b.blocked[name] != nil {
 		freed := b.blocked[name]
 		b.locking[name]++
@@ -116,6 +145,92 @@ func (b *fakeBackend) Lock(ctx context.Context, name string, mode Mode, lost fun
 
 // Close implements Backend.
 func (b *fakeBackend) Close() error { return nil }
+
+// StatDir implements Tree.
+func (b *fakeBackend) StatDir(ctx context.Context, path string) (DirAttr, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	a, ok := b.dirs[path]
+	if !ok {
+		return DirAttr{}, fmt.Errorf("fake: stat %q: %w", path, ErrNoDir)
+	}
+	return a, nil
+}
+
+// Mkdir implements Tree.
+func (b *fakeBackend) Mkdir(ctx context.Context, path string, attr DirAttr) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if dir, _ := SplitName(path); dir != "" {
+		if _, ok := b.dirs[dir]; !ok {
+			return fmt.Errorf("fake: mkdir %q: %w", path, ErrNoDir)
+		}
+	}
+	if _, ok := b.dirs[path]; ok || b.holds[path] != nil || b.blocked[path] != nil {
+		return fmt.Errorf("fake: mkdir %q: %w", path, ErrExist)
+	}
+	attr.Mode &= 0o7777
+	attr.Mtime = time.Now()
+	b.dirs[path] = attr
+	return nil
+}
+
+// Rmdir implements Tree.
+func (b *fakeBackend) Rmdir(ctx context.Context, path string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if _, ok := b.dirs[path]; !ok {
+		return fmt.Errorf("fake: rmdir %q: %w", path, ErrNoDir)
+	}
+	below := func(n string) bool { return strings.HasPrefix(n, path+"/") }
+	for n := range b.dirs {
+		if below(n) {
+			return fmt.Errorf("fake: rmdir %q: %w: directory %q", path, ErrNotEmpty, n)
+		}
+	}
+	for n := range b.holds {
+		if below(n) {
+			return fmt.Errorf("fake: rmdir %q: %w: %q held", path, ErrNotEmpty, n)
+		}
+	}
+	for n := range b.blocked {
+		if below(n) {
+			return fmt.Errorf("fake: rmdir %q: %w: %q held elsewhere", path, ErrNotEmpty, n)
+		}
+	}
+	delete(b.dirs, path)
+	return nil
+}
+
+// SetDirAttr implements Tree.
+func (b *fakeBackend) SetDirAttr(ctx context.Context, path string, attr DirAttr) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if _, ok := b.dirs[path]; !ok {
+		return fmt.Errorf("fake: chmod %q: %w", path, ErrNoDir)
+	}
+	attr.Mode &= 0o7777
+	attr.Mtime = time.Now()
+	b.dirs[path] = attr
+	return nil
+}
+
+// ReadDir implements Tree.
+func (b *fakeBackend) ReadDir(ctx context.Context, path string) ([]string, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if _, ok := b.dirs[path]; !ok && path != "" {
+		return nil, fmt.Errorf("fake: readdir %q: %w", path, ErrNoDir)
+	}
+	var names []string
+	for n := range b.dirs {
+		if dir, base := SplitName(n); dir == path {
+			names = append(names, base)
+		}
+	}
+	slices.Sort(names)
+	return names, nil
+}
 
 // block marks name held by another process: TryLock would block and Lock
 // waits until unblock.

@@ -485,7 +485,13 @@ func (q *Queue) workLoop(ctx context.Context, e *entry, wk *worker) {
 		_ = q.unlockHold(e, hold)
 	case cancelled:
 	default:
-		q.log.Warn("lock failed", "lock", e.name, "mode", wk.mode, "err", err)
+		if errors.Is(err, ErrNoDir) || errors.Is(err, ErrIsDir) {
+			// The caller's mistake (or a directory removed meanwhile),
+			// not the backend's failure.
+			q.log.Debug("lock failed", "lock", e.name, "mode", wk.mode, "err", err)
+		} else {
+			q.log.Warn("lock failed", "lock", e.name, "mode", wk.mode, "err", err)
+		}
 		for _, w := range e.waiters {
 			w.err = err
 			close(w.ready)

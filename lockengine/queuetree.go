@@ -3,68 +3,126 @@ package lockengine
 import (
 	"context"
 	"fmt"
+	"strings"
 )
 
-// The Queue's Tree methods pass through to the backend. Until every
-// backend keeps a tree, a backend without one has only the root.
+// The Queue's Tree methods check what only this Queue knows, the names it
+// holds or queues itself, and leave the rest to the backend, which checks
+// the holders of every process atomically with the change. A name whose
+// Acquire starts after the Queue's check and before the backend's change
+// is decided by the backend: the change or the acquisition fails (see
+// Backend).
 
 var _ Tree = (*Queue)(nil)
 
-func (q *Queue) tree() (Tree, error) {
-	t, ok := q.b.(Tree)
-	if !ok {
-		return nil, fmt.Errorf("%w: backend keeps no lock directories", ErrNoDir)
+// validDir checks a directory path: a valid name, or "" (the root) when
+// root is true.
+func validDir(path string, root bool) error {
+	if path == "" && root {
+		return nil
 	}
-	return t, nil
+	return ValidateName(path)
+}
+
+// treeOpen returns ErrClosed once the Queue is closed.
+func (q *Queue) treeOpen() error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		return ErrClosed
+	}
+	return nil
+}
+
+// occupied returns the first name (in no particular order) for which
+// match is true and that this Queue holds, waits for, has a lost lease of
+// that is not released yet, or is calling the backend for; ok is false
+// when there is none.
+func (q *Queue) occupied(match func(name string) bool) (name string, ok bool) {
+	q.mu.Lock()
+	var es []*entry
+	for n, e := range q.entries {
+		if e.refs.Load() > 0 && match(n) {
+			es = append(es, e)
+		}
+	}
+	q.mu.Unlock()
+	for _, e := range es {
+		e.mu.Lock()
+		busy := e.group != nil || len(e.waiters) > 0 || len(e.lost) > 0 || e.busy != notBusy
+		e.mu.Unlock()
+		if busy {
+			return e.name, true
+		}
+	}
+	return "", false
 }
 
 // StatDir implements Tree.
 func (q *Queue) StatDir(ctx context.Context, path string) (DirAttr, error) {
+	if err := validDir(path, true); err != nil {
+		return DirAttr{}, err
+	}
 	if path == "" {
 		return DirAttr{}, nil
 	}
-	t, err := q.tree()
-	if err != nil {
+	if err := q.treeOpen(); err != nil {
 		return DirAttr{}, err
 	}
-	return t.StatDir(ctx, path)
+	return q.b.StatDir(ctx, path)
 }
 
-// Mkdir implements Tree.
+// Mkdir implements Tree. It fails with ErrExist while this Queue holds or
+// queues path itself (a lost lease not yet released counts), then asks the
+// backend, which checks other processes.
 func (q *Queue) Mkdir(ctx context.Context, path string, attr DirAttr) error {
-	t, err := q.tree()
-	if err != nil {
+	if err := validDir(path, false); err != nil {
 		return err
 	}
-	return t.Mkdir(ctx, path, attr)
+	if err := q.treeOpen(); err != nil {
+		return err
+	}
+	if _, ok := q.occupied(func(n string) bool { return n == path }); ok {
+		return fmt.Errorf("mkdir %q: %w: a lock of that name is held or waited for", path, ErrExist)
+	}
+	return q.b.Mkdir(ctx, path, attr)
 }
 
-// Rmdir implements Tree.
+// Rmdir implements Tree. It fails with ErrNotEmpty while this Queue holds
+// or queues a name below path (a lost lease not yet released counts), then
+// asks the backend, which checks other processes.
 func (q *Queue) Rmdir(ctx context.Context, path string) error {
-	t, err := q.tree()
-	if err != nil {
+	if err := validDir(path, false); err != nil {
 		return err
 	}
-	return t.Rmdir(ctx, path)
+	if err := q.treeOpen(); err != nil {
+		return err
+	}
+	prefix := path + "/"
+	if n, ok := q.occupied(func(n string) bool { return strings.HasPrefix(n, prefix) }); ok {
+		return fmt.Errorf("rmdir %q: %w: lock %q is held or waited for", path, ErrNotEmpty, n)
+	}
+	return q.b.Rmdir(ctx, path)
 }
 
 // SetDirAttr implements Tree.
 func (q *Queue) SetDirAttr(ctx context.Context, path string, attr DirAttr) error {
-	t, err := q.tree()
-	if err != nil {
+	if err := validDir(path, false); err != nil {
 		return err
 	}
-	return t.SetDirAttr(ctx, path, attr)
+	if err := q.treeOpen(); err != nil {
+		return err
+	}
+	return q.b.SetDirAttr(ctx, path, attr)
 }
 
 // ReadDir implements Tree.
 func (q *Queue) ReadDir(ctx context.Context, path string) ([]string, error) {
-	t, ok := q.b.(Tree)
-	if !ok {
-		if path == "" {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("%w: backend keeps no lock directories", ErrNoDir)
+	if err := validDir(path, true); err != nil {
+		return nil, err
 	}
-	return t.ReadDir(ctx, path)
+	if err := q.treeOpen(); err != nil {
+		return nil, err
+	}
+	return q.b.ReadDir(ctx, path)
 }
