@@ -1,7 +1,7 @@
 // Package dirlock is the lockengine.Backend of one host: each lock name is
 // a file in a local backing directory, held with flock(2), so processes
 // (and containers) that share the directory on one kernel exclude each
-// other. A heartbeat refreshes and verifies every held lock file and
+// other; lock directories are real directories there (see tree.go). A heartbeat refreshes and verifies every held lock file and
 // reports a lock lost when its file is removed or replaced; an optional
 // takeover replaces the file of a holder that stopped refreshing it; a
 // sweeper removes unused files. See docs/design.md for the invariants.
@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -101,8 +102,11 @@ func (o *Options) setDefaults() error {
 // invariants.
 //
 // Layout of the directory: locks/NAME (one lock file per name, holding a
-// one-line record with the name's fencing token), guard (never unlinked;
-// holds the token floor), tmp/ (files being installed by a takeover).
+// one-line record with the name's fencing token; a nested name's file is
+// in the lock directories of its path, locks/DIR/.../NAME, which are real
+// directories: see tree.go), guard (never unlinked; holds the token
+// floor), tmp/ (files being installed by a takeover, directories being
+// made by Mkdir).
 //
 // The directory must be on a local filesystem: flock(2) on NFS or SMB does
 // not exclude other clients reliably, and attribute caching defeats the
@@ -128,6 +132,10 @@ type Backend struct {
 	checkedAt atomic.Int64 // when the marker was last looked for, ns since started
 	dirFd     int          // O_DIRECTORY descriptor of dir
 
+	// openat2 works here: nested paths are opened in one call (see
+	// openBelow).
+	openat2 bool
+
 	// The epoch of this Open and its tokens' lower bound, epoch<<32:
 	// every token handed out is at least base. See epoch.go.
 	epoch, base uint64
@@ -138,7 +146,10 @@ type Backend struct {
 	sweepDone chan struct{}
 }
 
-var _ lockengine.Backend = (*Backend)(nil)
+var (
+	_ lockengine.Backend = (*Backend)(nil)
+	_ lockengine.Tree    = (*Backend)(nil)
+)
 
 // Open opens (creating if needed) the backing directory dir.
 func Open(dir string, opts Options) (*Backend, error) {
@@ -195,6 +206,7 @@ func Open(dir string, opts Options) (*Backend, error) {
 	if b.locksFd, err = openSubdir(b.dirFd, "locks"); err != nil {
 		return fail(err)
 	}
+	b.openat2 = probeOpenat2(b.locksFd)
 	if b.tmpFd, err = openSubdir(b.dirFd, "tmp"); err != nil {
 		return fail(err)
 	}
@@ -365,23 +377,30 @@ func (b *Backend) openFile(name string) (lockFile, error) {
 		// O_NOATIME: the record read of every grant would otherwise
 		// update atime (relatime: mtime is always newer) and dirty the
 		// inode. Not allowed on other users' files: retry without.
-		fd, err := unix.Openat(b.locksFd, name,
+		fd, err := b.openBelow(name,
 			unix.O_RDWR|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC|unix.O_NOATIME, filePerm)
 		if err == unix.EPERM {
-			fd, err = unix.Openat(b.locksFd, name,
+			fd, err = b.openBelow(name,
 				unix.O_RDWR|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, filePerm)
 		}
 		return fd, err
 	})
 	if err != nil {
-		switch err {
-		case unix.ELOOP:
-			return lockFile{}, fmt.Errorf("lock %q: %w: a symlink is at the lock path", name, lockengine.ErrNotRegular)
-		case unix.EISDIR:
-			return lockFile{}, fmt.Errorf("lock %q: %w: a directory is at the lock path", name, lockengine.ErrNotRegular)
-		case unix.ENXIO, unix.EOPNOTSUPP:
+		nested := strings.Contains(name, "/")
+		switch {
+		case err == unix.ELOOP:
+			return lockFile{}, fmt.Errorf("lock %q: %w: a symlink is at the lock path or in it", name, lockengine.ErrNotRegular)
+		case err == unix.EISDIR:
+			return lockFile{}, fmt.Errorf("lock %q: %w", name, lockengine.ErrIsDir)
+		case err == unix.ENXIO, err == unix.EOPNOTSUPP:
 			return lockFile{}, fmt.Errorf("lock %q: %w: a socket or device is at the lock path", name, lockengine.ErrNotRegular)
-		case unix.ENOENT:
+		case nested && err == unix.ENOENT:
+			dir, _ := lockengine.SplitName(name)
+			return lockFile{}, fmt.Errorf("lock %q: %w: %q does not exist", name, lockengine.ErrNoDir, dir)
+		case nested && err == unix.ENOTDIR:
+			dir, _ := lockengine.SplitName(name)
+			return lockFile{}, fmt.Errorf("lock %q: %w: %q is not a directory", name, lockengine.ErrNoDir, dir)
+		case err == unix.ENOENT:
 			return lockFile{}, fmt.Errorf("lock %q: open %s/locks: %w (backing directory removed?)", name, b.dir, err)
 		}
 		return lockFile{}, fmt.Errorf("lock %q: open %s/locks/%s: %w", name, b.dir, name, err)
@@ -415,7 +434,7 @@ func (b *Backend) tryFile(name string, lf lockFile, mode lockengine.Mode, waitGu
 		// a replaced or removed file may be held by a stuck holder
 		// forever while the name itself is free.
 		var st unix.Stat_t
-		if err := fstatat(b.locksFd, name, &st); err == unix.ENOENT ||
+		if err := b.statName(name, &st); err == unix.ENOENT ||
 			(err == nil && (st.Dev != lf.dev || st.Ino != lf.ino)) {
 			return 0, errReplaced
 		}
@@ -453,7 +472,7 @@ func (b *Backend) verifyAndRecord(name string, lf lockFile, mode lockengine.Mode
 
 func (b *Backend) verifyAndRecordLocked(name string, lf lockFile, mode lockengine.Mode, guarded bool) (uint64, error) {
 	var st unix.Stat_t
-	switch err := fstatat(b.locksFd, name, &st); {
+	switch err := b.statName(name, &st); {
 	case err == unix.ENOENT:
 		return 0, errReplaced
 	case err != nil:

@@ -34,7 +34,22 @@ func engines(t *testing.T) (a, b lockengine.Engine) {
 		t.Cleanup(func() { require.NoError(t, q.Close()) })
 		return q
 	}
+	registerTree(t, dir)
 	return open(), open()
+}
+
+// registerTree tells the tree cases how to reopen dir: one more backend
+// on it, as a daemon started later would.
+func registerTree(t *testing.T, dir string) {
+	enginetest.RegisterTree(t, enginetest.TreeOptions{
+		Reopen: func(t *testing.T) lockengine.Backend {
+			be, err := dirlock.Open(dir, dirlock.Options{Heartbeat: 100 * time.Millisecond})
+			require.NoError(t, err)
+			t.Cleanup(func() { require.NoError(t, be.Close()) })
+			return be
+		},
+		AnyOwner: os.Geteuid() == 0,
+	})
 }
 
 func TestConformance(t *testing.T) {
@@ -58,6 +73,7 @@ func backends(t *testing.T) (a, b lockengine.Backend, lose func(name string)) {
 			t.Errorf("lose %q: %v", name, err)
 		}
 	}
+	registerTree(t, dir)
 	return open(), open(), lose
 }
 

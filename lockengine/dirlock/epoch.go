@@ -94,23 +94,22 @@ func (b *Backend) readEpoch() (uint64, error) {
 }
 
 // highestRecordedToken returns the highest token in the guard's floor and
-// in the lock files; unreadable records count as 0.
+// in the lock files (in every lock directory); unreadable records count as
+// 0.
 func (b *Backend) highestRecordedToken() uint64 {
 	high, _ := b.guard.floor()
-	names, err := readDirNames(b.locksFd)
-	if err != nil {
-		return high
-	}
-	for _, name := range names {
-		fd, _, err := openStateFile(b.locksFd, filepath.Join(b.dir, "locks"), name, unix.O_RDONLY, 0)
+	locks := filepath.Join(b.dir, "locks")
+	_ = b.walkLocks(func(dirfd int, dir, name string, _ *unix.Stat_t) error {
+		fd, _, err := openStateFile(dirfd, filepath.Join(locks, dir), name, unix.O_RDONLY, 0)
 		if err != nil {
-			continue
+			return nil
 		}
 		if n, _, err := readRecord(fd, tokenPrefix); err == nil {
 			high = max(high, n)
 		}
 		closeFd(fd)
-	}
+		return nil
+	}, nil)
 	return high
 }
 

@@ -167,14 +167,16 @@ func TestFaultDirRemoved(t *testing.T) {
 }
 
 // TestFaultNotRegular: anything but a regular lock file with one link at
-// the lock path is refused promptly with ErrNotRegular, for every kind of
-// acquisition, and left exactly as it was (not truncated, not written, not
-// deleted, not followed), also by the sweeper.
+// the lock path is refused promptly with ErrNotRegular (a directory, which
+// is a lock directory, with ErrIsDir), for every kind of acquisition, and
+// left exactly as it was (not truncated, not written, not deleted, not
+// followed), also by the sweeper.
 func TestFaultNotRegular(t *testing.T) {
 	const precious = "precious data\n"
 	cases := []struct {
 		name  string
 		setup func(t *testing.T, dir, lock string) (check func(t *testing.T))
+		want  error // ErrNotRegular if nil
 	}{
 		{"directory", func(t *testing.T, dir, lock string) func(t *testing.T) {
 			require.NoError(t, os.Mkdir(lock, 0o755))
@@ -184,7 +186,7 @@ func TestFaultNotRegular(t *testing.T) {
 				require.NoError(t, err)
 				assert.Equal(t, precious, string(data))
 			}
-		}},
+		}, lockengine.ErrIsDir},
 		{"symlink to data", func(t *testing.T, dir, lock string) func(t *testing.T) {
 			target := filepath.Join(dir, "data")
 			require.NoError(t, os.WriteFile(target, []byte(precious), 0o644))
@@ -198,12 +200,12 @@ func TestFaultNotRegular(t *testing.T) {
 				assert.Equal(t, before.Mtim, after.Mtim, "target's mtime")
 				assert.Equal(t, before.Ctim, after.Ctim, "target's ctime")
 			}
-		}},
+		}, nil},
 		{"dangling symlink", func(t *testing.T, dir, lock string) func(t *testing.T) {
 			target := filepath.Join(dir, "nothing")
 			require.NoError(t, os.Symlink(target, lock))
 			return func(t *testing.T) { assert.NoFileExists(t, target, "the symlink was followed") }
-		}},
+		}, nil},
 		{"hard link", func(t *testing.T, dir, lock string) func(t *testing.T) {
 			other := filepath.Join(dir, "data")
 			require.NoError(t, os.WriteFile(other, []byte(precious), 0o644))
@@ -215,11 +217,11 @@ func TestFaultNotRegular(t *testing.T) {
 				assert.Equal(t, precious, string(data))
 				assert.Equal(t, before.Mtim, lstat(t, other).Mtim)
 			}
-		}},
+		}, nil},
 		{"fifo", func(t *testing.T, dir, lock string) func(t *testing.T) {
 			require.NoError(t, unix.Mkfifo(lock, 0o644))
 			return func(t *testing.T) {}
-		}},
+		}, nil},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -228,9 +230,13 @@ func TestFaultNotRegular(t *testing.T) {
 			lock := lockPath(dir, "x")
 			check := c.setup(t, dir, lock)
 			before := lstat(t, lock)
+			want := c.want
+			if want == nil {
+				want = lockengine.ErrNotRegular
+			}
 			for _, mode := range []lockengine.Mode{lockengine.Exclusive, lockengine.Shared} {
 				for _, try := range []bool{false, true} {
-					require.ErrorIs(t, promptError(t, q, "x", mode, try), lockengine.ErrNotRegular)
+					require.ErrorIs(t, promptError(t, q, "x", mode, try), want)
 				}
 			}
 			assert.Zero(t, b.Sweep())

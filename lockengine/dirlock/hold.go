@@ -99,7 +99,7 @@ func (h *hold) Beat() error {
 		return nil
 	}
 	var st unix.Stat_t
-	switch err := fstatat(h.b.locksFd, h.name, &st); {
+	switch err := h.b.statName(h.name, &st); {
 	case err == unix.ENOENT:
 		return fmt.Errorf("%w: lock file was removed", heartbeat.ErrGone)
 	case err != nil:

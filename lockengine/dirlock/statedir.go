@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -145,11 +146,14 @@ const maxTightenedLogs = 8
 
 // secureStateDir checks what the state directory holds, at Open, after
 // secureDir checked the directory itself: locks/, tmp/, the guard, the
-// takeover marker, the epoch file and every file in locks/ and tmp/ must be
-// owned by the uid the backend runs as, else the directory is refused with
-// ErrUnsafeStateDir. Group or other permission bits on what it owns are
-// removed (directories 0700, files 0600) and logged: earlier versions
-// created 0755 and 0644, which let any local user flock a lock file.
+// takeover marker, the epoch file and every file in locks/ (lock
+// directories included) and tmp/ must be owned by the uid the backend runs
+// as, else the directory is refused with ErrUnsafeStateDir. Group or other
+// permission bits on what it owns are removed (directories 0700, files
+// 0600) and logged: earlier versions created 0755 and 0644, which let any
+// local user flock a lock file. Lock directories are not checked: their
+// owner, group and mode are the users' data (lockengine.Tree), and locks/
+// (0700) keeps other users out of them.
 func (b *Backend) secureStateDir() error {
 	for _, d := range []struct {
 		fd   int
@@ -180,13 +184,11 @@ func (b *Backend) secureStateDir() error {
 			return err
 		}
 	}
-	for _, d := range []struct {
-		fd   int
-		path string
-	}{{b.locksFd, filepath.Join(b.dir, "locks")}, {b.tmpFd, filepath.Join(b.dir, "tmp")}} {
-		if err := b.secureFiles(d.fd, d.path); err != nil {
-			return err
-		}
+	if err := b.secureLockFiles(); err != nil {
+		return err
+	}
+	if err := b.secureFiles(b.tmpFd, filepath.Join(b.dir, "tmp")); err != nil {
+		return err
 	}
 	if b.tightened > maxTightenedLogs {
 		b.log.Warn("state directory permissions tightened", "path", b.dir, "count", b.tightened)
@@ -194,38 +196,56 @@ func (b *Backend) secureStateDir() error {
 	return nil
 }
 
-// secureFiles applies ownAndTighten to every entry of the directory open as
-// dirfd. Entries other than regular files with one link are only checked
-// for their owner: opening a lock path refuses them, one name at a time.
+// secureFiles applies secureEntry to every entry of the directory open as
+// dirfd (tmp/), except the directories Mkdir prepares there: like lock
+// directories, their owner and mode are the users'.
 func (b *Backend) secureFiles(dirfd int, dirPath string) error {
 	names, err := readDirNames(dirfd)
 	if err != nil {
 		return fmt.Errorf("read %s: %w", dirPath, err)
 	}
 	for _, name := range names {
-		path := filepath.Join(dirPath, name)
 		var st unix.Stat_t
 		if err := fstatat(dirfd, name, &st); err != nil {
 			continue // removed meanwhile (by another daemon's sweeper)
 		}
-		if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Nlink != 1 || st.Mode&0o077 == 0 {
-			if err := b.ownAndTighten(-1, path, &unix.Stat_t{Uid: st.Uid}, filePerm); err != nil {
-				return err
-			}
+		if st.Mode&unix.S_IFMT == unix.S_IFDIR && strings.HasPrefix(name, mkdirTmpPrefix) {
 			continue
 		}
-		fd, fst, err := openStateFile(dirfd, dirPath, name, unix.O_RDONLY, 0)
-		if errors.Is(err, unix.ENOENT) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		err = b.ownAndTighten(fd, path, &fst, filePerm)
-		closeFd(fd)
-		if err != nil {
+		if err := b.secureEntry(dirfd, dirPath, name, &st); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// secureLockFiles applies secureEntry to everything below locks/ but the
+// lock directories, whose owner, group and mode are the users' (and
+// unreachable by other users, since locks/ is 0700).
+func (b *Backend) secureLockFiles() error {
+	locks := filepath.Join(b.dir, "locks")
+	return b.walkLocks(func(dirfd int, dir, name string, st *unix.Stat_t) error {
+		return b.secureEntry(dirfd, filepath.Join(locks, dir), name, st)
+	}, nil)
+}
+
+// secureEntry applies ownAndTighten to name (stat st) in the directory open
+// as dirfd (dirPath, for messages). Entries other than regular files with
+// one link are only checked for their owner: opening a lock path refuses
+// them, one name at a time.
+func (b *Backend) secureEntry(dirfd int, dirPath, name string, st *unix.Stat_t) error {
+	path := filepath.Join(dirPath, name)
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Nlink != 1 || st.Mode&0o077 == 0 {
+		return b.ownAndTighten(-1, path, &unix.Stat_t{Uid: st.Uid}, filePerm)
+	}
+	fd, fst, err := openStateFile(dirfd, dirPath, name, unix.O_RDONLY, 0)
+	if errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	err = b.ownAndTighten(fd, path, &fst, filePerm)
+	closeFd(fd)
+	return err
 }

@@ -32,7 +32,7 @@ func (b *Backend) watchStale(w *staleWatch, name string, lf lockFile, mode locke
 	}
 	w.last = now
 	var st unix.Stat_t
-	if err := fstatat(b.locksFd, name, &st); err != nil {
+	if err := b.statName(name, &st); err != nil {
 		w.valid = false
 		return nil, nil // vanished: the next attempt reopens
 	}
@@ -64,7 +64,7 @@ func (b *Backend) takeover(name string, lf lockFile, mode lockengine.Mode, w *st
 	}
 	defer b.guard.unlockExclusive()
 	var st unix.Stat_t
-	if err := fstatat(b.locksFd, name, &st); err != nil ||
+	if err := b.statName(name, &st); err != nil ||
 		st.Dev != w.dev || st.Ino != w.ino || st.Mtim != w.mtim || st.Ctim != w.ctim ||
 		st.Dev != lf.dev || st.Ino != lf.ino {
 		return nil, fmt.Errorf("lock %q: changed before takeover: %w", name, lockengine.ErrWouldBlock)
@@ -86,6 +86,14 @@ func (b *Backend) takeover(name string, lf lockFile, mode lockengine.Mode, w *st
 	if err != nil {
 		return nil, fmt.Errorf("lock %q: takeover: %w", name, err)
 	}
+	dir, base := lockengine.SplitName(name)
+	pfd := b.locksFd
+	if dir != "" {
+		if pfd, err = b.openDir(dir, unix.O_PATH); err != nil {
+			return nil, fmt.Errorf("lock %q: takeover: %w", name, err)
+		}
+		defer closeFd(pfd)
+	}
 	tmpName := "takeover-" + strconv.FormatUint(rand.Uint64(), 36)
 	fd, err := unix.Openat(b.tmpFd, tmpName, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|stateOpenFlags, filePerm)
 	if err != nil {
@@ -100,7 +108,7 @@ func (b *Backend) takeover(name string, lf lockFile, mode lockengine.Mode, w *st
 		err = flock(fd, flockHow(mode)|unix.LOCK_NB)
 	}
 	if err == nil {
-		err = unix.Renameat(b.tmpFd, tmpName, b.locksFd, name)
+		err = unix.Renameat(b.tmpFd, tmpName, pfd, base)
 	}
 	if err != nil {
 		_ = unix.Unlinkat(b.tmpFd, tmpName, 0)
