@@ -22,11 +22,18 @@ type keys struct {
 	w    string // P/NAME/q/w/: exclusive requests
 	r    string // P/NAME/q/r/: shared requests
 	gen  string // P/NAME/gen: the generation key
+	// The tree: the directory keys of the name itself and of its
+	// parent ("" for a top-level name). See tree.go.
+	dir, parent string
 }
 
 func (b *Backend) keys(name string) keys {
-	base := b.opts.Prefix + name + "/"
-	return keys{name: name, base: base, q: base + "q/", w: base + "q/w/", r: base + "q/r/", gen: base + "gen"}
+	base := b.nameKeys(name)
+	k := keys{name: name, base: base, q: base + "q/", w: base + "q/w/", r: base + "q/r/", gen: base + "gen", dir: b.dirKey(name)}
+	if parent, _ := lockengine.SplitName(name); parent != "" {
+		k.parent = b.dirKey(parent)
+	}
+	return k
 }
 
 // TryLock implements lockengine.Backend. It makes one transaction: the
@@ -150,8 +157,12 @@ func (b *Backend) attempt(ctx context.Context, s *session, k keys, mode lockengi
 	// The transaction that creates the key is not cancelled with ctx: its
 	// outcome must be known, or the key could appear after we gave up
 	// (an abandoned request can still be applied) and block the name.
+	// The request is queued at all only if the name is in the tree
+	// (treeCmps); the queue decision is the nested transaction.
 	rctx, cancel := b.opCtx(context.WithoutCancel(ctx))
-	resp, err := b.client.Txn(rctx).If(cond).Then(thenOps...).Else(elseOps...).Commit()
+	resp, err := b.client.Txn(rctx).If(k.treeCmps()...).
+		Then(clientv3.OpTxn([]clientv3.Cmp{cond}, thenOps, elseOps)).
+		Else(k.treeGets()...).Commit()
 	cancel()
 	if err != nil {
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
@@ -162,7 +173,12 @@ func (b *Backend) attempt(ctx context.Context, s *session, k keys, mode lockengi
 		b.reap(r)
 		return nil, b.requestErr(ctx, s, k.name, "lock", err)
 	}
-	if !resp.Succeeded && !wait {
+	if !resp.Succeeded {
+		r.release() // nothing was put
+		return nil, k.treeErr(resp)
+	}
+	queued := resp.Responses[0].GetResponseTxn()
+	if !queued.Succeeded && !wait {
 		r.release()
 		return nil, fmt.Errorf("etcdlock: %q %v: %w", k.name, mode, lockengine.ErrWouldBlock)
 	}
@@ -174,13 +190,13 @@ func (b *Backend) attempt(ctx context.Context, s *session, k keys, mode lockengi
 		b.removeKey(ctx, r)
 		return nil, fmt.Errorf("etcdlock: lock %q: %w", k.name, err)
 	}
-	if resp.Succeeded {
+	if queued.Succeeded {
 		// Nothing conflicting is queued, so every earlier grant's token is
 		// an earlier revision than ours.
 		return b.grant(ctx, r, uint64(r.rev), at, lost)
 	}
 	older := make(map[string]struct{})
-	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
+	for _, kv := range queued.Responses[1].GetResponseRange().Kvs {
 		if kv.CreateRevision < r.rev {
 			older[string(kv.Key)] = struct{}{}
 		}

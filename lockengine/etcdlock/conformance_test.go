@@ -15,7 +15,8 @@ import (
 // etcdEngines returns two engines on one etcd prefix: two daemons sharing a
 // cluster, each with its own client and session.
 func etcdEngines(t *testing.T) (a, b lockengine.Engine) {
-	_, bs := backends(t, 2, etcdlock.Options{})
+	prefix, bs := backends(t, 2, etcdlock.Options{})
+	registerTree(t, prefix)
 	open := func(be *etcdlock.Backend) lockengine.Engine {
 		q := lockengine.NewQueue(be, lockengine.QueueOptions{LockDelay: enginetest.LockDelay})
 		t.Cleanup(func() { require.NoError(t, q.Close()) })
@@ -34,8 +35,9 @@ func TestEtcdConformance(t *testing.T) {
 // watch reports.
 func etcdBackends(t *testing.T) (a, b lockengine.Backend, lose func(name string)) {
 	prefix, bs := backends(t, 2, etcdlock.Options{})
+	registerTree(t, prefix)
 	lose = func(name string) {
-		_, err := admin.Delete(context.Background(), prefix+name+"/q/", clientv3.WithPrefix())
+		_, err := admin.Delete(context.Background(), prefix+etcdlock.EncodeName(name)+"/q/", clientv3.WithPrefix())
 		if err != nil {
 			t.Errorf("lose %q: %v", name, err)
 		}
@@ -47,4 +49,15 @@ func etcdBackends(t *testing.T) (a, b lockengine.Backend, lose func(name string)
 // backend.
 func TestEtcdBackendConformance(t *testing.T) {
 	enginetest.RunBackend(t, etcdBackends)
+}
+
+// registerTree tells the tree cases how to reopen prefix: one more
+// backend on it, as a daemon started later would.
+func registerTree(t *testing.T, prefix string) {
+	enginetest.RegisterTree(t, enginetest.TreeOptions{
+		Reopen: func(t *testing.T) lockengine.Backend {
+			return newBackend(t, etcdlock.Options{Prefix: prefix})
+		},
+		AnyOwner: true,
+	})
 }

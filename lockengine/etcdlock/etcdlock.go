@@ -30,7 +30,10 @@
 //	P/NAME/q/r/<lease-hex>-<slot>   a shared request (reader)
 //	P/NAME/gen                      the generation key (see Tokens)
 //
-// P is Options.Prefix. <slot> is the smallest number not used by another
+// P is Options.Prefix. In keys, NAME is the name's encoding, in which '%'
+// is "%25" and '/' is "%2F" ("team/deploy" is team%2Fdeploy; names without
+// '%' and '/' are their own encoding, so the keys of top-level names are
+// those of earlier versions). <slot> is the smallest number not used by another
 // request of the session for the name, so requests in progress at the same
 // time on one session have keys of their own (unlike concurrency.Mutex,
 // whose key is prefix + lease), and a name's keys are reused from request
@@ -39,8 +42,38 @@
 // its create revision identifies the request: every later decision,
 // update and delete of the request is conditional on that create revision,
 // so nothing done for one request can touch a later one that reuses the
-// key name. Lock names cannot contain '/', so P/NAME/ never prefixes the
-// keys of another name.
+// key name. The encoding of a name has no '/', so P/NAME/ never prefixes
+// the keys of another name.
+//
+// # Lock directories
+//
+// Lock directory DIR (lockengine.Tree) is one key without a lease,
+// P/%dirs/DIR (DIR encoded like names; no encoding starts with "%d", so
+// no name's keys are under P/%dirs/), whose value holds its attributes:
+// "lockfs-dir1 uid=U gid=G mode=MODE mtime=NS" (mode in octal, mtime in
+// Unix nanoseconds of the daemon that made the last change). Every change
+// is one transaction whose comparisons make it atomic with every request
+// of every daemon:
+//
+//   - a request's key is put only if its parent's directory key exists
+//     (top-level names have none) and no directory key exists at the
+//     name, else nothing is put and the lock fails with
+//     lockengine.ErrNoDir or lockengine.ErrIsDir;
+//   - Mkdir puts P/%dirs/DIR only if its parent's key exists, its own does
+//     not, and no key with a lease (a request, held or waiting, of any
+//     daemon) exists under P/DIR/ (else ErrNoDir, ErrExist);
+//   - Rmdir deletes P/%dirs/DIR only if it exists, no key exists under
+//     P/%dirs/DIR%2F (subdirectories) and no key with a lease exists
+//     under P/DIR%2F (requests for names below it, held or waiting, of any
+//     daemon; else ErrNoDir, ErrNotEmpty);
+//   - SetDirAttr rewrites the key only if it exists; StatDir reads it;
+//     ReadDir reads the keys under P/%dirs/DIR%2F (keys only) in a
+//     transaction that checks that DIR exists.
+//
+// Generation keys have no lease: one left behind (see Tokens) does not
+// keep a name from becoming a directory nor a directory from being
+// removed; Mkdir and Rmdir delete such keys at the path and below it,
+// whose queues are empty then, as when a request deletes one (Tokens).
 //
 // The queue is ordered by create revision. A writer is granted when no key
 // under P/NAME/q/ has a smaller create revision; a reader is granted when

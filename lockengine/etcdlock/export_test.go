@@ -5,3 +5,9 @@ package etcdlock
 // end early (start it below a compaction) and exercise the new snapshot
 // that follows. Call it before b is used.
 func SetWatchFrom(b *Backend, f func(from int64) int64) { b.watchFrom = f }
+
+// EncodeName is the encoding of name in keys (P/EncodeName(name)/...).
+func EncodeName(name string) string { return encodeName(name) }
+
+// DecodeName undoes EncodeName.
+func DecodeName(enc string) string { return decodeName(enc) }
