@@ -65,6 +65,48 @@ func BenchmarkUncontended(b *testing.B) {
 	})
 }
 
+// BenchmarkNested compares an uncontended exclusive Acquire+Release of a
+// top-level name with one of a name four components deep (issue #14: at
+// most 1.2x through the filesystem), with the idle-descriptor cache
+// (repeated acquisitions of one name) and without it (a new name every
+// time, so every op creates and opens a lock file).
+func BenchmarkNested(b *testing.B) {
+	for _, c := range []struct{ name, dir string }{{"top", ""}, {"nested", "a/b/c"}} {
+		for _, fresh := range []bool{false, true} {
+			sub := c.name
+			if fresh {
+				sub += "-new-names"
+			}
+			b.Run(sub, func(b *testing.B) {
+				_, q := openBenchQueue(b)
+				ctx := context.Background()
+				if c.dir != "" {
+					for _, d := range []string{"a", "a/b", "a/b/c"} {
+						if err := q.Mkdir(ctx, d, lockengine.DirAttr{Mode: 0o755}); err != nil {
+							b.Fatal(err)
+						}
+					}
+				}
+				i := 0
+				for b.Loop() {
+					name := "x"
+					if fresh {
+						name = "x" + strconv.Itoa(i)
+						i++
+					}
+					l, err := q.Acquire(ctx, lockengine.JoinName(c.dir, name), lockengine.Exclusive)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if err := l.Release(); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}
+
 // BenchmarkHeldNames holds heldNames names at once through one Queue and
 // reports what each costs: B/name of heap (HeapAlloc after a GC, against
 // before) and fds/name (open descriptors). An op is acquiring all of them

@@ -324,6 +324,10 @@ func (b *Backend) Rmdir(ctx context.Context, path string) error {
 		return fmt.Errorf("rmdir %q: read: %w", path, err)
 	}
 	for _, n := range names {
+		if err := ctx.Err(); err != nil {
+			closeFd(dfd)
+			return fmt.Errorf("rmdir %q: %w", path, err)
+		}
 		var st unix.Stat_t
 		if err := fstatat(dfd, n, &st); err != nil {
 			continue // removed meanwhile
