@@ -554,3 +554,28 @@ func TestOpenRecordsOwner(t *testing.T) {
 	assert.Equal(t, lockengine.ViaOpen, info.Leases[0].Owner.Via)
 	h.Release(context.Background())
 }
+
+// The fake backend keeps only the root directory.
+
+func (b *fakeBackend) StatDir(ctx context.Context, path string) (lockengine.DirAttr, error) {
+	return lockengine.DirAttr{}, fmt.Errorf("%w: %s", lockengine.ErrNoDir, path)
+}
+
+func (b *fakeBackend) Mkdir(ctx context.Context, path string, attr lockengine.DirAttr) error {
+	return fmt.Errorf("%w: %s", syscall.EPERM, path)
+}
+
+func (b *fakeBackend) Rmdir(ctx context.Context, path string) error {
+	return fmt.Errorf("%w: %s", lockengine.ErrNoDir, path)
+}
+
+func (b *fakeBackend) SetDirAttr(ctx context.Context, path string, attr lockengine.DirAttr) error {
+	return fmt.Errorf("%w: %s", lockengine.ErrNoDir, path)
+}
+
+func (b *fakeBackend) ReadDir(ctx context.Context, path string) ([]string, error) {
+	if path == "" {
+		return nil, nil
+	}
+	return nil, fmt.Errorf("%w: %s", lockengine.ErrNoDir, path)
+}
