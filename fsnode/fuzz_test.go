@@ -33,11 +33,11 @@ func FuzzValidLockName(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, name string) {
 		err := validLockName(name)
-		engErr := lockengine.ValidateName(name)
+		engErr := lockengine.ValidateComponent(name)
 		want := name != "" && name != "." && name != ".." && len(name) <= lockengine.MaxNameLen &&
 			!strings.ContainsAny(name, "/\x00")
 		if (engErr == nil) != want {
-			t.Fatalf("ValidateName(%q) = %v, want valid=%v", name, engErr, want)
+			t.Fatalf("ValidateComponent(%q) = %v, want valid=%v", name, engErr, want)
 		}
 		reserved := name == TryDir || name == TimeoutDir
 		if (err == nil) != (want && !reserved) {

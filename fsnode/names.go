@@ -66,7 +66,7 @@ func ParseTimeout(s string) (time.Duration, error) {
 // root, TryDir or a TimeoutDir/SECS directory). The reserved names cannot be
 // locks: they would be unreachable through the root.
 func validLockName(name string) error {
-	if err := lockengine.ValidateName(name); err != nil {
+	if err := lockengine.ValidateComponent(name); err != nil {
 		return err
 	}
 	if slices.Contains(reservedDirs, name) {
