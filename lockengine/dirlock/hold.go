@@ -138,6 +138,9 @@ func (h *hold) Unlock() error {
 
 	h.reg.Stop()
 	err := flock(lf.fd, unix.LOCK_UN)
+	if err == nil {
+		h.b.announceRelease(h.name, lf)
+	}
 	keep := err == nil && !gone
 	b := h.b
 	b.mu.Lock()
