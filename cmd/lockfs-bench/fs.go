@@ -4,9 +4,10 @@ package main
 // measured side by side in one run on this machine (root, gcc, bash and
 // util-linux flock needed).
 //
-//	lockfs-bench fs [-lockfs PATH] [-lockfs-env K=V,...] [-parts trace,1,2,3,4,calls]
+//	lockfs-bench fs [-lockfs PATH] [-lockfs-env K=V,...] [-parts trace,1,2,3,4,calls,cross,mem]
 //	                [-n N] [-chunk N] [-rounds R] [-bash N] [-handoffs N]
 //	                [-handoff-runs R] [-blocked N] [-names N] [-probe N]
+//	                [-cross-clients N] [-base-lockfs PATH]
 //
 // It mounts lockfs (the daemon as a subprocess, on a temp mountpoint with a
 // temp state dir) and the floor, a no-op go-fuse filesystem served by a
@@ -22,6 +23,9 @@ package main
 //	       and an unrelated name's open+close time meanwhile
 //	calls  lock calls: flock(1) and C flock(2) loops on lockfs against the
 //	       write open and local flock, and flock(2) handoff latency
+//	cross  handoff between two daemons on one state directory (latency,
+//	       share of grants per daemon), against one daemon and local flock
+//	       (fs_cross.go; not in the default parts)
 //
 // Everything it starts is stopped, unmounted and removed at the end, on
 // error and on SIGINT/SIGTERM.
@@ -58,6 +62,9 @@ type fsConfig struct {
 	lockfsEnv   string
 	parts       string
 	chunk       int
+	// cross part
+	crossClients int
+	baseLockfs   string
 }
 
 func runFS(args []string) error {
@@ -74,6 +81,8 @@ func runFS(args []string) error {
 	fl.IntVar(&c.blocked, "blocked", 1000, "processes blocked on one name")
 	fl.IntVar(&c.names, "names", 10000, "names held at once")
 	fl.IntVar(&c.probeN, "probe", 3000, "open+close per round of the unrelated-name probe")
+	fl.IntVar(&c.crossClients, "cross-clients", 2, "cross part: clients per mount")
+	fl.StringVar(&c.baseLockfs, "base-lockfs", "", "cross part: also measure two daemons of this lockfs binary (e.g. an older build)")
 	serveFloorAt := fl.String("serve-floor", "", "internal: serve the floor filesystem at this mountpoint")
 	lockFlag := fl.Bool("floor-lock", false, "internal: with -serve-floor, make each file an in-memory mutex")
 	debugFlag := fl.Bool("floor-debug", false, "internal: with -serve-floor, print go-fuse's request trace on stderr")
@@ -169,6 +178,11 @@ func runFS(args []string) error {
 	}
 	if want["calls"] {
 		if err := b.lockCalls(c); err != nil {
+			return err
+		}
+	}
+	if want["cross"] {
+		if err := b.crossDaemons(c); err != nil {
 			return err
 		}
 	}
