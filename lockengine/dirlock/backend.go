@@ -130,6 +130,10 @@ type Backend struct {
 	holds  map[string]*hold    // guarded by mu; outstanding holds by name
 	closed bool                // guarded by mu
 
+	// holdsPeak is holds' largest length since it was last shrunk
+	// (mapshrink); guarded by mu.
+	holdsPeak int
+
 	// Whether some backend on this directory may take over locks: the
 	// marker file "takeover" exists. Sticky once seen. See takeoverMarker.
 	started   time.Time    // base of the monotonic clock readings below

@@ -8,6 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/lockfs/lockfs/internal/mapshrink"
 	"github.com/lockfs/lockfs/lockengine"
 	"github.com/lockfs/lockfs/lockengine/dirlock/internal/heartbeat"
 )
@@ -146,6 +147,7 @@ func (h *hold) Unlock() error {
 	b.mu.Lock()
 	if b.holds[h.name] == h {
 		delete(b.holds, h.name)
+		b.holds = mapshrink.Shrink(b.holds, &b.holdsPeak)
 	}
 	if keep {
 		keep = b.keepIdleLocked(h.name, lf)
