@@ -362,6 +362,11 @@ func (b *Backend) Lock(ctx context.Context, name string, mode lockengine.Mode, l
 			if b.opts.TakeoverAfter > 0 {
 				wait = min(wait, b.opts.TakeoverAfter/16)
 			}
+			if b.wake.yielded(name) {
+				// The waiter yielded to may give up without a
+				// word: look again when the yield ends.
+				wait = min(wait, yieldMax)
+			}
 		}
 		if timer == nil {
 			timer = time.NewTimer(wait)

@@ -186,6 +186,17 @@ func (s *wakeState) yielding(name string, fd int) bool {
 	return false
 }
 
+// yielded reports whether name is yielded to a waiter of another process.
+func (s *wakeState) yielded(name string) bool {
+	if s.nYields.Load() == 0 {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.yields[name]
+	return ok
+}
+
 // waitWake is one Lock call's wake-up: its mark and watch on the
 // descriptor it waits with.
 type waitWake struct {
