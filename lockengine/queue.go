@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/lockfs/lockfs/internal/mapshrink"
 )
 
 // Queue is the Engine: a fair FIFO queue per name in front of a Backend.
@@ -25,6 +27,7 @@ type Queue struct {
 
 	mu      sync.Mutex
 	entries map[string]*entry // guarded by mu
+	peak    int               // guarded by mu; entries' largest length since shrunk (mapshrink)
 	limits  map[string]int    // guarded by mu; SetLimit values above 1
 	closed  bool              // guarded by mu
 	// idleHint counts entries that went idle since idle ones were last
@@ -612,6 +615,7 @@ func (q *Queue) unref(e *entry) {
 			delete(q.entries, name)
 		}
 	}
+	q.entries = mapshrink.Shrink(q.entries, &q.peak)
 	q.idleHint.Store(0)
 	q.mu.Unlock()
 }

@@ -4,9 +4,10 @@ package main
 // measured side by side in one run on this machine (root, gcc, bash and
 // util-linux flock needed).
 //
-//	lockfs-bench fs [-lockfs PATH] [-lockfs-env K=V,...] [-parts trace,1,2,3,4,calls]
+//	lockfs-bench fs [-lockfs PATH] [-lockfs-env K=V,...] [-parts trace,1,2,3,4,calls,cross]
 //	                [-n N] [-chunk N] [-rounds R] [-bash N] [-handoffs N]
 //	                [-handoff-runs R] [-blocked N] [-names N] [-probe N]
+//	                [-cross-clients N] [-base-lockfs PATH]
 //
 // It mounts lockfs (the daemon as a subprocess, on a temp mountpoint with a
 // temp state dir) and the floor, a no-op go-fuse filesystem served by a
@@ -18,10 +19,14 @@ package main
 //	1      uncontended open+close: lockfs vs the floor vs local flock
 //	2      bash 'exec 9>M/x; exec 9>&-' loop vs a 'flock F true' loop
 //	3      release->grant latency between two processes on one daemon
-//	4      daemon RSS with 1,000 blocked openers and with 10,000 held names,
+//	4      daemon RSS with 1,000 blocked openers and with 10,000 held names
+//	       (and after they are gone, for up to -settle),
 //	       and an unrelated name's open+close time meanwhile
 //	calls  lock calls: flock(1) and C flock(2) loops on lockfs against the
 //	       write open and local flock, and flock(2) handoff latency
+//	cross  handoff between two daemons on one state directory (latency,
+//	       share of grants per daemon), against one daemon and local flock
+//	       (fs_cross.go; not in the default parts)
 //
 // Everything it starts is stopped, unmounted and removed at the end, on
 // error and on SIGINT/SIGTERM.
@@ -58,6 +63,11 @@ type fsConfig struct {
 	lockfsEnv   string
 	parts       string
 	chunk       int
+	// cross part
+	crossClients int
+	baseLockfs   string
+	// part 4
+	settle time.Duration
 }
 
 func runFS(args []string) error {
@@ -65,7 +75,7 @@ func runFS(args []string) error {
 	var c fsConfig
 	fl.StringVar(&c.lockfs, "lockfs", "", "lockfs binary (default: go build ./cmd/lockfs of the module around the working dir, else lockfs next to this binary)")
 	fl.IntVar(&c.n, "n", 20000, "open+close per uncontended round")
-	fl.StringVar(&c.parts, "parts", "trace,1,2,3,4,calls", "which figures to measure (comma-separated: trace,1,2,3,4,calls)")
+	fl.StringVar(&c.parts, "parts", "trace,1,2,3,4,calls", "which figures to measure (comma-separated: trace,1,2,3,4,calls,cross)")
 	fl.IntVar(&c.chunk, "chunk", 1000, "uncontended figure: operations per case before switching to the next case")
 	fl.IntVar(&c.rounds, "rounds", 5, "interleaved rounds of the uncontended and bash figures")
 	fl.IntVar(&c.bashN, "bash", 1000, "iterations of the bash loops")
@@ -74,6 +84,9 @@ func runFS(args []string) error {
 	fl.IntVar(&c.blocked, "blocked", 1000, "processes blocked on one name")
 	fl.IntVar(&c.names, "names", 10000, "names held at once")
 	fl.IntVar(&c.probeN, "probe", 3000, "open+close per round of the unrelated-name probe")
+	fl.IntVar(&c.crossClients, "cross-clients", 2, "cross part: clients per mount")
+	fl.DurationVar(&c.settle, "settle", 100*time.Second, "part 4: how long to follow the daemon's RSS after a burst ends")
+	fl.StringVar(&c.baseLockfs, "base-lockfs", "", "cross part: also measure two daemons of this lockfs binary (e.g. an older build)")
 	serveFloorAt := fl.String("serve-floor", "", "internal: serve the floor filesystem at this mountpoint")
 	lockFlag := fl.Bool("floor-lock", false, "internal: with -serve-floor, make each file an in-memory mutex")
 	debugFlag := fl.Bool("floor-debug", false, "internal: with -serve-floor, print go-fuse's request trace on stderr")
@@ -169,6 +182,11 @@ func runFS(args []string) error {
 	}
 	if want["calls"] {
 		if err := b.lockCalls(c); err != nil {
+			return err
+		}
+	}
+	if want["cross"] {
+		if err := b.crossDaemons(c); err != nil {
 			return err
 		}
 	}
@@ -557,6 +575,10 @@ func (b *fsBench) blockedMany(c fsConfig) error {
 		}
 	}
 	drain := time.Since(t1)
+	settled, err := b.settleRSS(d, rss0, c.settle)
+	if err != nil {
+		return err
+	}
 	after, afterCtl, err := b.probe(other, control, c.probeN, 5)
 	if err != nil {
 		return err
@@ -585,6 +607,7 @@ func (b *fsBench) blockedMany(c fsConfig) error {
 		idleUs, median(idle)/1000, median(after)/1000, c.blocked, busyUs, ratio, normalized)
 	fmt.Printf("   released: the %d waiters took the name in turn and exited in %.2f s (%.0f us per handoff incl. process exit)\n",
 		c.blocked, drain.Seconds(), drain.Seconds()*1e6/float64(c.blocked))
+	fmt.Printf("   %s\n", settled)
 	return nil
 }
 
@@ -614,8 +637,13 @@ func (b *fsBench) manyNames(c fsConfig) error {
 	if err != nil {
 		return err
 	}
+	settled, err := b.settleRSS(d, rss0, c.settle)
+	if err != nil {
+		return err
+	}
 	grown := float64(rss1.rss-rss0.rss) / 1024
 	fmt.Printf("   %d names held at once (one process, opened in %.2f s): daemon %s, %.1f KiB per name\n",
 		c.names, took.Seconds(), growth(rss0, rss1), grown*1024/float64(c.names))
+	fmt.Printf("   %s\n", settled)
 	return nil
 }

@@ -40,8 +40,14 @@ type Options struct {
 	// takes a name from a live holder, however long it is stuck.
 	TakeoverAfter time.Duration
 	// PollMin and PollMax bound the backoff of the one poller per name that
-	// waits while another process holds it (defaults 50µs and 2ms).
+	// waits while another process holds it when the kernel cannot wake it
+	// (no inotify; defaults 50µs and 2ms).
 	PollMin, PollMax time.Duration
+	// WakePoll is how often a waiter that the kernel wakes on releases
+	// (see wake.go) still tries, for holders that do not announce their
+	// releases: other programs locking the state directory's files, or a
+	// lockfs without wake-ups (default 100ms).
+	WakePoll time.Duration
 	// GuardWait bounds the wait for the guard file (default 1s). Past it an
 	// attempt counts as would-block and is retried.
 	GuardWait time.Duration
@@ -78,6 +84,9 @@ func (o *Options) setDefaults() error {
 		o.PollMax = 2 * time.Millisecond
 	}
 	o.PollMax = max(o.PollMax, o.PollMin)
+	if o.WakePoll <= 0 {
+		o.WakePoll = 100 * time.Millisecond
+	}
 	if o.GuardWait <= 0 {
 		o.GuardWait = time.Second
 	}
@@ -125,6 +134,10 @@ type Backend struct {
 	holds  map[string]*hold    // guarded by mu; outstanding holds by name
 	closed bool                // guarded by mu
 
+	// holdsPeak is holds' largest length since it was last shrunk
+	// (mapshrink); guarded by mu.
+	holdsPeak int
+
 	// Whether some backend on this directory may take over locks: the
 	// marker file "takeover" exists. Sticky once seen. See takeoverMarker.
 	started   time.Time    // base of the monotonic clock readings below
@@ -141,6 +154,8 @@ type Backend struct {
 	epoch, base uint64
 
 	tightened int // permission fixes logged by this Open; see ownAndTighten
+
+	wake wakeState // kernel wake-ups of waiters, see wake.go
 
 	stopSweep chan struct{}
 	sweepDone chan struct{}
@@ -295,8 +310,10 @@ func (b *Backend) TryLock(ctx context.Context, name string, mode lockengine.Mode
 	return nil, fmt.Errorf("lock %q: %w: lock file keeps being replaced", name, lockengine.ErrWouldBlock)
 }
 
-// Lock implements Backend. It polls with exponential backoff between
-// PollMin and PollMax while another process holds the name.
+// Lock implements Backend. While another process holds the name it waits
+// for the kernel to report a release (see wake.go), trying again every
+// WakePoll meanwhile; without kernel wake-ups it polls with exponential
+// backoff between PollMin and PollMax.
 func (b *Backend) Lock(ctx context.Context, name string, mode lockengine.Mode, lost func(error)) (lockengine.Hold, error) {
 	if err := lockengine.ValidateName(name); err != nil {
 		return nil, err
@@ -309,6 +326,7 @@ func (b *Backend) Lock(ctx context.Context, name string, mode lockengine.Mode, l
 		delay = b.opts.PollMin
 		timer *time.Timer
 		stale staleWatch
+		ww    *waitWake // this call's mark and watch on lf, once it waits
 	)
 	defer func() {
 		if timer != nil {
@@ -319,8 +337,10 @@ func (b *Backend) Lock(ctx context.Context, name string, mode lockengine.Mode, l
 		tok, err := b.tryFile(name, lf, mode, true)
 		switch {
 		case err == nil:
+			ww.disarm()
 			return b.newHold(name, lf, mode, tok, lost), nil
 		case errors.Is(err, errReplaced):
+			ww.forget()
 			closeFd(lf.fd)
 			if lf, err = b.openFile(name); err != nil {
 				return nil, err
@@ -328,30 +348,53 @@ func (b *Backend) Lock(ctx context.Context, name string, mode lockengine.Mode, l
 			delay = b.opts.PollMin
 			continue
 		case !errors.Is(err, lockengine.ErrWouldBlock):
+			ww.forget()
 			closeFd(lf.fd)
 			return nil, err
 		}
 		if b.opts.TakeoverAfter > 0 {
 			h, err := b.watchStale(&stale, name, lf, mode, lost)
 			if h != nil || err != nil {
+				ww.forget()
 				if h == nil {
 					closeFd(lf.fd)
 				}
 				return h, err
 			}
 		}
+		if !ww.armed(lf.fd) {
+			// Announce this waiter and watch the file, then try once
+			// more: a release just before the mark was not announced.
+			ww = b.armWake(ww, lf)
+			continue
+		}
+		wait := delay
+		if ww.woken {
+			wait = b.opts.WakePoll
+			if b.opts.TakeoverAfter > 0 {
+				wait = min(wait, b.opts.TakeoverAfter/16)
+			}
+			if b.wake.yielded(name) {
+				// The waiter yielded to may give up without a
+				// word: look again when the yield ends.
+				wait = min(wait, yieldMax)
+			}
+		}
 		if timer == nil {
-			timer = time.NewTimer(delay)
+			timer = time.NewTimer(wait)
 		} else {
-			timer.Reset(delay)
+			timer.Reset(wait)
 		}
 		select {
 		case <-ctx.Done():
+			ww.disarm()
 			b.putIdle(name, lf)
 			return nil, fmt.Errorf("lock %q: %w", name, ctx.Err())
+		case <-ww.c:
+			// (Reset discards a pending expiry: Go 1.23 timers.)
 		case <-timer.C:
+			delay = min(2*delay, b.opts.PollMax)
 		}
-		delay = min(2*delay, b.opts.PollMax)
 	}
 }
 
@@ -427,6 +470,10 @@ func (b *Backend) openFile(name string) (lockFile, error) {
 // returns the grant's token. On any failure the flock is dropped; lf stays
 // open and is the caller's.
 func (b *Backend) tryFile(name string, lf lockFile, mode lockengine.Mode, waitGuard bool) (uint64, error) {
+	if b.wake.yielding(name, lf.fd) {
+		// Released to another process's waiter a moment ago: its turn.
+		return 0, lockengine.ErrWouldBlock
+	}
 	switch err := flock(lf.fd, flockHow(mode)|unix.LOCK_NB); err {
 	case nil:
 	case unix.EWOULDBLOCK:
@@ -551,6 +598,7 @@ func (b *Backend) Close() error {
 		_ = h.Unlock()
 	}
 	b.hb.Close()
+	b.wake.close()
 	b.mu.Lock()
 	for name, lf := range b.idle {
 		closeFd(lf.fd)

@@ -8,6 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/lockfs/lockfs/internal/mapshrink"
 	"github.com/lockfs/lockfs/lockengine"
 	"github.com/lockfs/lockfs/lockengine/dirlock/internal/heartbeat"
 )
@@ -138,11 +139,15 @@ func (h *hold) Unlock() error {
 
 	h.reg.Stop()
 	err := flock(lf.fd, unix.LOCK_UN)
+	if err == nil {
+		h.b.announceRelease(h.name, lf)
+	}
 	keep := err == nil && !gone
 	b := h.b
 	b.mu.Lock()
 	if b.holds[h.name] == h {
 		delete(b.holds, h.name)
+		b.holds = mapshrink.Shrink(b.holds, &b.holdsPeak)
 	}
 	if keep {
 		keep = b.keepIdleLocked(h.name, lf)

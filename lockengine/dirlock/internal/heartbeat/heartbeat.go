@@ -17,6 +17,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/lockfs/lockfs/internal/mapshrink"
 )
 
 // DefaultInterval is the interval used when New is given zero.
@@ -51,6 +53,7 @@ type Loop struct {
 
 	mu      sync.Mutex
 	targets map[*Registration]struct{} // guarded by mu
+	peak    int                        // guarded by mu; see mapshrink
 	closed  bool                       // guarded by mu
 
 	failures atomic.Uint64 // failed beats, ever
@@ -122,9 +125,11 @@ func (l *Loop) Register(r *Registration, t Target) {
 // Stop removes the registration. It is idempotent. A beat already in
 // progress may still finish, but no new beat starts.
 func (r *Registration) Stop() {
-	r.loop.mu.Lock()
-	delete(r.loop.targets, r)
-	r.loop.mu.Unlock()
+	l := r.loop
+	l.mu.Lock()
+	delete(l.targets, r)
+	l.targets = mapshrink.Shrink(l.targets, &l.peak)
+	l.mu.Unlock()
 }
 
 // Close stops the loop and waits for its goroutine to exit. Registered

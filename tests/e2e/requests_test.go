@@ -1,0 +1,124 @@
+package e2e
+
+import (
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+
+	"github.com/lockfs/lockfs/tests/e2e/harness"
+)
+
+// rxLine is a request line of go-fuse's debug trace (lockfs mount
+// --debug-fuse): "rx ID: OPCODE nNODE ...".
+var rxLine = regexp.MustCompile(`\brx \d+: ([A-Z_0-9]+) ([^\n]*)`)
+
+// fuseRequests returns the requests in trace: opcode -> count, and the
+// argument text of each GETXATTR.
+func fuseRequests(trace string) (map[string]int, []string) {
+	counts := map[string]int{}
+	var xattrs []string
+	for _, m := range rxLine.FindAllStringSubmatch(trace, -1) {
+		counts[m[1]]++
+		if m[1] == "GETXATTR" {
+			xattrs = append(xattrs, m[2])
+		}
+	}
+	return counts, xattrs
+}
+
+// TestRequestsPerOpen counts the FUSE requests that reach the daemon for a
+// warm loop of lock opens and closes: each costs exactly one OPEN and one
+// RELEASE, with at most an occasional LOOKUP or GETATTR when the kernel's
+// entry or attribute timeout expires (none for the cached entries lockfs
+// hands out today). The shell's form (O_WRONLY|O_CREAT|O_TRUNC, bash's
+// "exec 9>") adds the kernel's GETXATTR "security.capability", which it
+// sends before every truncation while the mount has extended attributes
+// (see docs/benchmarks.md: no mount option removes it for lock files),
+// answered at once; never a SETATTR (atomic O_TRUNC) or a FLUSH.
+func TestRequestsPerOpen(t *testing.T) {
+	e := setup(t)
+	d := e.StartDaemon(t, harness.DaemonConfig{LogLevel: "warn", Args: []string{"--debug-fuse"}})
+	const n = 200
+
+	goLoop := func(flags int) func(path string) {
+		return func(path string) {
+			for range n {
+				fd, err := unix.Open(path, flags|unix.O_CLOEXEC, 0o666)
+				require.NoError(t, err)
+				require.NoError(t, unix.Close(fd))
+			}
+		}
+	}
+	bashLoop := func(path string) {
+		p := e.Bash(t, fmt.Sprintf(`for ((i=0;i<%d;i++)); do exec 9>"$P" || exit 1; exec 9>&-; done; echo done`, n), "P="+path)
+		p.WaitLine("done", patience)
+		require.Equal(t, 0, p.Wait(patience))
+	}
+	cases := []struct {
+		name   string
+		loop   func(path string)
+		xattrs bool // one GETXATTR security.capability per open
+	}{
+		{"write open", goLoop(unix.O_WRONLY), false},
+		{"write open with O_TRUNC", goLoop(unix.O_WRONLY | unix.O_CREAT | unix.O_TRUNC), true},
+		{"bash exec 9>", bashLoop, true},
+	}
+	for i, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			path := d.Path(fmt.Sprintf("requests-%d", i))
+			// Warm: the first open looks the name up.
+			start := len(d.Log())
+			for range 3 {
+				fd, err := unix.Open(path, unix.O_WRONLY|unix.O_CLOEXEC, 0)
+				require.NoError(t, err)
+				require.NoError(t, unix.Close(fd))
+			}
+			harness.Eventually(t, patience, func() (bool, string) {
+				counts, _ := fuseRequests(d.Log()[start:])
+				return counts["RELEASE"] >= 3, "the warm-up's RELEASEs"
+			})
+			before := len(d.Log())
+			t0 := time.Now()
+			c.loop(path)
+			secs := int(time.Since(t0)/time.Second) + 1
+			var counts map[string]int
+			var xattrs []string
+			// RELEASE is asynchronous: wait for the last one.
+			harness.Eventually(t, patience, func() (bool, string) {
+				counts, xattrs = fuseRequests(d.Log()[before:])
+				return counts["RELEASE"] >= n, fmt.Sprintf("every RELEASE (%v so far)", counts)
+			})
+			t.Logf("%d opens in %ds: %v", n, secs, counts)
+			assert.Equal(t, n, counts["OPEN"], "OPEN per open")
+			assert.Equal(t, n, counts["RELEASE"], "RELEASE per open")
+			// An expired entry or attribute timeout costs one request
+			// now and then, never one per open.
+			assert.LessOrEqual(t, counts["LOOKUP"]+counts["GETATTR"], 2*secs, "LOOKUP and GETATTR")
+			if c.xattrs {
+				assert.LessOrEqual(t, counts["GETXATTR"], n, "GETXATTR")
+				for _, x := range xattrs {
+					assert.Contains(t, x, `"security.capability"`)
+				}
+			} else {
+				assert.Zero(t, counts["GETXATTR"], "GETXATTR")
+			}
+			var other []string
+			for op := range counts {
+				switch op {
+				case "OPEN", "RELEASE", "LOOKUP", "GETATTR", "GETXATTR":
+				default:
+					other = append(other, op)
+				}
+			}
+			slices.Sort(other)
+			assert.Empty(t, other, "other requests: %s", strings.Join(other, " "))
+		})
+	}
+}
