@@ -526,6 +526,10 @@ func (b *Backend) verifyAndRecordLocked(name string, lf lockFile, mode lockengin
 		return 0, fmt.Errorf("lock %q: verify: %w", name, err)
 	case st.Dev != lf.dev || st.Ino != lf.ino:
 		return 0, errReplaced
+	case st.Nlink == 0:
+		// Unlinked between the path lookup and the stat (a sweep or a
+		// Rmdir removing it under its flock): replaced, retry.
+		return 0, errReplaced
 	case st.Nlink != 1:
 		return 0, fmt.Errorf("lock %q: %w: the lock file has %d hard links", name, lockengine.ErrNotRegular, st.Nlink)
 	}
