@@ -23,6 +23,22 @@ import (
 	"github.com/lockfs/lockfs/tests/e2e/harness"
 )
 
+// What these tests (and tree_users_test.go, tree_etcd_test.go and
+// tests/docker/subtree_test.go) assume of the filesystem side:
+//   - the mount uses default_permissions; a lock file reports its
+//     directory's uid/gid and mode dirmode&0666 (not its holder);
+//   - lookups of unheld names in a directory let mkdir reach the daemon;
+//   - lock calls (flock, fcntl, lockf) are checked against the calling
+//     process's credentials at the time of the call (a descriptor root
+//     opened and passed to another user does not let that user lock);
+//   - changes through another daemon show within --attr-timeout (the
+//     tests poll up to 15 s); names in a directory removed through the
+//     other daemon give ENOENT;
+//   - lockfs status M/sub is recursive and prints full paths;
+//   - --root-owner takes numbers or names; --max-dirs-per-user refuses
+//     mkdir with EDQUOT, exempts root, and rmdir gives the allowance back;
+//   - a setgid parent passes its group and the setgid bit on.
+//
 // Lock directories (issue 14): names are paths below the mount; M/team is
 // a lock directory made with mkdir, M/team/deploy a lock in it, and the
 // reserved views take paths (M/.try/team/deploy). The helpers below take
