@@ -36,6 +36,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -91,15 +92,30 @@ func (rep *soakReport) addViolation(s string) { rep.violations = append(rep.viol
 
 func checkSoak(logs []string, logPid map[string]int, events []soakEvent, startMono, endMono int64) *soakReport {
 	rep := &soakReport{grants: map[string]int{}, lost: map[string]int{}, errnos: map[string]int{}, finalFails: map[string]int{}}
-	killedAt := map[int]int64{}
+	// Kills by pid, in time order. Pids are reused (pid_max is 32768 on
+	// many hosts, and an hour's soak starts more processes than that), so
+	// the kill that ended a process is the first kill of its pid at or
+	// after a moment it was alive, never simply the last one.
+	kills := map[int][]int64{}
+	killedAt := func(pid int, alive int64) (int64, bool) {
+		for _, t := range kills[pid] {
+			if t >= alive {
+				return t, true
+			}
+		}
+		return 0, false
+	}
 	daemonKills := map[int][]int64{}
 	for _, e := range events {
 		switch e.kind {
 		case "client-kill":
-			killedAt[e.pid] = e.t
+			kills[e.pid] = append(kills[e.pid], e.t)
 		case "daemon-kill":
 			daemonKills[e.slot] = append(daemonKills[e.slot], e.t)
 		}
+	}
+	for _, ts := range kills {
+		slices.Sort(ts)
 	}
 	byName := map[string][]*soakInterval{}
 	blocking := map[string]bool{}
@@ -113,7 +129,7 @@ func checkSoak(logs []string, logPid map[string]int, events []soakEvent, startMo
 			continue
 		}
 		var cur *soakInterval
-		var begin int64
+		var begin, lastBegin int64
 		open := false // a BEGIN without its ENTER/FAIL/VIOL
 		var beginIface string
 		sc := bufio.NewScanner(f)
@@ -135,6 +151,7 @@ func checkSoak(logs []string, logPid map[string]int, events []soakEvent, startMo
 				rep.attempts++
 				open = true
 				begin, _ = strconv.ParseInt(w[3], 10, 64)
+				lastBegin = begin
 				beginIface = w[2]
 			case "ENTER":
 				if len(w) < 8 {
@@ -184,7 +201,7 @@ func checkSoak(logs []string, logPid map[string]int, events []soakEvent, startMo
 		}
 		_ = f.Close()
 		if open {
-			if _, ok := killedAt[pid]; ok {
+			if _, ok := killedAt(pid, lastBegin); ok {
 				rep.unfinishedKilled++
 			} else {
 				rep.unfinished++
@@ -192,7 +209,7 @@ func checkSoak(logs []string, logPid map[string]int, events []soakEvent, startMo
 			}
 		}
 		if cur != nil {
-			if k, ok := killedAt[pid]; ok {
+			if k, ok := killedAt(pid, cur.enter); ok {
 				cur.end = k
 				cur.clientKilled = true
 			} else {

@@ -48,6 +48,10 @@ func TestCheckSoak(t *testing.T) {
 			"BEGIN n00 open 0 0\nENTER n00 ex 5 10 1 open 0\n",
 			"BEGIN n00 open 0 1\nENTER n00 ex 6 30 2 open 1\nEXIT n00 ex 6 50\n",
 		}, []soakEvent{{kind: "client-kill", t: 20, pid: 1}}, ""},
+		{"client killed, its pid reused and killed later", []string{
+			"BEGIN n00 open 0 0\nENTER n00 ex 5 10 1 open 0\n",
+			"BEGIN n00 open 0 1\nENTER n00 ex 6 30 2 open 1\nEXIT n00 ex 6 50\n",
+		}, []soakEvent{{kind: "client-kill", t: 5, pid: 1}, {kind: "client-kill", t: 20, pid: 1}, {kind: "client-kill", t: 900, pid: 1}}, ""},
 		{"holder at the end", []string{
 			"BEGIN n00 open 0 0\nENTER n00 ex 5 10 1 open 0\n",
 			"BEGIN n00 open 0 1\nENTER n00 ex 6 30 2 open 1\nEXIT n00 ex 6 50\n",

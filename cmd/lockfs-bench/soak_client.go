@@ -64,6 +64,9 @@ type soakClient struct {
 	names  int
 	rng    *rand.Rand
 	pid    int
+	// mnt is the unique id of the FUSE mount on the mountpoint when the
+	// current attempt began (0: none), see fuseMount.
+	mnt uint64
 }
 
 func (c *soakClient) logf(format string, a ...any) {
@@ -106,6 +109,7 @@ func (c *soakClient) once() {
 	if mode == "" {
 		mode = []string{"ex", "sh"}[c.rng.IntN(2)]
 	}
+	c.mnt = fuseMount(c.mounts[mi])
 	c.logf("BEGIN %s %s %d %d", name, ifc.name, monoNow(), mi)
 	var fd int
 	var err error
@@ -190,6 +194,7 @@ func (c *soakClient) once() {
 // until a read fails (the daemon stopped), so the client always ends with
 // a FAIL or a LOST line.
 func (c *soakClient) finalWait() {
+	c.mnt = fuseMount(c.mounts[0])
 	c.logf("BEGIN n00 open %d 0", monoNow())
 	fd, err := unix.Open(filepath.Join(c.mounts[0], "n00"), unix.O_RDWR|unix.O_CLOEXEC, 0)
 	tGrant := monoNow()
@@ -217,16 +222,18 @@ func (c *soakClient) finalWait() {
 	}
 }
 
-// fail logs a failed attempt; ENOENT while the mountpoint holds no FUSE
-// mount (a daemon being restarted after a lazy unmount) counts as the
-// documented "unmounted" failure.
+// fail logs a failed attempt. ENOENT counts as the documented "unmounted"
+// failure when the attempt did not run on one FUSE mount from start to end:
+// the mountpoint held no FUSE mount when it began or now, or another one
+// now (a daemon restarted meanwhile after a lazy unmount). Only an ENOENT
+// from the very mount the attempt began on is a violation.
 func (c *soakClient) fail(iface string, mi int, err error) {
 	e, _ := err.(unix.Errno)
 	name := errnoName(err)
 	switch {
 	case soakDocumented[e]:
 		c.logf("FAIL %s %s %d %d", iface, name, monoNow(), mi)
-	case e == unix.ENOENT && !isFuse(c.mounts[mi]):
+	case e == unix.ENOENT && (c.mnt == 0 || fuseMount(c.mounts[mi]) != c.mnt):
 		c.logf("FAIL %s ENOENT-unmounted %d %d", iface, monoNow(), mi)
 	default:
 		c.logf("VIOL %s on %s: undocumented error %s (%v)", iface, c.mounts[mi], name, err)
@@ -240,6 +247,21 @@ func (c *soakClient) fail(iface string, mi int, err error) {
 		// spin.
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// fuseMount returns the unique id (statx STATX_MNT_ID_UNIQUE, never reused
+// while the system runs) of the FUSE mount at path, or 0 when path is not
+// the root of a FUSE mount.
+func fuseMount(path string) uint64 {
+	if !isFuse(path) {
+		return 0
+	}
+	var stx unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, path, 0, unix.STATX_MNT_ID_UNIQUE, &stx); err != nil ||
+		stx.Mask&unix.STATX_MNT_ID_UNIQUE == 0 {
+		return 0
+	}
+	return stx.Mnt_id
 }
 
 func isFuse(path string) bool {
