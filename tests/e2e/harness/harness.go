@@ -42,7 +42,7 @@ const RequiredEnv = "LOCKFS_E2E_REQUIRED"
 // "promptly" (a grant after a release, a daemon exit, an EINTR): long enough
 // that a loaded 2-core machine never trips it, short enough that a hang
 // fails the test instead of the whole run.
-const Patience = 15 * time.Second
+const Patience = 45 * time.Second
 
 // Settle is how long a test lets a request that is already blocked in the
 // kernel reach the daemon's queue before it relies on the daemon's arrival
