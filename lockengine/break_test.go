@@ -129,3 +129,50 @@ func TestQueueInspectGrantOrder(t *testing.T) {
 	require.Equal(t, uint32(2000), info.Leases[0].Owner.UID)
 	require.NoError(t, l.Release())
 }
+
+// A request whose Bump finds the hold gone gives the hold back without the
+// per-name lock before it queues for a new grant. If Close runs during that
+// Unlock, the request must fail with ErrClosed, not queue on the closed
+// name (where nothing would ever grant it, and a worker would start after
+// Close had waited for the last one).
+func TestQueueCloseDuringUnlockAfterFailedBump(t *testing.T) {
+	q, b := newTestQueue(t, QueueOptions{})
+	ctx := testCtx(t)
+	require.NoError(t, q.SetLimit("sem", 2))
+	l1, err := q.Acquire(ctx, "sem", Exclusive)
+	require.NoError(t, err)
+	// The backend can no longer prove the hold, and has not said so yet.
+	b.hold("sem").valid.Store(false)
+	gate := make(chan struct{})
+	b.unlockGate = gate
+
+	second := acquireAsync(ctx, q, "sem", Exclusive) // bumps, fails, gives the hold back
+	eventually(t, "the failed Bump's Unlock to start", func() bool { return b.unlocking.Load() == 1 })
+	closed := make(chan error, 1)
+	go func() { closed <- q.Close() }()
+	eventually(t, "Close to mark the name closed", func() bool {
+		q.mu.Lock()
+		e := q.entries["sem"]
+		q.mu.Unlock()
+		if e == nil || !e.mu.TryLock() {
+			return false
+		}
+		defer e.mu.Unlock()
+		return e.closed
+	})
+	close(gate)
+	select {
+	case r := <-second:
+		require.ErrorIs(t, r.err, ErrClosed)
+		require.Nil(t, r.l)
+	case <-time.After(timeout):
+		t.Fatal("the request queued on a closed name")
+	}
+	select {
+	case err := <-closed:
+		require.NoError(t, err)
+	case <-time.After(timeout):
+		t.Fatal("Close did not return")
+	}
+	require.ErrorIs(t, l1.Err(), ErrLost)
+}

@@ -35,6 +35,10 @@ type fakeBackend struct {
 	// closed; bumping counts the Bumps waiting at it.
 	bumpGate chan struct{}
 	bumping  atomic.Int32
+	// unlockGate, when set (before any Unlock), makes Unlock wait until
+	// it is closed; unlocking counts the Unlocks waiting at it.
+	unlockGate chan struct{}
+	unlocking  atomic.Int32
 }
 
 func newFakeBackend() *fakeBackend {
@@ -306,6 +310,11 @@ func (h *fakeHold) Unlock() error {
 	h.unlocked.Do(func() {
 		h.b.enter(h.name, "Unlock")
 		defer h.b.exit(h.name)
+		if g := h.b.unlockGate; g != nil {
+			h.b.unlocking.Add(1)
+			<-g
+			h.b.unlocking.Add(-1)
+		}
 		h.valid.Store(false)
 		h.b.mu.Lock()
 		if h.b.holds[h.name] == h {

@@ -318,6 +318,11 @@ func (q *Queue) joinNow(e *entry, mode Mode, owner Owner, start time.Time) (l *L
 		case e.closed:
 			return nil, ErrClosed, true
 		case err != nil && q.lostOnBump(e, g, err):
+			// lostOnBump gave the hold back without e.mu: Close
+			// may have run meanwhile.
+			if e.closed {
+				return nil, ErrClosed, true
+			}
 			return nil, nil, false // wait for a new grant
 		case err != nil:
 			return nil, fmt.Errorf("lock %q: %w", e.name, err), true
