@@ -13,8 +13,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	"github.com/lockfs/lockfs/internal/launch"
 )
 
 // crossDaemons is the "cross" part of 'lockfs-bench fs': handoff between
@@ -35,12 +33,12 @@ import (
 // went to daemon A's clients.
 func (b *fsBench) crossDaemons(c fsConfig) error {
 	state := filepath.Join(b.tmp, "cross-state")
-	a, err := b.startLockfsState("lockfs-cross-a", state)
+	a, err := b.startLockfsBin(b.lockfs, "lockfs-cross-a", state)
 	if err != nil {
 		return err
 	}
 	defer a.stop()
-	bd, err := b.startLockfsState("lockfs-cross-b", state)
+	bd, err := b.startLockfsBin(b.lockfs, "lockfs-cross-b", state)
 	if err != nil {
 		return err
 	}
@@ -54,17 +52,13 @@ func (b *fsBench) crossDaemons(c fsConfig) error {
 	}
 	var base [2]*daemon
 	if c.baseLockfs != "" {
-		saved := b.lockfs
-		b.lockfs = c.baseLockfs
 		bstate := filepath.Join(b.tmp, "cross-base-state")
 		for i, name := range []string{"base-cross-a", "base-cross-b"} {
-			if base[i], err = b.startLockfsState(name, bstate); err != nil {
-				b.lockfs = saved
+			if base[i], err = b.startLockfsBin(c.baseLockfs, name, bstate); err != nil {
 				return err
 			}
 			defer base[i].stop()
 		}
-		b.lockfs = saved
 	}
 	k := c.crossClients
 	rounds := max(c.handoffs/(2*k), 10)
@@ -76,9 +70,8 @@ func (b *fsBench) crossDaemons(c fsConfig) error {
 		crossP50, crossP99, crossMax []float64
 		sameP50, sameP99             []float64
 		shareA                       []float64
-		nCross, nSame                int
 	}
-	clients := func(mode string, mnts ...string) ([]string, []int) {
+	clients := func(mnts ...string) ([]string, []int) {
 		var paths []string
 		var of []int
 		for i := range 2 * k {
@@ -90,12 +83,12 @@ func (b *fsBench) crossDaemons(c fsConfig) error {
 	}
 	cases := []*series{{what: "lockfs, two daemons", mode: "handoff"}, {what: "lockfs, one daemon", mode: "handoff"},
 		{what: "local flock(2)", mode: "fhandoff"}}
-	cases[0].paths, cases[0].daemonOf = clients("handoff", a.mnt, bd.mnt)
-	cases[1].paths, cases[1].daemonOf = clients("handoff", a.mnt)
-	cases[2].paths, cases[2].daemonOf = clients("fhandoff", local)
+	cases[0].paths, cases[0].daemonOf = clients(a.mnt, bd.mnt)
+	cases[1].paths, cases[1].daemonOf = clients(a.mnt)
+	cases[2].paths, cases[2].daemonOf = clients(local)
 	if base[0] != nil {
 		s := &series{what: "base lockfs, two daemons", mode: "handoff"}
-		s.paths, s.daemonOf = clients("handoff", base[0].mnt, base[1].mnt)
+		s.paths, s.daemonOf = clients(base[0].mnt, base[1].mnt)
 		cases = append(cases, s)
 	}
 	for run := range c.handoffRuns {
@@ -110,12 +103,10 @@ func (b *fsBench) crossDaemons(c fsConfig) error {
 				s.crossP50 = append(s.crossP50, pct(cross, 50))
 				s.crossP99 = append(s.crossP99, pct(cross, 99))
 				s.crossMax = append(s.crossMax, cross[len(cross)-1])
-				s.nCross = len(cross)
 			}
 			if len(same) > 0 {
 				s.sameP50 = append(s.sameP50, pct(same, 50))
 				s.sameP99 = append(s.sameP99, pct(same, 99))
-				s.nSame = len(same)
 			}
 			s.shareA = append(s.shareA, float64(grantsA)/float64(grants))
 		}
@@ -131,7 +122,7 @@ func (b *fsBench) crossDaemons(c fsConfig) error {
 		c.handoffRuns, rounds)
 	for _, s := range cases {
 		line := fmt.Sprintf("   %-26s", s.what)
-		if s.what == "lockfs, one daemon" || s.what == "local flock(2)" {
+		if slices.Max(s.daemonOf) == 0 { // one daemon (or none): no handoffs between daemons
 			line += fmt.Sprintf(" handoff p50 %s  p99 %s", us(s.sameP50, "%.0f"), us(s.sameP99, "%.0f"))
 		} else {
 			line += fmt.Sprintf(" between daemons p50 %s  p99 %s  max %s;  within a daemon p50 %s  p99 %s;  daemon A's share of grants %s",
@@ -150,23 +141,6 @@ func pctList(xs []float64) string {
 		parts = append(parts, fmt.Sprintf("%.0f%%", 100*x))
 	}
 	return strings.Join(parts, " ")
-}
-
-// startLockfsState starts 'lockfs mount' on a new mountpoint with the given
-// state directory (daemons sharing one exclude each other).
-func (b *fsBench) startLockfsState(name, state string, extra ...string) (*daemon, error) {
-	d, err := b.newDaemon(name)
-	if err != nil {
-		return nil, err
-	}
-	args := []string{"mount", "--state-dir", state, "--log-level", "warn", "--ready-fd", "3"}
-	args = append(append(args, extra...), d.mnt)
-	return d, b.runLockfs(d, args)
-}
-
-// runLockfs runs the lockfs binary with args for d (see run).
-func (b *fsBench) runLockfs(d *daemon, args []string) error {
-	return b.run(d, launch.Options{Path: b.lockfs, Args: args, Env: b.env, ReadyFD: 3})
 }
 
 // crossEvent is a G (grant) or R (release) line of a client, with the

@@ -137,13 +137,23 @@ type daemon struct {
 // startLockfs starts 'lockfs mount' on a new mountpoint with a new state
 // dir, and waits until it is mounted.
 func (b *fsBench) startLockfs(name string, extra ...string) (*daemon, error) {
+	return b.startLockfsBin(b.lockfs, name, "", extra...)
+}
+
+// startLockfsBin starts 'bin mount' on a new mountpoint with state
+// directory state (a new one when ""; daemons sharing one exclude each
+// other), and waits until it is mounted.
+func (b *fsBench) startLockfsBin(bin, name, state string, extra ...string) (*daemon, error) {
 	d, err := b.newDaemon(name)
 	if err != nil {
 		return nil, err
 	}
-	args := []string{"mount", "--state-dir", filepath.Join(d.dir, "state"), "--log-level", "warn", "--ready-fd", "3"}
+	if state == "" {
+		state = filepath.Join(d.dir, "state")
+	}
+	args := []string{"mount", "--state-dir", state, "--log-level", "warn", "--ready-fd", "3"}
 	args = append(append(args, extra...), d.mnt)
-	return d, b.run(d, launch.Options{Path: b.lockfs, Args: args, Env: b.env, ReadyFD: 3})
+	return d, b.run(d, launch.Options{Path: bin, Args: args, Env: b.env, ReadyFD: 3})
 }
 
 // startFloor starts this binary as the server of a floor filesystem, with

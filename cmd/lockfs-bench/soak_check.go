@@ -129,7 +129,7 @@ func checkSoak(logs []string, logPid map[string]int, events []soakEvent, startMo
 			continue
 		}
 		var cur *soakInterval
-		var begin, lastBegin int64
+		var begin int64
 		open := false // a BEGIN without its ENTER/FAIL/VIOL
 		var beginIface string
 		sc := bufio.NewScanner(f)
@@ -151,7 +151,6 @@ func checkSoak(logs []string, logPid map[string]int, events []soakEvent, startMo
 				rep.attempts++
 				open = true
 				begin, _ = strconv.ParseInt(w[3], 10, 64)
-				lastBegin = begin
 				beginIface = w[2]
 			case "ENTER":
 				if len(w) < 8 {
@@ -201,7 +200,7 @@ func checkSoak(logs []string, logPid map[string]int, events []soakEvent, startMo
 		}
 		_ = f.Close()
 		if open {
-			if _, ok := killedAt(pid, lastBegin); ok {
+			if _, ok := killedAt(pid, begin); ok {
 				rep.unfinishedKilled++
 			} else {
 				rep.unfinished++

@@ -65,7 +65,8 @@ type soakClient struct {
 	rng    *rand.Rand
 	pid    int
 	// mnt is the unique id of the FUSE mount on the mountpoint when the
-	// current attempt began (0: none), see fuseMount.
+	// current attempt began (0: none; mntUnknown: a kernel older than 6.8
+	// cannot tell), see fuseMount.
 	mnt uint64
 }
 
@@ -226,14 +227,16 @@ func (c *soakClient) finalWait() {
 // failure when the attempt did not run on one FUSE mount from start to end:
 // the mountpoint held no FUSE mount when it began or now, or another one
 // now (a daemon restarted meanwhile after a lazy unmount). Only an ENOENT
-// from the very mount the attempt began on is a violation.
+// from the very mount the attempt began on is a violation. Kernels before
+// 6.8 have no unique mount ids: there an ENOENT is a violation whenever a
+// FUSE mount is there now, as long as one was there at the start.
 func (c *soakClient) fail(iface string, mi int, err error) {
 	e, _ := err.(unix.Errno)
 	name := errnoName(err)
 	switch {
 	case soakDocumented[e]:
 		c.logf("FAIL %s %s %d %d", iface, name, monoNow(), mi)
-	case e == unix.ENOENT && (c.mnt == 0 || fuseMount(c.mounts[mi]) != c.mnt):
+	case e == unix.ENOENT && c.unmountedSince(mi):
 		c.logf("FAIL %s ENOENT-unmounted %d %d", iface, monoNow(), mi)
 	default:
 		c.logf("VIOL %s on %s: undocumented error %s (%v)", iface, c.mounts[mi], name, err)
@@ -249,9 +252,13 @@ func (c *soakClient) fail(iface string, mi int, err error) {
 	}
 }
 
+// mntUnknown is fuseMount's answer for a FUSE mount whose unique id the
+// kernel does not report (before Linux 6.8).
+const mntUnknown = ^uint64(0)
+
 // fuseMount returns the unique id (statx STATX_MNT_ID_UNIQUE, never reused
-// while the system runs) of the FUSE mount at path, or 0 when path is not
-// the root of a FUSE mount.
+// while the system runs) of the FUSE mount at path, 0 when path is not the
+// root of a FUSE mount, or mntUnknown.
 func fuseMount(path string) uint64 {
 	if !isFuse(path) {
 		return 0
@@ -259,9 +266,22 @@ func fuseMount(path string) uint64 {
 	var stx unix.Statx_t
 	if err := unix.Statx(unix.AT_FDCWD, path, 0, unix.STATX_MNT_ID_UNIQUE, &stx); err != nil ||
 		stx.Mask&unix.STATX_MNT_ID_UNIQUE == 0 {
-		return 0
+		return mntUnknown
 	}
 	return stx.Mnt_id
+}
+
+// unmountedSince reports whether mount mi was not the same FUSE mount
+// throughout the current attempt (see fail).
+func (c *soakClient) unmountedSince(mi int) bool {
+	if c.mnt == 0 {
+		return true
+	}
+	now := fuseMount(c.mounts[mi])
+	if c.mnt == mntUnknown {
+		return now == 0
+	}
+	return now != c.mnt
 }
 
 func isFuse(path string) bool {
