@@ -109,7 +109,7 @@ func (b *Backend) highestRecordedToken() uint64 {
 		}
 		closeFd(fd)
 		return nil
-	}, nil)
+	})
 	return high
 }
 

@@ -226,7 +226,7 @@ func (b *Backend) secureLockFiles() error {
 	locks := filepath.Join(b.dir, "locks")
 	return b.walkLocks(func(dirfd int, dir, name string, st *unix.Stat_t) error {
 		return b.secureEntry(dirfd, filepath.Join(locks, dir), name, st)
-	}, nil)
+	})
 }
 
 // secureEntry applies ownAndTighten to name (stat st) in the directory open

@@ -45,7 +45,7 @@ func (b *Backend) Sweep() int {
 			removed++
 		}
 		return nil
-	}, nil)
+	})
 	if err != nil {
 		b.log.Warn("sweep: read backing directory", "dir", b.dir, "err", err)
 	}

@@ -315,9 +315,11 @@ func (b *Backend) Rmdir(ctx context.Context, path string) error {
 	if err != nil {
 		return fmt.Errorf("rmdir %q: %w", path, err)
 	}
+	// Open while the directory is removed below: Linux removes it all
+	// the same.
+	defer closeFd(dfd)
 	names, err := readDirNames(dfd)
 	if err != nil {
-		closeFd(dfd)
 		if errors.Is(err, unix.ENOENT) {
 			return fmt.Errorf("rmdir %q: %w: removed meanwhile", path, lockengine.ErrNoDir)
 		}
@@ -325,7 +327,6 @@ func (b *Backend) Rmdir(ctx context.Context, path string) error {
 	}
 	for _, n := range names {
 		if err := ctx.Err(); err != nil {
-			closeFd(dfd)
 			return fmt.Errorf("rmdir %q: %w", path, err)
 		}
 		var st unix.Stat_t
@@ -334,17 +335,13 @@ func (b *Backend) Rmdir(ctx context.Context, path string) error {
 		}
 		switch t := st.Mode & unix.S_IFMT; {
 		case t == unix.S_IFDIR:
-			closeFd(dfd)
 			return fmt.Errorf("rmdir %q: %w: it has subdirectory %q", path, lockengine.ErrNotEmpty, n)
 		case t != unix.S_IFREG || lockengine.ValidateComponent(n) != nil:
-			closeFd(dfd)
 			return fmt.Errorf("rmdir %q: %w: a %s %q is in it", path, lockengine.ErrNotEmpty, fileTypeName(t), n)
 		case !b.removeIfUnused(lockengine.JoinName(path, n)):
-			closeFd(dfd)
 			return fmt.Errorf("rmdir %q: %w: lock %q is held", path, lockengine.ErrNotEmpty, lockengine.JoinName(path, n))
 		}
 	}
-	closeFd(dfd)
 	switch err := unix.Unlinkat(pfd, base, unix.AT_REMOVEDIR); err {
 	case nil:
 		return nil
@@ -408,16 +405,15 @@ func (b *Backend) ReadDir(ctx context.Context, path string) ([]string, error) {
 
 // walkLocks calls visit for everything below locks/ that is not a
 // directory, with the descriptor of its directory (valid during the call
-// only), the lock directory's path and the entry's name and stat, and
-// dirVisit (if not nil) for every directory before its contents. It
+// only), the lock directory's path and the entry's name and stat. It
 // descends at most lockengine.MaxDepth levels, never through a symlink.
-// Entries that vanish meanwhile are skipped; an error of visit or
-// dirVisit ends the walk.
-func (b *Backend) walkLocks(visit, dirVisit func(dirfd int, dir, name string, st *unix.Stat_t) error) error {
-	return b.walkDir(b.locksFd, "", 0, visit, dirVisit)
+// Entries that vanish meanwhile are skipped; an error of visit ends the
+// walk.
+func (b *Backend) walkLocks(visit func(dirfd int, dir, name string, st *unix.Stat_t) error) error {
+	return b.walkDir(b.locksFd, "", 0, visit)
 }
 
-func (b *Backend) walkDir(dirfd int, dir string, depth int, visit, dirVisit func(int, string, string, *unix.Stat_t) error) error {
+func (b *Backend) walkDir(dirfd int, dir string, depth int, visit func(int, string, string, *unix.Stat_t) error) error {
 	names, err := readDirNames(dirfd)
 	if err != nil {
 		if dir == "" {
@@ -436,11 +432,6 @@ func (b *Backend) walkDir(dirfd int, dir string, depth int, visit, dirVisit func
 			}
 			continue
 		}
-		if dirVisit != nil {
-			if err := dirVisit(dirfd, dir, n, &st); err != nil {
-				return err
-			}
-		}
 		if depth+1 >= lockengine.MaxDepth {
 			continue
 		}
@@ -448,7 +439,7 @@ func (b *Backend) walkDir(dirfd int, dir string, depth int, visit, dirVisit func
 		if err != nil {
 			continue
 		}
-		err = b.walkDir(sub, lockengine.JoinName(dir, n), depth+1, visit, dirVisit)
+		err = b.walkDir(sub, lockengine.JoinName(dir, n), depth+1, visit)
 		closeFd(sub)
 		if err != nil {
 			return err

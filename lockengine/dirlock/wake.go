@@ -69,11 +69,11 @@ var yieldMax = 20 * time.Millisecond
 // (created on the first wait for another process) and the names it yields.
 type wakeState struct {
 	mu      sync.Mutex
-	w       *watcher // guarded by mu; nil until needed, or when inotify failed
-	failed  bool     // guarded by mu; inotify is unavailable: poll instead
-	closed  bool     // guarded by mu
-	yields  map[string]yield
-	ignored map[string]uint64 // name -> the mark of a waiter that let a yield expire
+	w       *watcher          // guarded by mu; nil until needed, or when inotify failed
+	failed  bool              // guarded by mu; inotify is unavailable: poll instead
+	closed  bool              // guarded by mu
+	yields  map[string]yield  // guarded by mu
+	ignored map[string]uint64 // guarded by mu; name -> the mark of a waiter that let a yield expire
 	nYields atomic.Int32      // len(yields), read without mu on every attempt
 }
 
@@ -154,7 +154,9 @@ func (s *wakeState) yieldTo(name string, id uint64) {
 
 // yielding reports whether an attempt on name through fd must count as
 // would-block because the name is yielded to a waiter that is still
-// marked. It costs one atomic load unless some name is yielded.
+// marked. It costs one atomic load while no name is yielded; while any is
+// (expired yields of names not tried again included, until yieldTo prunes
+// them), it takes s.mu and looks name up.
 func (s *wakeState) yielding(name string, fd int) bool {
 	if s.nYields.Load() == 0 {
 		return false
@@ -200,7 +202,6 @@ func (s *wakeState) yielded(name string) bool {
 // waitWake is one Lock call's wake-up: its mark and watch on the
 // descriptor it waits with.
 type waitWake struct {
-	b     *Backend
 	fd    int    // the descriptor marked and watched; -1 when disarmed
 	id    uint64 // the mark
 	w     *watcher
@@ -217,7 +218,7 @@ func (ww *waitWake) armed(fd int) bool { return ww != nil && ww.fd == fd }
 // false and the caller polls.
 func (b *Backend) armWake(ww *waitWake, lf lockFile) *waitWake {
 	if ww == nil {
-		ww = &waitWake{b: b, fd: -1, c: make(chan struct{}, 1)}
+		ww = &waitWake{fd: -1, c: make(chan struct{}, 1)}
 	}
 	ww.disarm()
 	ww.fd = lf.fd
