@@ -34,12 +34,12 @@ const openFlags = fuse.FOPEN_NOFLUSH | fuse.FOPEN_DIRECT_IO
 // descriptor of the file, and FLUSH is how the kernel says so (with the
 // lock owner). A read-only descriptor can take only read locks with fcntl
 // (F_WRLCK needs write access), and it is what flock(1) and every
-// flock(2) user opens, so it skips the FLUSH round trip (a third of the
-// cost of open+flock+unlock+close): a read lock taken through it is
+// flock(2) user opens, so it skips the FLUSH round trip (one of the five
+// of open+flock+unlock+close): a read lock taken through it is
 // released with the descriptor's last close or the process's exit, not
 // when the process closes another descriptor of the name.
-func callFlags(openFlags uint32) uint32 {
-	if openFlags&syscall.O_ACCMODE == syscall.O_RDONLY {
+func callFlags(flags uint32) uint32 {
+	if flags&syscall.O_ACCMODE == syscall.O_RDONLY {
 		return fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NOFLUSH
 	}
 	return fuse.FOPEN_DIRECT_IO

@@ -129,12 +129,8 @@ func ValidateName(name string) error {
 	if len(name) > MaxPathLen {
 		return fmt.Errorf("%w: %d bytes (max %d)", ErrNameTooLong, len(name), MaxPathLen)
 	}
-	if name == "" {
-		return fmt.Errorf("%w: %q", ErrInvalidName, name)
-	}
 	depth := 0
-	for rest := name; ; {
-		comp, tail, more := strings.Cut(rest, "/")
+	for comp := range strings.SplitSeq(name, "/") {
 		if err := ValidateComponent(comp); err != nil {
 			if errors.Is(err, ErrNameTooLong) {
 				return fmt.Errorf("%w: component of %d bytes in %q (max %d)", ErrNameTooLong, len(comp), name, MaxNameLen)
@@ -144,11 +140,8 @@ func ValidateName(name string) error {
 		if depth++; depth > MaxDepth {
 			return fmt.Errorf("%w: %q is deeper than %d components", ErrNameTooLong, name, MaxDepth)
 		}
-		if !more {
-			return nil
-		}
-		rest = tail
 	}
+	return nil
 }
 
 // ValidateComponent returns nil when c can be one component of a name: a

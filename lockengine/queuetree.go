@@ -34,28 +34,42 @@ func (q *Queue) treeOpen() error {
 	return nil
 }
 
-// occupied returns the first name (in no particular order) for which
-// match is true and that this Queue holds, waits for, has a lost lease of
-// that is not released yet, or is calling the backend for; ok is false
-// when there is none.
-func (q *Queue) occupied(match func(name string) bool) (name string, ok bool) {
+// occupied returns the first name (in no particular order) below prefix
+// that this Queue holds, waits for, has a lost lease of that is not
+// released yet, or is calling the backend for; ok is false when there is
+// none. It scans every entry under q.mu.
+func (q *Queue) occupied(prefix string) (name string, ok bool) {
 	q.mu.Lock()
 	var es []*entry
 	for n, e := range q.entries {
-		if e.refs.Load() > 0 && match(n) {
+		if e.refs.Load() > 0 && strings.HasPrefix(n, prefix) {
 			es = append(es, e)
 		}
 	}
 	q.mu.Unlock()
 	for _, e := range es {
-		e.mu.Lock()
-		busy := e.group != nil || len(e.waiters) > 0 || len(e.lost) > 0 || e.busy != notBusy
-		e.mu.Unlock()
-		if busy {
+		if e.occupied() {
 			return e.name, true
 		}
 	}
 	return "", false
+}
+
+// occupiedName reports whether this Queue holds, waits for, has a lost
+// lease of or is calling the backend for name itself.
+func (q *Queue) occupiedName(name string) bool {
+	q.mu.Lock()
+	e := q.entries[name]
+	live := e != nil && e.refs.Load() > 0
+	q.mu.Unlock()
+	return live && e.occupied()
+}
+
+// occupied reports whether e is in use (see Queue.occupied).
+func (e *entry) occupied() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.group != nil || len(e.waiters) > 0 || len(e.lost) > 0 || e.busy != notBusy
 }
 
 // StatDir implements Tree.
@@ -82,7 +96,7 @@ func (q *Queue) Mkdir(ctx context.Context, path string, attr DirAttr) error {
 	if err := q.treeOpen(); err != nil {
 		return err
 	}
-	if _, ok := q.occupied(func(n string) bool { return n == path }); ok {
+	if q.occupiedName(path) {
 		return fmt.Errorf("mkdir %q: %w: a lock of that name is held or waited for", path, ErrExist)
 	}
 	return q.b.Mkdir(ctx, path, attr)
@@ -98,8 +112,7 @@ func (q *Queue) Rmdir(ctx context.Context, path string) error {
 	if err := q.treeOpen(); err != nil {
 		return err
 	}
-	prefix := path + "/"
-	if n, ok := q.occupied(func(n string) bool { return strings.HasPrefix(n, prefix) }); ok {
+	if n, ok := q.occupied(path + "/"); ok {
 		return fmt.Errorf("rmdir %q: %w: lock %q is held or waited for", path, ErrNotEmpty, n)
 	}
 	return q.b.Rmdir(ctx, path)

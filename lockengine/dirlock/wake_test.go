@@ -3,6 +3,7 @@ package dirlock
 import (
 	"context"
 	"errors"
+	"fmt"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -209,5 +210,98 @@ func TestWakeFairness(t *testing.T) {
 	for d, g := range grants {
 		share := float64(g) / float64(grants[0]+grants[1])
 		assert.Truef(t, share >= 0.3 && share <= 0.7, "daemon %d got %.0f%% of the grants (%v)", d, 100*share, grants)
+	}
+}
+
+// TestWakeYieldWindow: a releaser that saw another open file description's
+// waiter mark yields the name to that waiter: its own TryLock counts as
+// would-block while the mark stays, for at most yieldMax. A waiter that
+// let the yield expire (a stopped daemon: the mark stays, nobody takes the
+// name) is not yielded to again on the next release.
+func TestWakeYieldWindow(t *testing.T) {
+	defer func(d time.Duration) { yieldMax = d }(yieldMax)
+	yieldMax = 300 * time.Millisecond
+	dir := t.TempDir()
+	b1 := openBackend(t, dir, noPoll)
+	ctx := testCtx(t, 5*time.Minute)
+	// The first TryLock must come back within yieldMax of the release
+	// for its failure to say anything; a machine too slow for that gets
+	// another round on a fresh name.
+	for round := 0; ; round++ {
+		name := fmt.Sprintf("x%d", round)
+		h, err := b1.TryLock(ctx, name, lockengine.Exclusive, nil)
+		require.NoError(t, err)
+		// The stopped waiter of another daemon: a marked descriptor that
+		// never takes the name.
+		fd, err := unix.Open(lockPath(dir, name), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		require.NoError(t, err)
+		t.Cleanup(func() { closeFd(fd) })
+		require.NoError(t, setMark(fd, markID()))
+		require.True(t, waiterMarked(t, dir, name))
+
+		released := time.Now()
+		require.NoError(t, h.Unlock())
+		h, err = b1.TryLock(ctx, name, lockengine.Exclusive, nil)
+		if err == nil && time.Since(released) >= yieldMax {
+			require.NoError(t, h.Unlock())
+			require.Less(t, round, 5, "TryLock never came back within yieldMax (%v) of the release", yieldMax)
+			t.Logf("round %d: TryLock took longer than yieldMax; again", round)
+			continue
+		}
+		require.ErrorIs(t, err, lockengine.ErrWouldBlock, "TryLock right after a release to a marked waiter")
+
+		// The yield ends after yieldMax although the mark stays.
+		for {
+			h, err = b1.TryLock(ctx, name, lockengine.Exclusive, nil)
+			if err == nil {
+				break
+			}
+			require.ErrorIs(t, err, lockengine.ErrWouldBlock)
+			require.Less(t, time.Since(released), time.Minute, "the yield to a waiter that never takes the name did not end")
+			time.Sleep(10 * time.Millisecond)
+		}
+		require.GreaterOrEqual(t, time.Since(released), yieldMax, "granted before the yield ended")
+		require.True(t, waiterMarked(t, dir, name), "the stale mark is gone: the test proves nothing")
+
+		// The same stale mark at the next release: no yield.
+		require.NoError(t, h.Unlock())
+		h, err = b1.TryLock(ctx, name, lockengine.Exclusive, nil)
+		require.NoError(t, err, "yielded again to a waiter that let a yield expire")
+		require.NoError(t, h.Unlock())
+		return
+	}
+}
+
+// TestWakeSafetyPoll: a holder that releases without announcing it
+// (another program: flock(LOCK_UN) and no close, so no inotify event) is
+// still noticed by a waiter that the kernel would wake, through WakePoll,
+// with every other timer of the waiter an hour.
+func TestWakeSafetyPoll(t *testing.T) {
+	dir := t.TempDir()
+	b := openBackend(t, dir, Options{PollMin: time.Hour, PollMax: time.Hour, WakePoll: 50 * time.Millisecond, SweepInterval: -1})
+	// The lock file, as the backend makes it.
+	h, err := b.TryLock(context.Background(), "x", lockengine.Exclusive, nil)
+	require.NoError(t, err)
+	require.NoError(t, h.Unlock())
+
+	fd, err := unix.Open(lockPath(dir, "x"), unix.O_RDWR|unix.O_CLOEXEC, 0)
+	require.NoError(t, err)
+	defer closeFd(fd)
+	require.NoError(t, unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB))
+	res := lockAsync(testCtx(t, 5*time.Minute), b, "x", lockengine.Exclusive)
+	// Marked: the waiter waits for the kernel, polling every WakePoll.
+	eventually(t, 10*time.Second, "the waiter's mark", func() bool { return waiterMarked(t, dir, "x") })
+	select {
+	case r := <-res:
+		t.Fatalf("granted while another program holds the name: %v", r.err)
+	default:
+	}
+	require.NoError(t, unix.Flock(fd, unix.LOCK_UN)) // no close: no event
+	select {
+	case r := <-res:
+		require.NoError(t, r.err)
+		require.NoError(t, r.h.Unlock())
+	case <-time.After(30 * time.Second):
+		t.Fatal("the waiter did not notice an unannounced release")
 	}
 }

@@ -360,6 +360,7 @@ func testInvalidInput(t *testing.T, f Factory) {
 	require.ErrorIs(t, err, lockengine.ErrNameTooLong)
 	l := mustAcquire(t, a, strings.Repeat("n", lockengine.MaxNameLen), lockengine.Exclusive)
 	require.NoError(t, l.Release())
+	testNameLimits(t, a)
 	_, err = a.Acquire(ctx, "m", lockengine.Mode(0))
 	require.ErrorIs(t, err, lockengine.ErrInvalidMode)
 	_, err = a.Acquire(ctx, "m", lockengine.Mode(3))
@@ -368,6 +369,43 @@ func testInvalidInput(t *testing.T, f Factory) {
 	cancel()
 	_, err = a.Acquire(cctx, "m", lockengine.Exclusive)
 	require.ErrorIs(t, err, context.Canceled)
+}
+
+// testNameLimits checks MaxDepth, MaxPathLen and MaxNameLen on nested
+// names. The directories exist (MaxDepth of them), so a name past a limit
+// would be grantable were the limit not enforced.
+func testNameLimits(t *testing.T, e lockengine.Engine) {
+	ctx := ctxT(t)
+	comps := make([]string, lockengine.MaxDepth)
+	path := ""
+	for i := range comps {
+		comps[i] = fmt.Sprintf("d%02d", i)
+		path = lockengine.JoinName(path, comps[i])
+		mustMkdir(t, e, path)
+	}
+	deepest := strings.Join(comps, "/")        // MaxDepth components: a directory
+	deepName := deepest[:len(deepest)-3] + "n" // MaxDepth components: a name
+	long := strings.Repeat("x", lockengine.MaxNameLen+1)
+	// Components of 240 bytes: 17 of them are MaxPathLen+1 bytes, each
+	// component and the depth within their limits.
+	pathComp := strings.Repeat("p", 240)
+	tooLongPath := strings.Repeat(pathComp+"/", 16) + pathComp
+	require.Len(t, tooLongPath, lockengine.MaxPathLen+1)
+	for _, name := range []string{
+		deepest + "/n",               // MaxDepth+1 components
+		tooLongPath,                  // longer than MaxPathLen
+		comps[0] + "/" + long,        // a long last component
+		comps[0] + "/" + long + "/n", // a long component in the middle
+		long + "/" + comps[0],        // a long first component
+	} {
+		_, err := e.Acquire(ctx, name, lockengine.Exclusive)
+		require.ErrorIs(t, err, lockengine.ErrNameTooLong, "Acquire %.60q...", name)
+		_, err = e.TryAcquire(ctx, name, lockengine.Shared)
+		require.ErrorIs(t, err, lockengine.ErrNameTooLong, "TryAcquire %.60q...", name)
+	}
+	require.Len(t, strings.Split(deepName, "/"), lockengine.MaxDepth)
+	l := mustAcquire(t, e, deepName, lockengine.Exclusive)
+	require.NoError(t, l.Release())
 }
 
 func testCrossEngineCounter(t *testing.T, f Factory) {

@@ -178,7 +178,6 @@ func (h *history) add(e event) int64 {
 }
 
 type modelRun struct {
-	t     *testing.T
 	engs  [2]lockengine.Engine
 	names []string
 	lose  func(string)
@@ -201,7 +200,7 @@ func modelSeed(t *testing.T) uint64 {
 func testModelRandomHistory(t *testing.T, f Factory) {
 	seed := modelSeed(t)
 	a, b := f(t)
-	m := &modelRun{t: t, engs: [2]lockengine.Engine{a, b}, lose: loseFor(t),
+	m := &modelRun{engs: [2]lockengine.Engine{a, b}, lose: loseFor(t),
 		h: &history{byLease: make(map[int]*lockengine.Lease)}}
 	for i := range modelNames {
 		m.names = append(m.names, fmt.Sprintf("m%d", i))
