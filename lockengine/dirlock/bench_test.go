@@ -66,8 +66,8 @@ func BenchmarkUncontended(b *testing.B) {
 }
 
 // BenchmarkNested compares an uncontended exclusive Acquire+Release of a
-// top-level name with one of a name four components deep (issue #14: at
-// most 1.2x through the filesystem), with the idle-descriptor cache
+// top-level name with one of a name four components deep (the
+// filesystem-level figure is lockfs-bench's), with the idle-descriptor cache
 // (repeated acquisitions of one name) and without it (a new name every
 // time, so every op creates and opens a lock file).
 func BenchmarkNested(b *testing.B) {
