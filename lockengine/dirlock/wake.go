@@ -73,6 +73,7 @@ type wakeState struct {
 	failed  bool              // guarded by mu; inotify is unavailable: poll instead
 	closed  bool              // guarded by mu
 	yields  map[string]yield  // guarded by mu
+	pruneAt time.Time         // guarded by mu; the earliest next pruning of yields
 	ignored map[string]uint64 // guarded by mu; name -> the mark of a waiter that let a yield expire
 	nYields atomic.Int32      // len(yields), read without mu on every attempt
 }
@@ -140,8 +141,11 @@ func (s *wakeState) yieldTo(name string, id uint64) {
 		s.yields = make(map[string]yield)
 	}
 	now := time.Now()
-	if len(s.yields) >= 64 {
-		// Names released to a waiter and never tried again here.
+	if len(s.yields) >= 64 && now.After(s.pruneAt) {
+		// Names released to a waiter and never tried again here. At
+		// most one pass per yieldMax, so many live yields do not make
+		// every release scan them all.
+		s.pruneAt = now.Add(yieldMax)
 		for n, y := range s.yields {
 			if now.After(y.until) {
 				delete(s.yields, n)
