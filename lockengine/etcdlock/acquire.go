@@ -79,6 +79,15 @@ func (b *Backend) acquire(ctx context.Context, name string, mode lockengine.Mode
 			return nil, fmt.Errorf("etcdlock: lock %q: %w", name, err)
 		}
 		h, err := b.attempt(ctx, s, b.keys(name), mode, lost, wait)
+		if errors.Is(err, errRequeue) && ctx.Err() == nil {
+			// Someone deleted the waiting request's key (etcdctl del
+			// on the name): it lost its place, not the wait. Queue a
+			// new request at the back; a dead lease found by its put
+			// gets the retry below again.
+			b.log.Info("waiting request's key deleted; queueing again", "lock", name, "mode", mode)
+			attempt = -1
+			continue
+		}
 		if err != nil && attempt == 0 && errors.Is(err, errLeaseGone) {
 			// The session lease died before the keepalive loop noticed: end the
 			// session (its holds are lost anyway) and retry once with a
@@ -353,15 +362,35 @@ func (b *Backend) grantAt(ctx context.Context, r *request, gen, at int64, lost f
 	return b.grant(ctx, r, uint64(resp.Header.Revision), resp.Header.Revision, lost)
 }
 
-// keyGone is the error when a waiting request's key vanished: the session lease
-// expired, or someone deleted the key.
+// keyGone is the error when a waiting request's key vanished: with the
+// session lease (revoked or expired: ErrSessionExpired, and the session
+// ends), or deleted by someone while the lease lives (errRequeue: acquire
+// queues a new request). One round trip asks etcd which.
 func (b *Backend) keyGone(ctx context.Context, r *request) error {
 	r.s.check()
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("etcdlock: lock %q: %w", r.k.name, err)
 	}
-	return fmt.Errorf("etcdlock: lock %q: %w: waiting key %s vanished", r.k.name, ErrSessionExpired, r.key)
+	expired := fmt.Errorf("etcdlock: lock %q: %w: waiting key %s vanished", r.k.name, ErrSessionExpired, r.key)
+	if r.s.ended() {
+		return expired
+	}
+	tctx, cancel := b.opCtx(ctx)
+	ttl, err := b.client.TimeToLive(tctx, r.s.id)
+	cancel()
+	switch {
+	case err != nil:
+		return b.requestErr(ctx, r.s, r.k.name, "wait", err)
+	case ttl.TTL <= 0:
+		r.s.end(fmt.Errorf("%w: lease %s not found", ErrSessionExpired, leaseHex(r.s.id)))
+		return expired
+	}
+	return fmt.Errorf("etcdlock: lock %q: %w: %s", r.k.name, errRequeue, r.key)
 }
+
+// errRequeue: a waiting request's key was deleted while its session
+// lives; the request is queued again with a new key.
+var errRequeue = errors.New("waiting key deleted")
 
 // grant turns granted request r into a Hold watched for deletion. at is a
 // revision at which the key exists.

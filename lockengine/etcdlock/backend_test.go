@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -313,7 +314,8 @@ func TestTokensAboveBump(t *testing.T) {
 
 // A waiter whose watch ends early (here: the history it watches from was
 // compacted away) decides again on a fresh snapshot and is still granted
-// in order; a waiter whose key vanished meanwhile is not granted.
+// in order; a waiter whose key someone deleted meanwhile queues again
+// behind it.
 func TestWaiterSurvivesCompaction(t *testing.T) {
 	prefix, bs := backends(t, 3, etcdlock.Options{})
 	ctx := ctxT(t)
@@ -342,16 +344,47 @@ func TestWaiterSurvivesCompaction(t *testing.T) {
 	_, err = admin.Compact(ctx, resp.Header.Revision)
 	require.NoError(t, err)
 	close(compacted)
-	select {
-	case r := <-gone:
-		require.ErrorIs(t, r.err, etcdlock.ErrSessionExpired, "a waiter whose key vanished")
-	case <-time.After(timeout):
-		t.Fatal("the waiter whose key vanished still waits")
-	}
+	// The deleted waiter queues a new key, behind the first waiter.
+	waitFor(t, "the deleted waiter queued again", func() bool { return queued(t, prefix, "c") == 3 })
 	pending(t, w, "waiter after compaction")
+	pending(t, gone, "the waiter queued again")
 	require.NoError(t, h.Unlock())
 	next := got(t, w)
 	require.Greater(t, next.Token(), h.Token())
+	pending(t, gone, "the waiter queued again, behind the first")
 	require.NoError(t, next.Unlock())
+	last := got(t, gone)
+	require.Greater(t, last.Token(), next.Token())
+	require.NoError(t, last.Unlock())
 	require.Zero(t, allKeys(t, prefix, "c"))
+}
+
+// A Bump that finds the grant's key deleted (before the watch reported
+// it) ends the hold at once: Valid is false when Bump returns, and the
+// lost callback runs once, from another goroutine.
+func TestBumpOfDeletedKeyLoses(t *testing.T) {
+	prefix, bs := backends(t, 1, etcdlock.Options{})
+	ctx := ctxT(t)
+	var calls atomic.Int32
+	lostc := make(chan error, 2)
+	// Hold the watch back so that only Bump can find out.
+	gate := make(chan struct{})
+	defer close(gate)
+	etcdlock.SetHoldWatchGate(bs[0], gate)
+	h, err := bs[0].Lock(ctx, "b", ex, func(err error) { calls.Add(1); lostc <- err })
+	require.NoError(t, err)
+	_, err = admin.Delete(ctx, prefix+"b/q/", clientv3.WithPrefix())
+	require.NoError(t, err)
+	_, err = h.Bump()
+	require.ErrorIs(t, err, lockengine.ErrNotHeld)
+	require.False(t, h.Valid(), "Valid after a Bump found the key gone")
+	select {
+	case err := <-lostc:
+		require.ErrorIs(t, err, lockengine.ErrLost)
+		require.ErrorIs(t, err, etcdlock.ErrKeyDeleted)
+	case <-time.After(timeout):
+		t.Fatal("no lost callback")
+	}
+	require.NoError(t, h.Unlock())
+	require.EqualValues(t, 1, calls.Load())
 }

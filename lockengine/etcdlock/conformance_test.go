@@ -13,10 +13,12 @@ import (
 )
 
 // etcdEngines returns two engines on one etcd prefix: two daemons sharing a
-// cluster, each with its own client and session.
+// cluster, each with its own client and session. Losses are injected
+// (enginetest.RegisterLose) as in etcdBackends.
 func etcdEngines(t *testing.T) (a, b lockengine.Engine) {
 	prefix, bs := backends(t, 2, etcdlock.Options{})
 	registerTree(t, prefix)
+	enginetest.RegisterLose(t, loseFunc(t, prefix))
 	open := func(be *etcdlock.Backend) lockengine.Engine {
 		q := lockengine.NewQueue(be, lockengine.QueueOptions{LockDelay: enginetest.LockDelay})
 		t.Cleanup(func() { require.NoError(t, q.Close()) })
@@ -36,13 +38,19 @@ func TestEtcdConformance(t *testing.T) {
 func etcdBackends(t *testing.T) (a, b lockengine.Backend, lose func(name string)) {
 	prefix, bs := backends(t, 2, etcdlock.Options{})
 	registerTree(t, prefix)
-	lose = func(name string) {
+	return bs[0], bs[1], loseFunc(t, prefix)
+}
+
+// loseFunc returns a loss injector for names under prefix: it deletes
+// every request key of the name with the admin client, which the holders'
+// watches report as lost (and the waiters' as ended).
+func loseFunc(t *testing.T, prefix string) func(name string) {
+	return func(name string) {
 		_, err := admin.Delete(context.Background(), prefix+etcdlock.EncodeName(name)+"/q/", clientv3.WithPrefix())
 		if err != nil {
 			t.Errorf("lose %q: %v", name, err)
 		}
 	}
-	return bs[0], bs[1], lose
 }
 
 // TestEtcdBackendConformance runs the Backend-level suite on the etcd

@@ -17,7 +17,10 @@
 // as etcd can be reached. Each Hold also watches its own key: if anyone
 // but Unlock deletes it (an administrator, or etcd when it revokes or
 // expires the session lease), that Hold is lost at once with ErrKeyDeleted and the
-// lease is checked immediately. A session never comes back:
+// lease is checked immediately (a Bump that finds the key gone first ends
+// the Hold the same way). A waiting Lock whose key someone deletes while
+// the session lives loses its place, not its wait: it queues a new key at
+// the back. A session never comes back:
 // the next Lock or TryLock starts a new session (a new lease), bounded by
 // Options.OpTimeout, and fails with ErrUnavailable if etcd cannot be reached.
 // Grants made under an old session are never carried over.
@@ -242,6 +245,9 @@ type Backend struct {
 	// watchFrom, if set (by tests only), chooses the revision a waiter's
 	// watch starts at instead of the one after its snapshot.
 	watchFrom func(from int64) int64
+	// holdWatchGate, if set (by tests only), is waited for by every
+	// hold's watch before it starts.
+	holdWatchGate <-chan struct{}
 
 	sessMu   sync.Mutex
 	sess     *session      // guarded by sessMu; the current session

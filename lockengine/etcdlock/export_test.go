@@ -6,6 +6,11 @@ package etcdlock
 // that follows. Call it before b is used.
 func SetWatchFrom(b *Backend, f func(from int64) int64) { b.watchFrom = f }
 
+// SetHoldWatchGate makes every hold's watch of b wait for gate before it
+// starts, so that a test can change a key before the holder can see it.
+// Call it before b is used.
+func SetHoldWatchGate(b *Backend, gate <-chan struct{}) { b.holdWatchGate = gate }
+
 // EncodeName is the encoding of name in keys (P/EncodeName(name)/...).
 func EncodeName(name string) string { return encodeName(name) }
 

@@ -58,6 +58,14 @@ func (h *hold) Bump() (uint64, error) {
 		return 0, fmt.Errorf("etcdlock: bump %q: %w", r.k.name, err)
 	}
 	if !resp.Succeeded {
+		// The key is gone: deleted by someone else, or with the session
+		// lease. The watch reports it too, but maybe not yet; end the
+		// hold now so that Valid is false when Bump returns (the Queue
+		// then treats the grant as lost, not the bump as failed). The
+		// lost callback runs in another goroutine: the Queue's waits
+		// for this Bump.
+		r.s.check()
+		h.loseAsync(fmt.Errorf("%w: key %s gone (bump)", ErrKeyDeleted, r.key))
 		return 0, fmt.Errorf("etcdlock: bump %q: %w", r.k.name, lockengine.ErrNotHeld)
 	}
 	tok := uint64(resp.Header.Revision)
@@ -123,8 +131,25 @@ func (h *hold) unlock() error {
 // lose reports the hold lost with cause, unless it was unlocked or lost
 // already.
 func (h *hold) lose(cause error) {
+	if err := h.end(cause); err != nil {
+		h.lost(err)
+	}
+}
+
+// loseAsync is lose with the lost callback called from another goroutine;
+// the hold is ended (Valid false) when it returns.
+func (h *hold) loseAsync(cause error) {
+	if err := h.end(cause); err != nil {
+		go h.lost(err)
+	}
+}
+
+// end marks the hold lost with cause and cleans up after it; it returns
+// the error for the lost callback, or nil when the hold was unlocked or
+// lost already.
+func (h *hold) end(cause error) error {
 	if !h.state.CompareAndSwap(held, lost) {
-		return
+		return nil
 	}
 	r := h.r
 	r.s.remove(h)
@@ -132,7 +157,7 @@ func (h *hold) lose(cause error) {
 	r.release() // the key is gone (or goes with the lease)
 	err := fmt.Errorf("etcdlock: %q: %w: %w", r.k.name, lockengine.ErrLost, cause)
 	r.s.b.log.Warn("lock lost", "lock", r.k.name, "mode", r.mode, "token", h.token.Load(), "err", err)
-	h.lost(err)
+	return err
 }
 
 // watchLoop reports the hold lost when its key is deleted by anyone but
@@ -140,6 +165,13 @@ func (h *hold) lose(cause error) {
 func (h *hold) watchLoop(ctx context.Context, from int64) {
 	r := h.r
 	b := r.s.b
+	if b.holdWatchGate != nil {
+		select {
+		case <-b.holdWatchGate:
+		case <-ctx.Done():
+			return
+		}
+	}
 	for ctx.Err() == nil {
 		wch := b.client.Watch(ctx, r.key, clientv3.WithRev(from), clientv3.WithFilterPut())
 		for wr := range wch {
