@@ -151,7 +151,13 @@ func Mount(mountpoint string, eng lockengine.Engine, opts Options) (*Server, err
 			MaxBackground: 64,
 			// flock(2) and fcntl locks come to the daemon (Setlk,
 			// Setlkw, Getlk) instead of staying in this kernel.
-			EnableLocks:       true,
+			EnableLocks: true,
+			// Reads answer with ReadResultData, which go-fuse still
+			// routes through its splice pool: each concurrent READ
+			// took a pipe pair the pool kept, so the daemon's
+			// descriptors grew with the highest read concurrency seen
+			// (measured in a soak: +8 pipes in 90 s; none with this).
+			DisableSplice:     true,
 			DirectMountStrict: opts.DirectMount,
 			Debug:             opts.DebugFUSE,
 			Logger:            debugLog,

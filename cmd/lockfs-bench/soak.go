@@ -4,6 +4,7 @@ package main
 //
 //	lockfs-bench soak [-duration 1m] [-daemons 2] [-clients 200] [-names 16]
 //	                  [-seed N] [-state-size 64M] [-lock-delay 500ms] [-lockfs PATH]
+//	                  [-etcd [-etcd-ttl 3s] [-etcdserver PATH]]
 //
 // It mounts a small tmpfs under a temp dir, starts -daemons lockfs daemons
 // sharing one state directory on it, and runs -clients client processes
@@ -23,12 +24,21 @@ package main
 // the read-only fault then falls back to a read-only bind mount over the
 // state dir. At the end the soak holds n00 and starts -final-waiters
 // clients blocked on it, so that stopping the daemons must unblock them
-// with an errno.
+// with an errno. The soak releases n00 before it stops the daemons: a
+// descriptor it still held on a stopping daemon's mount could leave its own
+// close waiting on that daemon.
 //
-// -etcd is accepted for the command line of the brief but only the dir
-// backend is implemented: -etcd=true is refused.
+// With -etcd the daemons use the etcd backend on one single-node etcd
+// (tests/internal/etcdserver, built like the lockfs binary unless
+// -etcdserver is given) instead of the shared state directory: two hosts
+// of one cluster. The state-directory faults do not apply then; the chaos
+// loop instead stops etcd (SIGSTOP) for 100-400 ms, well inside the
+// sessions' -etcd-ttl. A SIGKILLed daemon's names stay taken until its
+// session expires (-etcd-ttl), and the check for leaked state is that no
+// request key is left in etcd once the daemons are stopped.
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -44,6 +54,8 @@ import (
 	"syscall"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
 	"github.com/lockfs/lockfs/internal/launch"
@@ -59,6 +71,8 @@ type soakConfig struct {
 	stateSize  string
 	lockDelay  time.Duration
 	etcd       bool
+	etcdTTL    time.Duration
+	etcdServer string
 	lockfs     string
 	spareFirst bool
 
@@ -78,12 +92,14 @@ type soakRun struct {
 	slots   []*soakSlot       // one per daemon mountpoint
 	clients map[int]*soakProc // live clients by pid
 	allLogs []string
-	logPid  map[string]int
 	faults  map[string]int
 	events  []soakEvent // daemon and client kills, breaks
 	samples map[*daemon][]soakSample
 	dState  []string
 	seq     int
+
+	etcd    *etcdBench // the etcd server (-etcd), stopped after the daemons
+	etcdURL string
 
 	cleanOnce sync.Once
 }
@@ -100,13 +116,17 @@ type soakProc struct {
 	done chan struct{}
 }
 
-// soakEvent is a fault the checker needs: kind "daemon-kill" (slot =
-// mount index), "client-kill" (pid) or "break" (name).
+// soakEvent is an event the checker needs: kind "daemon-kill" (slot =
+// mount index), "daemon-up" (a daemon of slot is mounted), "daemon-stop"
+// (the final SIGTERM of slot's daemon), "client-kill" (pid, log) or
+// "break" (name). t is CLOCK_MONOTONIC ns, taken before a kill or stop and
+// after a start.
 type soakEvent struct {
 	kind string
 	t    int64
 	slot int
 	pid  int
+	log  string // client-kill: the client's log file, unique to it
 	name string
 }
 
@@ -126,14 +146,13 @@ func runSoak(args []string) error {
 	fl.Uint64Var(&c.seed, "seed", 0, "random seed (0: from the clock)")
 	fl.StringVar(&c.stateSize, "state-size", "64M", "size of the state tmpfs")
 	fl.DurationVar(&c.lockDelay, "lock-delay", 500*time.Millisecond, "the daemons' --lock-delay (longer than the longest SIGSTOP, 200ms)")
-	fl.BoolVar(&c.etcd, "etcd", false, "use the etcd backend (not implemented)")
+	fl.BoolVar(&c.etcd, "etcd", false, "run the daemons on the etcd backend, on one local etcd, instead of a shared state directory")
+	fl.DurationVar(&c.etcdTTL, "etcd-ttl", 3*time.Second, "with -etcd: the daemons' --etcd-ttl (how long a killed daemon's names stay taken)")
+	fl.StringVar(&c.etcdServer, "etcdserver", "", "with -etcd: the etcdserver binary (default: go build ./tests/internal/etcdserver of the module)")
 	fl.StringVar(&c.lockfs, "lockfs", "", "lockfs binary (default: go build ./cmd/lockfs of the module around the working dir, else lockfs next to this binary)")
 	fl.IntVar(&c.finalWaiters, "final-waiters", 5, "clients started at the end that wait on a name the soak holds, so that the shutdown must unblock them")
 	fl.BoolVar(&c.spareFirst, "spare-first", true, "never SIGKILL daemon 0, so that its RSS and descriptors are sampled over the whole run")
 	_ = fl.Parse(args)
-	if c.etcd {
-		return errors.New("soak: -etcd=true is not implemented; only the dir backend is soaked")
-	}
 	if c.daemons < 1 || c.clients < 1 || c.names < 1 {
 		return errors.New("soak: -daemons, -clients and -names must be at least 1")
 	}
@@ -154,7 +173,7 @@ func runSoak(args []string) error {
 	r := &soakRun{c: c, rng: rand.New(rand.NewPCG(c.seed, 0x50a4)),
 		b:       &fsBench{tmp: tmp, self: self, procs: map[*exec.Cmd]*proc{}},
 		stateFS: filepath.Join(tmp, "statefs"), logs: filepath.Join(tmp, "logs"),
-		clients: map[int]*soakProc{}, logPid: map[string]int{}, faults: map[string]int{}, samples: map[*daemon][]soakSample{}}
+		clients: map[int]*soakProc{}, faults: map[string]int{}, samples: map[*daemon][]soakSample{}}
 	r.state = filepath.Join(r.stateFS, "state")
 	defer r.cleanup()
 	// Finish (and clean up) even if stdout is a pipe whose reader left.
@@ -178,8 +197,23 @@ func runSoak(args []string) error {
 	if err := os.Mkdir(r.state, 0o700); err != nil {
 		return err
 	}
-	fmt.Printf("lockfs-bench soak: lockfs %s (%s); seed %d; %d daemons, %d clients, %d names, %v, lock-delay %v, state tmpfs %s; %d CPUs; load average %s\n",
-		lockfsBin, how, c.seed, c.daemons, c.clients, c.names, c.duration, c.lockDelay, c.stateSize, runtime.NumCPU(), loadavg())
+	backend := "dir backend, one state dir on a " + c.stateSize + " tmpfs"
+	if c.etcd {
+		r.etcd = &etcdBench{tmp: filepath.Join(tmp, "etcd")}
+		if err := os.Mkdir(r.etcd.tmp, 0o755); err != nil {
+			return err
+		}
+		server, err := r.etcd.binary(c.etcdServer, "etcdserver", "./tests/internal/etcdserver")
+		if err != nil {
+			return err
+		}
+		if r.etcdURL, err = r.etcd.startEtcd(server, false); err != nil {
+			return err
+		}
+		backend = fmt.Sprintf("etcd backend, one etcd at %s, --etcd-ttl %v", r.etcdURL, c.etcdTTL)
+	}
+	fmt.Printf("lockfs-bench soak: lockfs %s (%s); seed %d; %d daemons, %d clients, %d names, %v, lock-delay %v, %s; %d CPUs; load average %s\n",
+		lockfsBin, how, c.seed, c.daemons, c.clients, c.names, c.duration, c.lockDelay, backend, runtime.NumCPU(), loadavg())
 
 	for i := range c.daemons {
 		s := &soakSlot{idx: i, mnt: filepath.Join(tmp, fmt.Sprintf("d%d", i), "mnt")}
@@ -221,6 +255,11 @@ func runSoak(args []string) error {
 	r.checkDState("after the duration")
 	close(stopSampling)
 	sampling.Wait()
+	// Release n00 first, then stop the daemons: the next final waiter is
+	// granted and the others stay blocked until the stop ends them.
+	if holdFD >= 0 {
+		_ = unix.Close(holdFD)
+	}
 	r.mu.Lock()
 	var ds []*daemon
 	for _, s := range r.slots {
@@ -228,22 +267,26 @@ func runSoak(args []string) error {
 	}
 	r.mu.Unlock()
 	var wg sync.WaitGroup
-	for _, d := range ds {
+	for i, d := range ds {
+		r.record(soakEvent{kind: "daemon-stop", t: monoNow(), slot: i})
 		wg.Go(d.stop)
 	}
 	grace := 10 * time.Second
-	if holdFD >= 0 {
-		_ = unix.Close(holdFD)
-	}
 	r.waitClients(grace)
 	stuck := r.liveClients()
 	r.checkDState("after stopping the daemons")
 	wg.Wait()
-	lockFiles, lockNames := countDir(filepath.Join(r.state, "locks"))
+	var lockFiles int
+	var lockNames []string
+	if c.etcd {
+		lockFiles, lockNames = r.etcdRequestKeys()
+	} else {
+		lockFiles, lockNames = countDir(filepath.Join(r.state, "locks"))
+	}
 	r.b.killClients()
 	elapsed := time.Since(start)
 
-	rep := checkSoak(r.allLogs, r.logPid, r.events, startMono, endMono)
+	rep := checkSoak(r.allLogs, r.events, startMono, endMono)
 	rep.blockedAtEnd = len(blockedAtEnd)
 	rep.stuck = len(stuck)
 	for _, pid := range stuck {
@@ -255,7 +298,10 @@ func runSoak(args []string) error {
 	if chaosErr != nil {
 		rep.addViolation("chaos: " + chaosErr.Error())
 	}
-	if lockFiles > c.names {
+	switch {
+	case c.etcd && lockFiles != 0:
+		rep.addViolation(fmt.Sprintf("%d request keys left in etcd after the daemons stopped: %s", lockFiles, strings.Join(lockNames, " ")))
+	case !c.etcd && lockFiles > c.names:
 		rep.addViolation(fmt.Sprintf("%d files in STATE/locks for %d names: %s", lockFiles, c.names, strings.Join(lockNames, " ")))
 	}
 	r.print(rep, elapsed, lockFiles, lockNames)
@@ -272,15 +318,59 @@ func (r *soakRun) startDaemon(s *soakSlot) error {
 	if err := os.MkdirAll(s.mnt, 0o755); err != nil {
 		return err
 	}
-	args := []string{"mount", "--state-dir", r.state, "--log-level", "warn", "--ready-fd", "3",
-		"--lock-delay", r.c.lockDelay.String(), s.mnt}
+	state := r.state
+	var engine []string
+	if r.c.etcd {
+		// The etcd backend keeps no state in the directory; each daemon
+		// has one of its own all the same.
+		state = filepath.Join(r.state, d.name)
+		engine = []string{"--engine", "etcd", "--etcd-endpoints", r.etcdURL, "--etcd-prefix", soakEtcdPrefix,
+			"--etcd-ttl", r.c.etcdTTL.String()}
+	}
+	args := append([]string{"mount", "--state-dir", state, "--log-level", "warn", "--ready-fd", "3",
+		"--lock-delay", r.c.lockDelay.String()}, engine...)
+	args = append(args, s.mnt)
 	if err := r.b.run(d, launch.Options{Path: r.b.lockfs, Args: args, ReadyFD: 3}); err != nil {
 		return err
 	}
+	r.record(soakEvent{kind: "daemon-up", t: monoNow(), slot: s.idx})
 	r.mu.Lock()
 	s.d = d
 	r.mu.Unlock()
 	return nil
+}
+
+// soakEtcdPrefix is the daemons' --etcd-prefix with -etcd.
+const soakEtcdPrefix = "/lockfs-soak/"
+
+// etcdRequestKeys returns the request keys (holders and waiters, NAME/q/...)
+// left under the soak's prefix, waiting up to the session TTL and 5 s for
+// those of SIGKILLed daemons to expire.
+func (r *soakRun) etcdRequestKeys() (int, []string) {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{r.etcdURL}, DialTimeout: 10 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return -1, []string{err.Error()}
+	}
+	defer cli.Close()
+	deadline := time.Now().Add(r.c.etcdTTL + 5*time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		resp, err := cli.Get(ctx, soakEtcdPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		cancel()
+		if err != nil {
+			return -1, []string{err.Error()}
+		}
+		var keys []string
+		for _, kv := range resp.Kvs {
+			if strings.Contains(string(kv.Key), "/q/") {
+				keys = append(keys, string(kv.Key))
+			}
+		}
+		if len(keys) == 0 || time.Now().After(deadline) {
+			return len(keys), keys
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // finalWaiters takes n00 exclusively through daemon 0 (waiting up to 5 s)
@@ -296,8 +386,15 @@ func (r *soakRun) finalWaiters(mounts []string) int {
 	}
 	ch := make(chan res, 1)
 	go func() {
-		fd, err := unix.Open(filepath.Join(mounts[0], "n00"), unix.O_RDWR|unix.O_CLOEXEC, 0)
-		ch <- res{fd, err}
+		for {
+			// The Go runtime's preemption signal can interrupt the
+			// blocking open (EINTR): open again, as os.OpenFile does.
+			fd, err := unix.Open(filepath.Join(mounts[0], "n00"), unix.O_RDWR|unix.O_CLOEXEC, 0)
+			if err != unix.EINTR {
+				ch <- res{fd, err}
+				return
+			}
+		}
 	}()
 	select {
 	case rs := <-ch:
@@ -342,7 +439,6 @@ func (r *soakRun) startClient(mounts []string, until int64, extra ...string) err
 	p := &soakProc{cmd: cmd, log: log, done: make(chan struct{})}
 	r.mu.Lock()
 	r.clients[cmd.Process.Pid] = p
-	r.logPid[log] = cmd.Process.Pid
 	r.mu.Unlock()
 	go func() {
 		_ = r.b.wait(cmd)
@@ -451,6 +547,9 @@ func (r *soakRun) doCleanup() {
 		wg.Go(d.stop)
 	}
 	wg.Wait()
+	if r.etcd != nil {
+		r.etcd.cleanup()
+	}
 	if ok, _ := mountinfo.IsMounted(r.stateFS); ok {
 		if err := unix.Unmount(r.stateFS, unix.MNT_DETACH); err != nil {
 			fmt.Fprintf(os.Stderr, "lockfs-bench: umount %s: %v\n", r.stateFS, err)

@@ -13,19 +13,39 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// soakFaults are the chaos kinds with their weights: the state-dir faults
-// and daemon kills are rarer so that the lock traffic is not mostly
-// failures.
-var soakFaults = []struct {
-	kind   string
-	weight int
-}{
-	{"daemon-kill", 1},
-	{"client-kill", 3},
-	{"client-stop", 3},
-	{"break", 3},
-	{"state-full", 1},
-	{"state-ro", 1},
+// soakFault is a chaos kind with its weight; backend limits it to the dir
+// or the etcd backend ("": both).
+type soakFault struct {
+	kind    string
+	weight  int
+	backend string
+}
+
+// soakFaults are the chaos kinds: the state-dir and etcd faults and daemon
+// kills are rarer so that the lock traffic is not mostly failures.
+var soakFaults = []soakFault{
+	{"daemon-kill", 1, ""},
+	{"client-kill", 3, ""},
+	{"client-stop", 3, ""},
+	{"break", 3, ""},
+	{"state-full", 1, "dir"},
+	{"state-ro", 1, "dir"},
+	{"etcd-stop", 1, "etcd"},
+}
+
+// faultKinds returns the chaos kinds that apply to the run's backend.
+func (r *soakRun) faultKinds() []soakFault {
+	backend := "dir"
+	if r.c.etcd {
+		backend = "etcd"
+	}
+	var out []soakFault
+	for _, f := range soakFaults {
+		if f.backend == "" || f.backend == backend {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // chaos injects one fault at a time, every 100-500 ms, until the deadline
@@ -34,23 +54,31 @@ var soakFaults = []struct {
 // restarted at once. An error means the run cannot go on (a daemon does
 // not restart).
 func (r *soakRun) chaos(mounts []string, until int64) error {
+	kinds := r.faultKinds()
 	total := 0
-	for _, f := range soakFaults {
+	for _, f := range kinds {
 		total += f.weight
 	}
-	for {
+	// Every kind once first, in random order, so that a short run has
+	// them all; then kinds drawn by weight.
+	first := r.rng.Perm(len(kinds))
+	for i := 0; ; i++ {
 		time.Sleep(time.Duration(100+r.rng.IntN(401)) * time.Millisecond)
 		if monoNow() >= until {
 			return nil
 		}
-		k := r.rng.IntN(total)
 		kind := ""
-		for _, f := range soakFaults {
-			if k < f.weight {
-				kind = f.kind
-				break
+		if i < len(first) {
+			kind = kinds[first[i]].kind
+		} else {
+			k := r.rng.IntN(total)
+			for _, f := range kinds {
+				if k < f.weight {
+					kind = f.kind
+					break
+				}
+				k -= f.weight
 			}
-			k -= f.weight
 		}
 		outcome, err := r.inject(kind, mounts, until)
 		if err != nil {
@@ -110,8 +138,8 @@ func (r *soakRun) inject(kind string, mounts []string, until int64) (string, err
 			}
 			t := monoNow()
 			_ = unix.Kill(pid, unix.SIGKILL)
-			r.record(soakEvent{kind: "client-kill", t: t, pid: pid})
 			<-p.done
+			r.record(soakEvent{kind: "client-kill", t: t, pid: pid, log: p.log})
 			if monoNow() < until {
 				if err := r.startClient(mounts, until); err != nil {
 					return "", err
@@ -179,6 +207,20 @@ func (r *soakRun) inject(kind string, mounts []string, until int64) (string, err
 		}
 		if !full {
 			return " (not full)", nil
+		}
+		return "", nil
+	case "etcd-stop":
+		// etcd stops answering for a moment well inside the sessions'
+		// TTL: requests wait or fail (EIO), and no session expires.
+		r.etcd.mu.Lock()
+		etcd := r.etcd.procs[0].Process
+		r.etcd.mu.Unlock()
+		if err := etcd.Signal(unix.SIGSTOP); err != nil {
+			return "", fmt.Errorf("stop etcd: %w", err)
+		}
+		time.Sleep(moment())
+		if err := etcd.Signal(unix.SIGCONT); err != nil {
+			return "", fmt.Errorf("continue etcd: %w", err)
 		}
 		return "", nil
 	case "state-ro":

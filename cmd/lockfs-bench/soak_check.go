@@ -5,11 +5,17 @@ package main
 //
 // An interval is one grant: [ENTER, end] on one name, exclusive or shared.
 // ENTER is taken just after open/flock/fcntl returned and EXIT just before
-// the release, so an interval is inside the real hold. end is:
+// the read that verifies the hold, so an interval is inside the real hold
+// (see soak_client.go). end is:
 //   - the EXIT time;
 //   - for a client SIGKILLed by the chaos loop while holding (its log
-//     ends in ENTER), the time just before the SIGKILL: the kernel
-//     releases its descriptors after that;
+//     ends in ENTER), the time taken just before the SIGKILL, or the ENTER
+//     if that is later: the client was alive then, and the kernel releases
+//     its descriptors only at its death. A kill is matched to its client
+//     by the client's log file, which is unique to one process; a pid is
+//     not (pid_max is 32768 on many hosts, and an hour's soak starts more
+//     processes than that), and the client may log a new attempt between
+//     the moment the chaos loop chose it and its death;
 //   - for a client whose log ends in ENTER without being killed (it was
 //     still holding at the end), the end of the run.
 //
@@ -29,10 +35,16 @@ package main
 //   - tokens: ordered by ENTER, exclusive grants have strictly increasing
 //     tokens;
 //   - every ENTER token parses (else the client logged VIOL).
+//   - ENOENT: a failed attempt on a mountpoint that had no daemon, between
+//     a SIGKILL of its daemon (or the final stop) and the restart, is
+//     documented; an attempt that ENOENT ended is a violation unless
+//     [BEGIN, FAIL] meets such a window of its own mount in the parent's
+//     record.
 // Client VIOL lines (undocumented errnos, bad tokens) are violations.
 
 import (
 	"bufio"
+	"cmp"
 	"fmt"
 	"math"
 	"os"
@@ -90,32 +102,55 @@ type soakReport struct {
 
 func (rep *soakReport) addViolation(s string) { rep.violations = append(rep.violations, s) }
 
-func checkSoak(logs []string, logPid map[string]int, events []soakEvent, startMono, endMono int64) *soakReport {
-	rep := &soakReport{grants: map[string]int{}, lost: map[string]int{}, errnos: map[string]int{}, finalFails: map[string]int{}}
-	// Kills by pid, in time order. Pids are reused (pid_max is 32768 on
-	// many hosts, and an hour's soak starts more processes than that), so
-	// the kill that ended a process is the first kill of its pid at or
-	// after a moment it was alive, never simply the last one.
-	kills := map[int][]int64{}
-	killedAt := func(pid int, alive int64) (int64, bool) {
-		for _, t := range kills[pid] {
-			if t >= alive {
-				return t, true
+// soakWindow is a span [from, to] in which a mountpoint had no daemon.
+type soakWindow struct{ from, to int64 }
+
+// downWindows returns, per mount slot, the spans from a daemon's SIGKILL or
+// stop to its next start (to the end of time when it did not start again).
+func downWindows(events []soakEvent) map[int][]soakWindow {
+	evs := slices.Clone(events)
+	slices.SortStableFunc(evs, func(a, b soakEvent) int { return cmp.Compare(a.t, b.t) })
+	down := map[int]int64{} // slot -> start of its open window
+	out := map[int][]soakWindow{}
+	for _, e := range evs {
+		switch e.kind {
+		case "daemon-kill", "daemon-stop":
+			if _, ok := down[e.slot]; !ok {
+				down[e.slot] = e.t
+			}
+		case "daemon-up":
+			if from, ok := down[e.slot]; ok {
+				out[e.slot] = append(out[e.slot], soakWindow{from, e.t})
+				delete(down, e.slot)
 			}
 		}
-		return 0, false
 	}
+	for slot, from := range down {
+		out[slot] = append(out[slot], soakWindow{from, math.MaxInt64})
+	}
+	return out
+}
+
+func checkSoak(logs []string, events []soakEvent, startMono, endMono int64) *soakReport {
+	rep := &soakReport{grants: map[string]int{}, lost: map[string]int{}, errnos: map[string]int{}, finalFails: map[string]int{}}
+	kills := map[string]soakEvent{} // client kills by log file
 	daemonKills := map[int][]int64{}
 	for _, e := range events {
 		switch e.kind {
 		case "client-kill":
-			kills[e.pid] = append(kills[e.pid], e.t)
+			kills[e.log] = e
 		case "daemon-kill":
 			daemonKills[e.slot] = append(daemonKills[e.slot], e.t)
 		}
 	}
-	for _, ts := range kills {
-		slices.Sort(ts)
+	windows := downWindows(events)
+	mountDown := func(slot int, from, to int64) bool {
+		for _, w := range windows[slot] {
+			if w.from <= to && w.to >= from {
+				return true
+			}
+		}
+		return false
 	}
 	byName := map[string][]*soakInterval{}
 	blocking := map[string]bool{}
@@ -134,7 +169,6 @@ func checkSoak(logs []string, logPid map[string]int, events []soakEvent, startMo
 		var beginIface string
 		sc := bufio.NewScanner(f)
 		sc.Buffer(make([]byte, 1<<16), 1<<20)
-		pid := logPid[path]
 		for sc.Scan() {
 			line := sc.Text()
 			w := strings.Fields(line)
@@ -164,7 +198,6 @@ func checkSoak(logs []string, logPid map[string]int, events []soakEvent, startMo
 				iv.pid, _ = strconv.Atoi(w[5])
 				iv.mount, _ = strconv.Atoi(w[7])
 				iv.end = math.MaxInt64
-				pid = iv.pid
 				cur = iv
 				byName[iv.name] = append(byName[iv.name], iv)
 				rep.grants[iv.iface]++
@@ -184,13 +217,25 @@ func checkSoak(logs []string, logPid map[string]int, events []soakEvent, startMo
 				}
 				cur = nil
 			case "FAIL":
+				if len(w) < 5 {
+					bad()
+					continue
+				}
 				open = false
-				if len(w) >= 3 && w[1] == "final" {
-					rep.finalFails[w[2]]++
+				errno := w[2]
+				if errno == "ENOENT" {
+					t, _ := strconv.ParseInt(w[3], 10, 64)
+					mi, _ := strconv.Atoi(w[4])
+					if !mountDown(mi, begin, t) {
+						rep.addViolation(fmt.Sprintf("%s: %s: ENOENT from d%d, which was not down during the attempt [%d, %d]",
+							path, line, mi, begin, t))
+					}
+					errno = "ENOENT (daemon down)"
 				}
-				if len(w) >= 3 {
-					rep.errnos[w[2]]++
+				if w[1] == "final" {
+					rep.finalFails[errno]++
 				}
+				rep.errnos[errno]++
 			case "VIOL":
 				open = false
 				rep.addViolation(path + ": " + line)
@@ -199,8 +244,9 @@ func checkSoak(logs []string, logPid map[string]int, events []soakEvent, startMo
 			}
 		}
 		_ = f.Close()
+		kill, killed := kills[path]
 		if open {
-			if _, ok := killedAt(pid, begin); ok {
+			if killed {
 				rep.unfinishedKilled++
 			} else {
 				rep.unfinished++
@@ -208,8 +254,8 @@ func checkSoak(logs []string, logPid map[string]int, events []soakEvent, startMo
 			}
 		}
 		if cur != nil {
-			if k, ok := killedAt(pid, cur.enter); ok {
-				cur.end = k
+			if killed {
+				cur.end = max(kill.t, cur.enter)
 				cur.clientKilled = true
 			} else {
 				cur.end = endMono
@@ -329,10 +375,15 @@ func (r *soakRun) print(rep *soakReport, elapsed time.Duration, lockFiles int, l
 			in.d.name, in.d.proc.Pid(), len(s), (s[len(s)-1].t - s[0].t).Round(time.Second),
 			rss[0], rss[len(rss)-1], slope(xs, rss), s[0].fds, s[len(s)-1].fds, slope(xs, fds))
 	}
-	fmt.Printf("files in STATE/locks at the end: %d (names used: %d)\n", lockFiles, r.c.names)
+	if r.c.etcd {
+		fmt.Printf("request keys left in etcd after the daemons stopped: %d\n", lockFiles)
+	} else {
+		fmt.Printf("files in STATE/locks at the end: %d (names used: %d)\n", lockFiles, r.c.names)
+	}
 	fmt.Println("rules: an interval is [grant, release] of one lease; it ends early at the SIGKILL of its client, or at the SIGKILL of its daemon")
 	fmt.Println("       (then it is faulted); it is faulted too when the client's verification read failed (LOST). An overlap with an")
 	fmt.Println("       exclusive interval is allowed only after a faulted one and only with a greater token; exclusive tokens strictly increase.")
+	fmt.Println("       ENOENT is allowed only from a mount whose daemon was down (killed, not yet restarted, or stopped) during the attempt.")
 	fmt.Printf("violations: %d\n", len(rep.violations))
 	for i, v := range rep.violations {
 		if i == 10 {

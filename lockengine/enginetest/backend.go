@@ -293,7 +293,6 @@ func testBackendNotLostAfterUnlock(t *testing.T, f BackendFactory) {
 // shortly after an Unlock that raced with the loss: see Backend.)
 func testBackendLostRacingUnlock(t *testing.T, f BackendFactory) {
 	a, b, lose := f(t)
-	ctx := ctxT(t)
 	recs := make([]*lostRec, 0, 10)
 	for i := range 10 {
 		name := fmt.Sprintf("race%d", i)
@@ -310,6 +309,8 @@ func testBackendLostRacingUnlock(t *testing.T, f BackendFactory) {
 		require.NoError(t, h.Unlock())
 		var h2 lockengine.Hold
 		waitFor(t, "name free after loss and Unlock", func() bool {
+			ctx, cancel := opCtx()
+			defer cancel()
 			var err error
 			h2, err = b.TryLock(ctx, name, lockengine.Exclusive, nopLost(t))
 			return err == nil

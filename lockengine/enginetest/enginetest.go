@@ -69,6 +69,14 @@ func ctxT(t *testing.T) context.Context {
 	return ctx
 }
 
+// opCtx is the context of one operation of a case that makes many in a
+// loop: each gets the whole Timeout. One context for the whole loop would
+// make the loop's total time the bound, which a loaded machine or a slow
+// etcd exceeds long before any single wait is stuck.
+func opCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), Timeout)
+}
+
 // waitFor polls cond until it holds or Timeout passes.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -260,7 +268,6 @@ func testCancelWhileWaiting(t *testing.T, f Factory) {
 
 func testCancelRace(t *testing.T, f Factory) {
 	a, b := f(t)
-	ctx := ctxT(t)
 	var wg sync.WaitGroup
 	for g := range 4 {
 		wg.Add(1)
@@ -268,7 +275,7 @@ func testCancelRace(t *testing.T, f Factory) {
 			defer wg.Done()
 			e := []lockengine.Engine{a, b}[g%2]
 			for i := range 150 {
-				c, cancel := context.WithTimeout(ctx, time.Duration(i%7)*50*time.Microsecond)
+				c, cancel := context.WithTimeout(context.Background(), time.Duration(i%7)*50*time.Microsecond)
 				l, err := e.Acquire(c, "race", lockengine.Mode(1+(i+g)%2))
 				cancel()
 				if err == nil {
@@ -284,6 +291,8 @@ func testCancelRace(t *testing.T, f Factory) {
 	for _, e := range []lockengine.Engine{a, b} {
 		var l *lockengine.Lease
 		waitFor(t, "name free", func() bool {
+			ctx, cancel := opCtx()
+			defer cancel()
 			var err error
 			l, err = e.TryAcquire(ctx, "race", lockengine.Exclusive)
 			return err == nil
@@ -410,7 +419,6 @@ func testNameLimits(t *testing.T, e lockengine.Engine) {
 
 func testCrossEngineCounter(t *testing.T, f Factory) {
 	a, b := f(t)
-	ctx := ctxT(t)
 	var (
 		inside, readers atomic.Int32
 		counter         int // guarded by the lock under test
@@ -427,7 +435,9 @@ func testCrossEngineCounter(t *testing.T, f Factory) {
 				if (i+g)%3 == 0 {
 					mode = lockengine.Shared
 				}
+				ctx, cancel := opCtx()
 				l, err := e.Acquire(ctx, "counter", mode)
+				cancel()
 				if !assert.NoError(t, err) {
 					return
 				}

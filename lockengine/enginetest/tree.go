@@ -297,7 +297,6 @@ func testTreeTwoEngines(t *testing.T, f Factory) {
 // A nested name excludes across two engines like a top-level one.
 func testTreeNestedCounter(t *testing.T, f Factory) {
 	a, b := f(t)
-	ctx := ctxT(t)
 	for _, d := range []string{"a", "a/b", "a/b/c"} {
 		mustMkdir(t, a, d)
 	}
@@ -327,7 +326,9 @@ func testTreeNestedCounter(t *testing.T, f Factory) {
 				if (i+g)%4 == 0 {
 					mode = lockengine.Shared
 				}
+				ctx, cancel := opCtx()
 				l, err := e.Acquire(ctx, name, mode)
+				cancel()
 				if !assert.NoError(t, err) {
 					return
 				}
@@ -576,10 +577,6 @@ func testBackendTreeReopen(t *testing.T, f BackendFactory) {
 // "d/x" always finds "d" a directory, a holder of "d" never does.
 func testTreeRaces(t *testing.T, f Factory) {
 	a, b := f(t)
-	// The races get a deadline of their own: each round's calls are
-	// short, but many of them.
-	ctx, cancel := context.WithTimeout(context.Background(), 2*Timeout)
-	defer cancel()
 	const rounds = 150
 	var (
 		wg                 sync.WaitGroup
@@ -596,18 +593,22 @@ func testTreeRaces(t *testing.T, f Factory) {
 		}
 		return assert.NoError(t, err)
 	}
-	run := func(f func(i int)) {
+	// Each operation has a context of its own (opCtx): 150 rounds on a
+	// loaded machine may take longer than one Timeout in all.
+	run := func(f func(ctx context.Context, i int)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for i := range rounds {
-				f(i)
+				ctx, cancel := opCtx()
+				f(ctx, i)
+				cancel()
 			}
 		}()
 	}
 	for _, e := range []lockengine.Engine{a, b} {
 		// Make and remove the directory.
-		run(func(i int) {
+		run(func(ctx context.Context, i int) {
 			if i%2 == 0 {
 				expected(e.Mkdir(ctx, "d", attr), lockengine.ErrExist)
 			} else {
@@ -619,7 +620,7 @@ func testTreeRaces(t *testing.T, f Factory) {
 			}
 		})
 		// Lock a name in it, waiting or not.
-		run(func(i int) {
+		run(func(ctx context.Context, i int) {
 			var (
 				l   *lockengine.Lease
 				err error
@@ -640,7 +641,7 @@ func testTreeRaces(t *testing.T, f Factory) {
 			assert.NoError(t, l.Release())
 		})
 		// Lock the path itself.
-		run(func(i int) {
+		run(func(ctx context.Context, i int) {
 			l, err := e.TryAcquire(ctx, "d", lockengine.Exclusive)
 			if !expected(err, lockengine.ErrIsDir, lockengine.ErrWouldBlock) || err != nil {
 				return
