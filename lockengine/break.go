@@ -91,7 +91,7 @@ func (q *Queue) Break(ctx context.Context, name string, by Owner) error {
 	cause := fmt.Errorf("%w: %w by uid %d pid %d", ErrLost, ErrBroken, by.UID, by.PID)
 	q.log.Warn("lock broken", "lock", name, "mode", g.mode, "token", g.token, "holders", g.leases.n,
 		"uid", by.UID, "pid", by.PID, "lock_delay", q.lockDelay)
-	now := time.Now()
+	now := clockNow()
 	if g.mode == Exclusive {
 		// Keep the backend hold across the break, so no other process
 		// gets in before the delay: end the leases (every holder of a

@@ -2,39 +2,42 @@ package lockengine
 
 import (
 	"context"
+	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
-	"time"
 )
 
 // entry is the state of one name. It lives in Queue.entries while anything
 // refers to it (an Acquire in progress, a waiter, a lease or a worker), and
 // a while longer when idle.
+//
+// Its fields are ordered to pack it into 112 bytes: one is kept per name in
+// use (see docs/benchmarks.md, Memory).
 type entry struct {
 	name string
+	mu   sync.Mutex
 	// refs counts references. It goes up from zero only under Queue.mu;
 	// an entry whose refs are zero is idle and may be removed from the map
 	// (under Queue.mu).
-	refs atomic.Int64
-
-	mu      sync.Mutex
+	refs    atomic.Int32
+	busy    busyKind  // guarded by mu; what is calling the backend for this name
+	closed  bool      // guarded by mu
 	group   *group    // guarded by mu; the current holders, nil when none
 	waiters []*waiter // guarded by mu; FIFO
-	busy    busyKind  // guarded by mu; what is calling the backend for this name
-	// bumped is signalled (with mu as its lock) when a busyBump ends; see
-	// waitBump.
-	bumped sync.Cond
+	// bumped, when not nil, is closed when the busyBump in progress ends:
+	// made by the first waitBump that waits for it (a Bump is rare: a
+	// semaphore holder joining, or Break), closed by endBump. Guarded by
+	// mu.
+	bumped chan struct{}
 	worker *worker  // guarded by mu; set when busy == busyWorker
 	lost   []*group // guarded by mu; lost groups whose leases are not all released
 	limit  int      // guarded by mu; exclusive holders allowed at once (SetLimit), 1 by default
-	closed bool     // guarded by mu
 }
 
 // newEntry returns the entry of name with the given limit.
 func newEntry(name string, limit int) *entry {
-	e := &entry{name: name, limit: limit}
-	e.bumped.L = &e.mu
-	return e
+	return &entry{name: name, limit: limit}
 }
 
 // admits reports whether a request in mode may join the current group g
@@ -55,7 +58,23 @@ func (e *entry) admits(g *group, mode Mode) bool {
 // and no second backend call for the name starts meanwhile.
 func (e *entry) waitBump() {
 	for e.busy == busyBump {
-		e.bumped.Wait()
+		if e.bumped == nil {
+			e.bumped = make(chan struct{})
+		}
+		c := e.bumped
+		e.mu.Unlock()
+		<-c
+		e.mu.Lock()
+	}
+}
+
+// endBump ends the busyBump in progress and wakes its waitBump callers.
+// Called with e.mu held.
+func (e *entry) endBump() {
+	e.busy = notBusy
+	if e.bumped != nil {
+		close(e.bumped)
+		e.bumped = nil
 	}
 }
 
@@ -78,20 +97,20 @@ const (
 // group is the set of leases granted under one backend Hold: one exclusive
 // lease, or any number of shared ones.
 type group struct {
-	mode  Mode
-	hold  Hold      // set when installed
-	token uint64    // hold.Token(), cached
-	since time.Time // when the hold was granted
-	// delay marks the engine's own group that keeps a broken name for the
-	// lock-delay: nothing joins it and Break refuses it (ErrLockDelay).
-	// Set before the group is current or under entry.mu.
-	delay bool
+	hold  Hold   // set when installed
+	token uint64 // hold.Token(), cached
+	since stamp  // when the hold was granted
 	// heir is the lock-delay group Break handed this group's hold to
 	// (guarded by entry.mu); the hold's lost callback follows it.
 	heir *group
 	// guarded by entry.mu:
 	leases  leaseList // unreleased leases
 	lostErr error     // set when the backend reported the hold lost
+	mode    Mode
+	// delay marks the engine's own group that keeps a broken name for the
+	// lock-delay: nothing joins it and Break refuses it (ErrLockDelay).
+	// Set before the group is current or under entry.mu.
+	delay bool
 }
 
 // leaseList is an intrusive doubly linked list of leases, so a grant costs
@@ -144,16 +163,16 @@ func (ll *leaseList) endAll(err error) {
 }
 
 type waiter struct {
-	mode  Mode
-	owner Owner
-	delay bool          // Break's request for the lock-delay: its group is marked delay
-	since time.Time     // when the request was made
 	ready chan struct{} // closed once lease or err is set (under entry.mu)
 	lease *Lease
 	err   error
+	since stamp // when the request was made
+	owner Owner
+	mode  Mode
+	delay bool // Break's request for the lock-delay: its group is marked delay
 }
 
-func newWaiter(mode Mode, owner Owner, since time.Time) *waiter {
+func newWaiter(mode Mode, owner Owner, since stamp) *waiter {
 	return &waiter{mode: mode, owner: owner, since: since, ready: make(chan struct{})}
 }
 
@@ -162,20 +181,51 @@ type worker struct {
 	cancel context.CancelFunc
 }
 
+// popWaiter removes the head of the queue. The slot it leaves is cleared
+// and an emptied queue drops its array: a slice's array keeps every
+// pointer in it alive, so a queue drained by reslicing would keep each
+// served waiter (and through it its lease, group and hold) until the
+// entry itself goes. Called with e.mu held.
+func (e *entry) popWaiter() {
+	e.waiters[0] = nil
+	e.waiters = e.waiters[1:]
+	if len(e.waiters) == 0 {
+		e.waiters = nil
+	}
+}
+
+// removeWaiter removes w from the queue, clearing the slot it leaves (see
+// popWaiter). Called with e.mu held.
 func (e *entry) removeWaiter(w *waiter) {
-	for i, x := range e.waiters {
-		if x == w {
-			e.waiters = append(e.waiters[:i], e.waiters[i+1:]...)
-			return
+	if i := slices.Index(e.waiters, w); i >= 0 {
+		e.waiters = slices.Delete(e.waiters, i, i+1)
+		if len(e.waiters) == 0 {
+			e.waiters = nil
 		}
 	}
 }
 
 func (e *entry) dropLost(g *group) {
-	for i, x := range e.lost {
-		if x == g {
-			e.lost = append(e.lost[:i], e.lost[i+1:]...)
-			return
+	if i := slices.Index(e.lost, g); i >= 0 {
+		e.lost = slices.Delete(e.lost, i, i+1)
+		if len(e.lost) == 0 {
+			e.lost = nil
 		}
 	}
 }
+
+// nameError is the error "lock NAME: err" of the request paths that fail
+// often (would-block, cancelled): the message is built only if someone
+// asks for it, so failing costs one small allocation and a shallow stack,
+// where fmt.Errorf formats at once.
+type nameError struct {
+	name string
+	err  error
+}
+
+// nameErr returns "lock NAME: err" (NAME quoted as %q does), wrapping err.
+func nameErr(name string, err error) error { return &nameError{name: name, err: err} }
+
+func (e *nameError) Error() string { return "lock " + strconv.Quote(e.name) + ": " + e.err.Error() }
+
+func (e *nameError) Unwrap() error { return e.err }

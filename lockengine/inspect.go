@@ -42,8 +42,8 @@ func (e *entry) info() (info LockInfo, ok bool) {
 	}
 	if g := e.group; g != nil {
 		info.State = StateHeld
-		info.Mode, info.Holders, info.Token, info.Since = g.mode, g.leases.n, g.token, g.since
-		info.Heartbeat = g.since
+		info.Mode, info.Holders, info.Token, info.Since = g.mode, g.leases.n, g.token, g.since.Time()
+		info.Heartbeat = info.Since
 		if hb, ok := g.hold.(HeartbeatReporter); ok {
 			if t := hb.LastHeartbeat(); t.After(info.Heartbeat) {
 				info.Heartbeat = t
@@ -53,7 +53,7 @@ func (e *entry) info() (info LockInfo, ok bool) {
 	}
 	for _, g := range e.lost {
 		if info.State == StateNone {
-			info.State, info.Mode, info.Token, info.Since = StateLost, g.mode, g.token, g.since
+			info.State, info.Mode, info.Token, info.Since = StateLost, g.mode, g.token, g.since.Time()
 			info.LostCause = g.lostErr.Error()
 		}
 		info.Leases = g.leases.infos(info.Leases, true)
@@ -66,7 +66,7 @@ func (e *entry) info() (info LockInfo, ok bool) {
 
 func (ll *leaseList) infos(dst []LeaseInfo, lost bool) []LeaseInfo {
 	for l := ll.head; l != nil; l = l.next {
-		dst = append(dst, LeaseInfo{Owner: l.owner, Mode: l.mode, Token: l.token, Granted: l.granted, Lost: lost})
+		dst = append(dst, LeaseInfo{Owner: l.owner, Mode: l.mode, Token: l.token, Granted: l.granted.Time(), Lost: lost})
 	}
 	return dst
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,7 +42,7 @@ var _ Engine = (*Queue)(nil)
 
 // grantWaiter grants w a lease in g and wakes it. Break's lock-delay
 // request marks g as the engine's delay group. Called with e.mu held.
-func (q *Queue) grantWaiter(e *entry, g *group, w *waiter, now time.Time) {
+func (q *Queue) grantWaiter(e *entry, g *group, w *waiter, now stamp) {
 	if w.delay {
 		g.delay = true
 	}
@@ -99,28 +100,48 @@ func (q *Queue) TryAcquire(ctx context.Context, name string, mode Mode) (*Lease,
 	return q.acquire(ctx, name, mode, true)
 }
 
+// acquire is Acquire (try false) and TryAcquire (try true). It is split
+// in two so that a request that waits parks on a shallow stack: the FUSE
+// request goroutine of a blocked open(2) keeps its stack for as long as it
+// waits, and that stack only stays at its smallest sizes when the frames
+// below the wait are small (see docs/benchmarks.md, Memory). enqueue does
+// everything but the wait, in frames that are gone once it returns.
 func (q *Queue) acquire(ctx context.Context, name string, mode Mode, try bool) (*Lease, error) {
+	l, e, w, err := q.enqueue(ctx, name, mode, try)
+	if w == nil {
+		return l, err
+	}
+	return q.wait(ctx, e, w)
+}
+
+// enqueue grants the request at once when it can, or fails it (always
+// when try is set and the name cannot be granted at once), returning a nil
+// waiter; otherwise it queues it and returns the entry, with a reference
+// the caller hands to wait, and the waiter.
+//
+//go:noinline
+func (q *Queue) enqueue(ctx context.Context, name string, mode Mode, try bool) (*Lease, *entry, *waiter, error) {
 	if err := ValidateName(name); err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
 	if !mode.Valid() {
-		return nil, fmt.Errorf("lock %q: %w: %d", name, ErrInvalidMode, mode)
+		return nil, nil, nil, fmt.Errorf("lock %q: %w: %d", name, ErrInvalidMode, mode)
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("lock %q: %w", name, err)
+		return nil, nil, nil, nameErr(name, err)
 	}
 	owner, _ := OwnerFrom(ctx)
-	start := time.Now()
+	start := clockNow()
 	e, err := q.ref(name)
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
-	defer q.unref(e)
 
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()
-		return nil, ErrClosed
+		q.unref(e)
+		return nil, nil, nil, ErrClosed
 	}
 	var w *waiter
 	if len(e.waiters) == 0 && e.busy == notBusy {
@@ -133,21 +154,25 @@ func (q *Queue) acquire(ctx context.Context, name string, mode Mode, try bool) (
 			if l != nil || err != nil || try {
 				q.dispatch(e)
 				e.mu.Unlock()
+				q.unref(e)
 				if l == nil && err == nil {
-					err = fmt.Errorf("lock %q: %w", name, ErrWouldBlock)
+					err = nameErr(name, ErrWouldBlock)
 				}
-				return unlessEnded(ctx, name, l, err)
+				l, err = unlessEnded(ctx, name, l, err)
+				return l, nil, nil, err
 			}
 			// Held elsewhere: wait at the head of the queue, ahead of
 			// anyone who queued during the attempt.
 			w = newWaiter(mode, owner, start)
-			e.waiters = append([]*waiter{w}, e.waiters...)
+			e.waiters = slices.Insert(e.waiters, 0, w)
 		case e.admits(e.group, mode):
 			l, err, joined := q.joinNow(e, mode, owner, start)
 			if joined {
 				q.dispatch(e) // requests that queued during a Bump
 				e.mu.Unlock()
-				return unlessEnded(ctx, name, l, err)
+				q.unref(e)
+				l, err = unlessEnded(ctx, name, l, err)
+				return l, nil, nil, err
 			}
 			// The group changed during the Bump: queue.
 		}
@@ -155,14 +180,24 @@ func (q *Queue) acquire(ctx context.Context, name string, mode Mode, try bool) (
 	if w == nil {
 		if try {
 			e.mu.Unlock()
-			return nil, fmt.Errorf("lock %q: %w", name, ErrWouldBlock)
+			q.unref(e)
+			return nil, nil, nil, nameErr(name, ErrWouldBlock)
 		}
 		w = newWaiter(mode, owner, start)
 		e.waiters = append(e.waiters, w)
 	}
 	q.dispatch(e)
 	e.mu.Unlock()
+	return nil, e, w, nil
+}
 
+// wait waits for w, queued on e by enqueue, to be granted or failed, or
+// for ctx to end; it drops the reference to e that enqueue took. Its frame
+// is the one a blocked request parks in: keep it small.
+//
+//go:noinline
+func (q *Queue) wait(ctx context.Context, e *entry, w *waiter) (*Lease, error) {
+	defer q.unref(e)
 	select {
 	case <-w.ready:
 		if w.lease == nil || ctx.Err() == nil {
@@ -172,6 +207,13 @@ func (q *Queue) acquire(ctx context.Context, name string, mode Mode, try bool) (
 		// undone below.
 	case <-ctx.Done():
 	}
+	q.abandon(e, w)
+	return nil, nameErr(e.name, ctx.Err())
+}
+
+// abandon takes back w, whose caller gave up: it leaves the queue, or the
+// grant it got meanwhile is undone.
+func (q *Queue) abandon(e *entry, w *waiter) {
 	e.mu.Lock()
 	select {
 	case <-w.ready:
@@ -185,7 +227,6 @@ func (q *Queue) acquire(ctx context.Context, name string, mode Mode, try bool) (
 		q.dispatch(e)
 		e.mu.Unlock()
 	}
-	return nil, fmt.Errorf("lock %q: %w", name, ctx.Err())
 }
 
 // unlessEnded returns what acquire grants, unless the caller's ctx ended
@@ -195,7 +236,7 @@ func (q *Queue) acquire(ctx context.Context, name string, mode Mode, try bool) (
 func unlessEnded(ctx context.Context, name string, l *Lease, err error) (*Lease, error) {
 	if l != nil && ctx.Err() != nil {
 		_ = l.Release()
-		return nil, fmt.Errorf("lock %q: %w", name, ctx.Err())
+		return nil, nameErr(name, ctx.Err())
 	}
 	return l, err
 }
@@ -204,7 +245,7 @@ func unlessEnded(ctx context.Context, name string, l *Lease, err error) (*Lease,
 // request. Called and returns with e.mu held, releasing it during the
 // call. It returns the lease, or a nil lease and nil error when the name is
 // held elsewhere, or the backend's error.
-func (q *Queue) tryInline(ctx context.Context, e *entry, mode Mode, owner Owner, start time.Time) (*Lease, error) {
+func (q *Queue) tryInline(ctx context.Context, e *entry, mode Mode, owner Owner, start stamp) (*Lease, error) {
 	e.busy = busyInline
 	q.inflight.Add(1)
 	e.mu.Unlock()
@@ -256,7 +297,7 @@ func (q *Queue) handoff(e *entry) {
 		_ = q.unlockHold(e, hold)
 		return
 	}
-	e.waiters = e.waiters[1:]
+	e.popWaiter()
 	q.grantWaiter(e, g, w, g.since)
 }
 
@@ -283,14 +324,14 @@ func (q *Queue) install(e *entry, g *group, hold Hold) bool {
 		return false
 	}
 	g.token = hold.Token()
-	g.since = time.Now()
+	g.since = clockNow()
 	e.group = g
 	return true
 }
 
 // grant adds a lease to g. Called with e.mu held by a caller that holds a
 // reference to e (so refs > 0).
-func (q *Queue) grant(e *entry, g *group, mode Mode, owner Owner, now time.Time) *Lease {
+func (q *Queue) grant(e *entry, g *group, mode Mode, owner Owner, now stamp) *Lease {
 	l := &Lease{q: q, e: e, g: g, mode: mode, owner: owner, token: g.token, granted: now}
 	g.leases.add(l)
 	e.refs.Add(1)
@@ -310,7 +351,7 @@ func needsBump(g *group, mode Mode) bool {
 // (see bump); joined is false when the group no longer admits the request
 // afterwards, and the caller queues it. Called and returns with e.mu held
 // by a caller that holds a reference to e.
-func (q *Queue) joinNow(e *entry, mode Mode, owner Owner, start time.Time) (l *Lease, err error, joined bool) {
+func (q *Queue) joinNow(e *entry, mode Mode, owner Owner, start stamp) (l *Lease, err error, joined bool) {
 	g := e.group
 	if needsBump(g, mode) {
 		tok, err := q.bump(e, g.hold)
@@ -331,7 +372,7 @@ func (q *Queue) joinNow(e *entry, mode Mode, owner Owner, start time.Time) (l *L
 		}
 		g.token = tok
 	}
-	now := time.Now()
+	now := clockNow()
 	l = q.grant(e, g, mode, owner, now)
 	q.obs.Granted(e.name, mode, now.Sub(start))
 	return l, nil, true
@@ -364,8 +405,7 @@ func (q *Queue) bump(e *entry, hold Hold) (uint64, error) {
 	tok, err := hold.Bump()
 	e.mu.Lock()
 	q.inflight.Done()
-	e.busy = notBusy
-	e.bumped.Broadcast()
+	e.endBump()
 	return tok, err
 }
 
@@ -389,8 +429,7 @@ func (q *Queue) bumpFor(e *entry, g *group) {
 	tok, err := g.hold.Bump()
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.busy = notBusy
-	e.bumped.Broadcast()
+	e.endBump()
 	if e.closed {
 		return
 	}
@@ -403,12 +442,12 @@ func (q *Queue) bumpFor(e *entry, g *group) {
 	if e.group == g && len(e.waiters) > 0 {
 		w := e.waiters[0]
 		if !w.delay && e.admits(g, w.mode) && needsBump(g, w.mode) {
-			e.waiters = e.waiters[1:]
+			e.popWaiter()
 			if err != nil {
 				w.err = fmt.Errorf("lock %q: %w", e.name, err)
 			} else {
 				g.token = tok
-				now := time.Now()
+				now := clockNow()
 				w.lease = q.grant(e, g, w.mode, w.owner, now)
 				q.obs.Granted(e.name, w.mode, now.Sub(w.since))
 			}
@@ -434,8 +473,8 @@ func (q *Queue) dispatch(e *entry) {
 				}
 				return // the bump grants it and dispatches again
 			}
-			e.waiters = e.waiters[1:]
-			now := time.Now()
+			e.popWaiter()
+			now := clockNow()
 			w.lease = q.grant(e, g, w.mode, w.owner, now)
 			q.obs.Granted(e.name, w.mode, now.Sub(w.since))
 			close(w.ready)
@@ -486,7 +525,7 @@ func (q *Queue) workLoop(ctx context.Context, e *entry, wk *worker) {
 			break
 		}
 		w := e.waiters[0]
-		e.waiters = e.waiters[1:]
+		e.popWaiter()
 		q.grantWaiter(e, g, w, g.since)
 	case err == nil:
 		// Granted after the waiters that wanted it went away.
@@ -564,7 +603,7 @@ func (q *Queue) release(l *Lease) error {
 	e.waitBump()
 	if g.leases.remove(l) {
 		l.end(ErrReleased)
-		q.obs.Released(e.name, l.mode, time.Since(l.granted))
+		q.obs.Released(e.name, l.mode, clockNow().Sub(l.granted))
 		switch {
 		case g.leases.n == 0 && e.group == g:
 			e.group = nil

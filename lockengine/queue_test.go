@@ -344,3 +344,51 @@ func TestQueueLostEndsGroupOnce(t *testing.T) {
 	eventually(t, "backend idle", b.idle)
 	eventually(t, "queue empty", func() bool { return len(q.Snapshot()) == 0 })
 }
+
+// Regression: a queue drained by reslicing kept its array, and through it
+// every waiter served (with its lease, group and hold) until the entry went
+// idle and was removed, which the Queue delays by up to 4,096 idle entries.
+// Served and cancelled waiters must not be reachable from the entry.
+func TestQueueForgetsServedWaiters(t *testing.T) {
+	q, b := newTestQueue(t, QueueOptions{})
+	ctx := testCtx(t)
+	first, err := q.Acquire(ctx, "w", Exclusive)
+	require.NoError(t, err)
+	const n = 8
+	chs := make([]<-chan acquired, n)
+	for i := range n {
+		chs[i] = acquireAsync(ctx, q, "w", Exclusive)
+		eventually(t, fmt.Sprintf("waiter %d queued", i), func() bool { return queued(q, "w") == i+1 })
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	gaveUp := acquireAsync(cctx, q, "w", Exclusive)
+	eventually(t, "the last waiter queued", func() bool { return queued(q, "w") == n+1 })
+	cancel()
+	r := <-gaveUp
+	require.ErrorIs(t, r.err, context.Canceled)
+
+	e := q.entries["w"]
+	reachable := func() int {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		k := 0
+		for _, w := range e.waiters[:cap(e.waiters)] {
+			if w != nil {
+				k++
+			}
+		}
+		return k
+	}
+	require.Equal(t, n, reachable(), "only the waiters still queued are reachable")
+	require.NoError(t, first.Release())
+	for i := range n {
+		l := granted(t, chs[i])
+		require.Equal(t, n-1-i, reachable(), "after grant %d", i)
+		require.NoError(t, l.Release())
+	}
+	e.mu.Lock()
+	drained := e.waiters
+	e.mu.Unlock()
+	require.Nil(t, drained, "a drained queue keeps no array")
+	eventually(t, "backend idle", b.idle)
+}

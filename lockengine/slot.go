@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
-	"time"
 )
 
 // ErrCannotDowngrade is returned by Lease.Downgrade when the lease shares
@@ -39,7 +38,7 @@ func (l *Lease) Downgrade() (*Lease, error) {
 		e.mu.Unlock()
 		return nil, fmt.Errorf("lock %q: %w: %d exclusive holders", e.name, ErrCannotDowngrade, g.leases.n)
 	}
-	now := time.Now()
+	now := clockNow()
 	nl := q.grant(e, g, Shared, l.owner, now)
 	g.leases.remove(l)
 	g.mode = Shared
@@ -72,13 +71,18 @@ func (l *Lease) Downgrade() (*Lease, error) {
 type Slot struct {
 	eng  Engine
 	name string
-	// sem is held (a value sent) by the call in progress; waiting to
-	// send is cancellable, unlike a mutex.
-	sem chan struct{}
-	// lease is written only by the call that holds sem; read anywhere.
+	// lease is written only by the call in progress (see enter); read
+	// anywhere.
 	lease atomic.Pointer[Lease]
 
-	mu         sync.Mutex
+	mu sync.Mutex
+	// busy is set while a call is in progress (enter to leave). A call
+	// that finds it set waits, cancellably, for idle to be closed: made
+	// by the first call that waits, closed and cleared by leave. A
+	// channel made only then keeps a slot that is never contended (the
+	// usual case: one per open file description) small.
+	busy       bool               // guarded by mu
+	idle       chan struct{}      // guarded by mu
 	closing    bool               // guarded by mu; set by Close
 	cancelWait context.CancelFunc // guarded by mu; ends the Acquire in progress
 }
@@ -87,7 +91,7 @@ type Slot struct {
 // name that the slot takes over (for example the lock a file's open took);
 // the slot then owns it and releases it on Unlock or Close.
 func NewSlot(eng Engine, name string, held *Lease) *Slot {
-	s := &Slot{eng: eng, name: name, sem: make(chan struct{}, 1)}
+	s := &Slot{eng: eng, name: name}
 	s.lease.Store(held)
 	return s
 }
@@ -95,18 +99,26 @@ func NewSlot(eng Engine, name string, held *Lease) *Slot {
 // Name returns the lock name of the slot.
 func (s *Slot) Name() string { return s.name }
 
+// enter waits until no other call is in progress on the slot, or until
+// ctx ends, and makes the caller's call the one in progress.
 func (s *Slot) enter(ctx context.Context) error {
-	select {
-	case s.sem <- struct{}{}:
-		return nil
-	default:
+	s.mu.Lock()
+	for s.busy {
+		if s.idle == nil {
+			s.idle = make(chan struct{})
+		}
+		idle := s.idle
+		s.mu.Unlock()
+		select {
+		case <-idle:
+		case <-ctx.Done():
+			return fmt.Errorf("lock %q: %w", s.name, ctx.Err())
+		}
+		s.mu.Lock()
 	}
-	select {
-	case s.sem <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("lock %q: %w", s.name, ctx.Err())
-	}
+	s.busy = true
+	s.mu.Unlock()
+	return nil
 }
 
 // closed reports whether Close has begun.
@@ -117,7 +129,7 @@ func (s *Slot) closed() bool {
 }
 
 // acquire waits for name in mode until ctx ends or Close begins. Called
-// with sem held.
+// with the call in progress.
 func (s *Slot) acquire(ctx context.Context, mode Mode) (*Lease, error) {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -139,7 +151,16 @@ func (s *Slot) acquire(ctx context.Context, mode Mode) (*Lease, error) {
 	return l, err
 }
 
-func (s *Slot) leave() { <-s.sem }
+// leave ends the call in progress and wakes the calls waiting in enter.
+func (s *Slot) leave() {
+	s.mu.Lock()
+	s.busy = false
+	if s.idle != nil {
+		close(s.idle)
+		s.idle = nil
+	}
+	s.mu.Unlock()
+}
 
 // Lock makes the slot hold its name in mode. When it already holds mode it
 // returns at once. Otherwise the held lease (if any) is converted: a

@@ -15,20 +15,23 @@ import (
 
 // hold is a Backend grant: a descriptor holding flock(2) on the lock
 // file, refreshed and verified by the heartbeat loop.
+//
+// Its fields are ordered to pack it into 128 bytes: one is kept per held
+// name (see docs/benchmarks.md, Memory).
 type hold struct {
 	b     *Backend
 	name  string
-	mode  lockengine.Mode
 	token atomic.Uint64
 	reg   heartbeat.Registration
 	lost  func(error) // the lockengine.Queue's callback
 
 	lastBeat atomic.Int64 // unix ns of the last successful refresh
 
-	mu     sync.Mutex
 	lf     lockFile // guarded by mu
-	closed bool     // guarded by mu
-	gone   bool     // guarded by mu; the heartbeat reported the lock lost
+	mu     sync.Mutex
+	mode   lockengine.Mode
+	closed bool // guarded by mu
+	gone   bool // guarded by mu; the heartbeat reported the lock lost
 }
 
 var (

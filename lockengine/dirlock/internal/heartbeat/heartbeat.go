@@ -73,8 +73,7 @@ type Registration struct {
 	target Target
 	// guarded by loop.mu:
 	next     int64 // ns since the loop's epoch
-	failures int
-	lastErr  error
+	failures int32 // consecutive failed beats
 }
 
 // New starts a loop that beats each target every interval (DefaultInterval
@@ -207,7 +206,6 @@ func (l *Loop) beatOne(r *Registration) {
 	default:
 		l.failures.Add(1)
 		r.failures++
-		r.lastErr = err
 		r.next = now + int64(l.retryDelay())
 		if r.failures >= MaxFailures {
 			lostErr = fmt.Errorf("%w: %d consecutive failures, last: %w", ErrFailing, r.failures, err)
