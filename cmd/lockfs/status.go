@@ -182,23 +182,34 @@ func walkStatus(rep *statusReport, dir, prefix string, ents []os.DirEntry) {
 }
 
 // lockPrefix returns the path of directory dir from the root of the mount
-// it is in ("" for the root itself): the part of its path below the
-// highest ancestor on the same device. In a container given a lock
-// directory of the host's mount (a bind mount), the root is the
-// container's mountpoint. "" when it cannot be told.
+// it is in ("" for the root itself, or when it cannot be told; see
+// mountRoot).
 func lockPrefix(dir string) string {
+	_, rel, ok := mountRoot(dir)
+	if !ok {
+		return ""
+	}
+	return rel
+}
+
+// mountRoot returns the root of the mount that directory dir is in (the
+// highest ancestor of dir, symlinks resolved, on the same device) and
+// dir's path from it ("" for the root itself); ok is false when dir
+// cannot be examined. In a container given a lock directory of the host's
+// mount (a bind mount), the root is the container's mountpoint.
+func mountRoot(dir string) (root, rel string, ok bool) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
-		return ""
+		return "", "", false
 	}
 	if real, err := filepath.EvalSymlinks(abs); err == nil {
 		abs = real
 	}
 	var st unix.Stat_t
 	if err := unix.Stat(abs, &st); err != nil {
-		return ""
+		return "", "", false
 	}
-	root := abs
+	root = abs
 	for root != "/" {
 		parent := filepath.Dir(root)
 		var pst unix.Stat_t
@@ -207,11 +218,14 @@ func lockPrefix(dir string) string {
 		}
 		root = parent
 	}
-	rel, err := filepath.Rel(root, abs)
-	if err != nil || rel == "." {
-		return ""
+	rel, err = filepath.Rel(root, abs)
+	if err != nil {
+		return "", "", false
 	}
-	return rel
+	if rel == "." {
+		rel = ""
+	}
+	return root, rel, true
 }
 
 // getxattr reads one attribute of path; "" when it does not exist.
