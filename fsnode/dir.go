@@ -288,7 +288,10 @@ func (d *lockDir) attr(ctx context.Context) (lockengine.DirAttr, time.Duration, 
 	case d.viewRoot:
 		return d.fsys.reservedAttr(), cacheTimeout, nil
 	case d.path == "":
-		return d.fsys.rootAttr, cacheTimeout, nil
+		// Not kept long although they never change: a stat of the
+		// mountpoint should reach the daemon, and fail with ENOTCONN
+		// once it is gone, soon.
+		return d.fsys.rootAttr, d.fsys.attrTimeout, nil
 	}
 	a, err := d.fsys.dirAttr(ctx, d.path)
 	return a, d.fsys.attrTimeout, err
@@ -490,7 +493,7 @@ func (d *lockDir) Mkdir(ctx context.Context, name string, mode uint32, out *fuse
 // The owner's directories limit gets the directory back.
 func (d *lockDir) Rmdir(ctx context.Context, name string) syscall.Errno {
 	full := lockengine.JoinName(d.path, name)
-	if d.view {
+	if d.view || d.reserved[name] != nil {
 		return d.fsys.fail("rmdir", full, 0, errNotPermitted)
 	}
 	if err := validLockName(name); err != nil {
