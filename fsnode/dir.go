@@ -2,9 +2,12 @@ package fsnode
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -29,9 +32,20 @@ const (
 type filesystem struct {
 	eng   lockengine.Engine
 	log   *slog.Logger
-	uid   uint32
-	gid   uint32
-	start time.Time // reported as atime, mtime and ctime of every node
+	uid   uint32    // the daemon's; owner of the reserved directories
+	gid   uint32    // the daemon's
+	start time.Time // reported as atime, mtime and ctime where nothing better is known
+
+	// root is the root node; nil in tests that build nodes directly.
+	root *lockDir
+	// rootAttr are the attributes of the root directory (Options.Root).
+	rootAttr lockengine.DirAttr
+	// attrTimeout is how long the kernel, and attrs, keep the attributes
+	// of lock directories and lock files (Options.AttrTimeout).
+	attrTimeout time.Duration
+	// attrs caches the attributes of lock directories (see tree.go).
+	attrMu sync.Mutex
+	attrs  map[string]dirAttrCache // guarded by attrMu
 
 	// parked counts, per lock name, the opens waiting in Acquire (see
 	// handle.Release).
@@ -86,47 +100,67 @@ func (f *filesystem) setTimes(a *fuse.Attr) {
 	a.Blksize = 4096
 }
 
-// fileAttr fills the attributes of a lock file: an empty regular file that
-// everybody may open.
-func (f *filesystem) fileAttr(a *fuse.Attr) {
-	a.Mode = syscall.S_IFREG | 0o666
+// fileAttr fills the attributes of a lock file in a directory with
+// attributes dir: an empty regular file with the directory's owner and
+// group and the read and write bits of its mode, so that the kernel asks
+// for write permission on the directory of a name before it lets a write
+// open lock it.
+func (f *filesystem) fileAttr(a *fuse.Attr, dir lockengine.DirAttr) {
+	a.Mode = syscall.S_IFREG | dir.Mode&0o666
 	a.Nlink = 1
 	a.Size = 0
 	a.Blocks = 0
 	f.setTimes(a)
+	a.Uid, a.Gid = dir.UID, dir.GID
 }
 
-// dirAttr fills the attributes of a directory with permission bits perm.
-// Callers also set the long attribute timeout of directories.
-func (f *filesystem) dirAttr(a *fuse.Attr, perm uint32) {
-	a.Mode = syscall.S_IFDIR | perm
+// fillDirAttr fills the attributes of a directory with the attributes
+// dir. Callers also set the attribute timeout.
+func (f *filesystem) fillDirAttr(a *fuse.Attr, dir lockengine.DirAttr) {
+	a.Mode = syscall.S_IFDIR | dir.Mode&0o7777
 	a.Nlink = 2
 	a.Size = 0
 	f.setTimes(a)
+	a.Uid, a.Gid = dir.UID, dir.GID
+	if !dir.Mtime.IsZero() {
+		a.SetTimes(nil, &dir.Mtime, &dir.Mtime)
+	}
 }
 
-// Permission bits of the directories. The root is writable by everybody:
-// everybody may lock any name. (The mount runs without default_permissions;
-// the bits are informational, lockfs grants every open.) It has no sticky
-// bit: with one, the kernel would refuse an unlink by the cached owner of
-// the lock file (its first holder) before the daemon sees it; without one,
-// whether an rm breaks the lock is the daemon's decision alone (see
-// lockDir.Unlink).
+// Permission bits of the directories. The root is by default writable by
+// everybody (everybody may lock a top-level name) and has no sticky bit:
+// with one, the kernel would let only the owner of a lock file (the
+// root's owner) unlink it; without one, whether an rm breaks the lock is
+// the daemon's decision (see lockDir.Unlink). The reserved directories
+// (.try, .timeout, .shared, .flock and .timeout/SECS) may be searched and
+// listed by everybody; what is below them has the attributes of the lock
+// directory it shows.
 const (
-	rootPerm     = 0o777
-	reservedPerm = 0o555
+	DefaultRootMode = 0o777
+	reservedPerm    = 0o555
 )
 
-func newRoot(eng lockengine.Engine, lg *slog.Logger, lim *limiter) *lockDir {
+// newRoot returns the root node of a mount of eng. root are the root
+// directory's attributes (Options.Root; nil: DefaultRootMode, owned by the
+// daemon's user), attrTimeout the attribute timeout of lock directories
+// and lock files.
+func newRoot(eng lockengine.Engine, lg *slog.Logger, lim *limiter, root *lockengine.DirAttr, attrTimeout time.Duration) *lockDir {
 	fsys := &filesystem{
-		eng:   eng,
-		log:   lg,
-		uid:   uint32(os.Getuid()),
-		gid:   uint32(os.Getgid()),
-		start: time.Now(),
-		lim:   lim,
+		eng:         eng,
+		log:         lg,
+		uid:         uint32(os.Getuid()),
+		gid:         uint32(os.Getgid()),
+		start:       time.Now(),
+		lim:         lim,
+		attrTimeout: attrTimeout,
 	}
-	return &lockDir{dirBase: dirBase{fsys: fsys}, root: true, perm: rootPerm}
+	fsys.rootAttr = lockengine.DirAttr{UID: fsys.uid, GID: fsys.gid, Mode: DefaultRootMode}
+	if root != nil {
+		fsys.rootAttr = *root
+		fsys.rootAttr.Mode &= 0o7777
+	}
+	fsys.root = &lockDir{dirBase: dirBase{fsys: fsys}, root: true}
+	return fsys.root
 }
 
 // dirBase gives every directory the operations that lockfs refuses (EPERM)
@@ -135,14 +169,14 @@ type dirBase struct {
 	fsys *filesystem
 }
 
-var errNotPermitted = fmt.Errorf("lockfs has only lock files: %w", syscall.EPERM)
+var errNotPermitted = fmt.Errorf("lockfs has only lock files and lock directories: %w", syscall.EPERM)
 
-// Mkdir refuses: EPERM.
+// Mkdir refuses: EPERM (lock directories override it).
 func (d *dirBase) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
 	return nil, d.fsys.fail("mkdir", name, 0, errNotPermitted)
 }
 
-// Rmdir refuses: EPERM.
+// Rmdir refuses: EPERM (lock directories override it).
 func (d *dirBase) Rmdir(ctx context.Context, name string) syscall.Errno {
 	return d.fsys.fail("rmdir", name, 0, errNotPermitted)
 }
@@ -174,9 +208,9 @@ func (d *dirBase) Mknod(ctx context.Context, name string, mode uint32, dev uint3
 }
 
 // Create refuses: EPERM. The kernel sends CREATE only for a negative
-// dentry, and lookups of valid names are always positive, so this is
-// reached only through a bug; it must never block (a blocked CREATE holds
-// the directory's lock).
+// dentry, and lookups of valid names are negative only for mkdir(2), so
+// this is reached only through a bug; it must never block (a blocked
+// CREATE holds the directory's lock).
 func (d *dirBase) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
 	return nil, nil, 0, d.fsys.fail("create", name, 0, errNotPermitted)
 }
@@ -191,15 +225,26 @@ func statfs(out *fuse.StatfsOut) {
 	*out = fuse.StatfsOut{Bsize: 4096, Frsize: 4096, NameLen: lockengine.MaxNameLen}
 }
 
-// lockDir is a directory whose entries are lock files: the root (policy
-// block), .try (try), .timeout/SECS (timeout), .shared (block, shared) and
-// .flock (none).
+// lockDir is a directory whose entries are lock files and lock
+// directories: the root, a lock directory made with mkdir (any depth), a
+// reserved view (.try, .shared, .flock, .timeout/SECS) and the mirror of
+// a lock directory under a view (M/.try/team is team with the .try
+// policy). Its fields are set at creation and never change.
 type lockDir struct {
 	fs.Inode
 	dirBase
+	// policy is how opens of the lock files below take their lock.
 	policy policy
-	perm   uint32
-	root   bool
+	// path is the lock directory the node shows ("" is the root).
+	path string
+	// root: the mount's root directory.
+	root bool
+	// view: a reserved view or a directory below one. Views list
+	// nothing and refuse mkdir, rmdir and attribute changes.
+	view bool
+	// viewRoot: the reserved directory itself (.try, .shared, .flock,
+	// .timeout/SECS), with fixed attributes.
+	viewRoot bool
 	// reserved maps the reserved names of the root to their directories;
 	// set once in OnAdd of the root, read-only afterwards.
 	reserved map[string]*fs.Inode
@@ -210,15 +255,18 @@ func (d *lockDir) OnAdd(ctx context.Context) {
 	if !d.root {
 		return
 	}
+	view := func(p policy) *lockDir {
+		return &lockDir{dirBase: d.dirBase, policy: p, view: true, viewRoot: true}
+	}
 	views := []struct {
 		name string
 		ino  uint64
 		node fs.InodeEmbedder
 	}{
-		{TryDir, tryDirIno, &lockDir{dirBase: d.dirBase, policy: policy{kind: waitTry}, perm: reservedPerm}},
+		{TryDir, tryDirIno, view(policy{kind: waitTry})},
 		{TimeoutDir, timeoutDirIno, &timeoutDir{dirBase: d.dirBase}},
-		{SharedDir, sharedDirIno, &lockDir{dirBase: d.dirBase, policy: policy{kind: waitBlock, shared: true}, perm: reservedPerm}},
-		{FlockDir, flockDirIno, &lockDir{dirBase: d.dirBase, policy: policy{kind: waitNone}, perm: reservedPerm}},
+		{SharedDir, sharedDirIno, view(policy{kind: waitBlock, shared: true})},
+		{FlockDir, flockDirIno, view(policy{kind: waitNone})},
 	}
 	d.reserved = make(map[string]*fs.Inode, len(views))
 	for _, v := range views {
@@ -228,25 +276,109 @@ func (d *lockDir) OnAdd(ctx context.Context) {
 	}
 }
 
-// Getattr reports a directory.
+// reservedAttr are the attributes of the reserved directories.
+func (f *filesystem) reservedAttr() lockengine.DirAttr {
+	return lockengine.DirAttr{UID: f.uid, GID: f.gid, Mode: reservedPerm}
+}
+
+// attr returns the attributes the directory reports and how long the
+// kernel may keep them.
+func (d *lockDir) attr(ctx context.Context) (lockengine.DirAttr, time.Duration, error) {
+	switch {
+	case d.viewRoot:
+		return d.fsys.reservedAttr(), cacheTimeout, nil
+	case d.path == "":
+		// Not kept long although they never change: a stat of the
+		// mountpoint should reach the daemon, and fail with ENOTCONN
+		// once it is gone, soon.
+		return d.fsys.rootAttr, d.fsys.attrTimeout, nil
+	}
+	a, err := d.fsys.dirAttr(ctx, d.path)
+	return a, d.fsys.attrTimeout, err
+}
+
+// Getattr reports the directory's owner, group and mode: those of the
+// lock directory it shows (ENOENT once that is gone), fixed ones for the
+// root and the reserved directories.
 func (d *lockDir) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	d.fsys.dirAttr(&out.Attr, d.perm)
-	out.SetTimeout(cacheTimeout)
+	a, timeout, err := d.attr(ctx)
+	if err != nil {
+		return d.fsys.fail("getattr", dirLabel(d.path), 0, err)
+	}
+	d.fsys.fillDirAttr(&out.Attr, a)
+	out.SetTimeout(timeout)
 	return 0
 }
 
-// Lookup never blocks and succeeds for every valid lock name, returning the
-// same inode for a name as long as the kernel remembers it. It counts the
-// name against the caller's names limit, and fails with ENOLCK past it (see
-// limits.go); the count ends when the kernel forgets the inode.
+// Lookup never blocks: it answers from the engine, with bounded I/O. In
+// the root a reserved name is its reserved directory. A lock directory
+// (engine StatDir) is a directory. Any other valid name is a lock file,
+// with the same inode as long as the kernel remembers it, except when
+// the caller is in mkdir(2) and nothing holds or waits for the name here:
+// then ENOENT, so that the kernel lets the mkdir reach Mkdir (see
+// callerInMkdir). A lock file's lookup counts the name against the
+// caller's names limit, and fails with ENOLCK past it (see limits.go);
+// the count ends when the kernel forgets the inode. A name in a lock
+// directory that no longer exists is ENOENT. The kernel keeps entries and
+// attributes for the attribute timeout: then it asks again, so that a
+// name made a lock directory (or a directory removed) through another
+// daemon shows within it; an open costs a LOOKUP at most once per timeout.
 func (d *lockDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	if ch := d.reserved[name]; ch != nil {
-		d.fsys.dirAttr(&out.Attr, reservedPerm)
-		out.SetAttrTimeout(cacheTimeout)
-		return ch, 0
+	if d.root {
+		if ch := d.reserved[name]; ch != nil {
+			d.fsys.fillDirAttr(&out.Attr, d.fsys.reservedAttr())
+			out.SetAttrTimeout(cacheTimeout)
+			out.SetEntryTimeout(cacheTimeout)
+			return ch, 0
+		}
 	}
 	if err := validLockName(name); err != nil {
-		return nil, d.fsys.fail("lookup", name, 0, err)
+		return nil, d.fsys.fail("lookup", lockengine.JoinName(d.path, name), 0, err)
+	}
+	full := lockengine.JoinName(d.path, name)
+	// A name held or waited on here is a lock, never a directory: no
+	// backend round trip.
+	if _, held := d.fsys.eng.Inspect(full); !held {
+		a, err := d.fsys.dirAttr(ctx, full)
+		switch {
+		case err == nil:
+			return d.lookupDir(ctx, name, full, a, out), 0
+		case !errors.Is(err, lockengine.ErrNoDir):
+			return nil, d.fsys.fail("lookup", full, 0, err)
+		case !d.view && callerInMkdir(ctx):
+			return nil, syscall.ENOENT
+		}
+	}
+	return d.lookupLock(ctx, name, full, out)
+}
+
+// lookupDir returns the node of lock directory full (named name here)
+// with attributes a, reusing the child the kernel knows.
+func (d *lockDir) lookupDir(ctx context.Context, name, full string, a lockengine.DirAttr, out *fuse.EntryOut) *fs.Inode {
+	ch := d.GetChild(name)
+	if ch != nil {
+		if sub, ok := ch.Operations().(*lockDir); !ok || sub.path != full {
+			ch = nil
+		}
+	}
+	if ch == nil {
+		ch = d.NewInode(ctx, &lockDir{dirBase: d.dirBase, policy: d.policy, path: full, view: d.view},
+			fs.StableAttr{Mode: syscall.S_IFDIR})
+	}
+	d.fsys.fillDirAttr(&out.Attr, a)
+	out.SetAttrTimeout(d.fsys.attrTimeout)
+	out.SetEntryTimeout(d.fsys.attrTimeout)
+	return ch
+}
+
+// lookupLock returns the lock file of name full (named name here).
+func (d *lockDir) lookupLock(ctx context.Context, name, full string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	a, _, err := d.attr(ctx)
+	if err != nil {
+		return nil, d.fsys.fail("lookup", full, 0, err)
+	}
+	if d.viewRoot && d.path == "" {
+		a = d.fsys.rootAttr // top-level names under a view
 	}
 	ch := d.GetChild(name)
 	var n *lockNode
@@ -255,7 +387,7 @@ func (d *lockDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	}
 	created := n == nil
 	if created {
-		n = &lockNode{fsys: d.fsys, name: name, policy: d.policy}
+		n = &lockNode{fsys: d.fsys, name: full, policy: d.policy}
 		ch = d.NewInode(ctx, n, fs.StableAttr{Mode: syscall.S_IFREG})
 		d.fsys.inodes.Add(1)
 	}
@@ -267,29 +399,194 @@ func (d *lockDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 		}
 		return nil, Errno(err)
 	}
-	d.fsys.fileAttr(&out.Attr)
+	d.fsys.fileAttr(&out.Attr, a)
+	// Not longer than the attribute timeout: another daemon may make the
+	// name a lock directory.
+	out.SetAttrTimeout(d.fsys.attrTimeout)
+	out.SetEntryTimeout(d.fsys.attrTimeout)
 	return ch, 0
 }
 
-// Readdir lists, in the root, the names held or waited on in the engine, and
-// nothing elsewhere. It is computed on every opendir: the kernel does not
-// cache directory contents (no FOPEN_CACHE_DIR).
+// Readdir lists, in the root and in lock directories, the subdirectories
+// and the names held or waited on in the engine directly in the
+// directory; the views list nothing. It is computed on every opendir: the
+// kernel does not cache directory contents (no FOPEN_CACHE_DIR).
 func (d *lockDir) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
-	if !d.root {
+	if d.view {
 		return fs.NewListDirStream(nil), 0
 	}
+	subs, err := d.fsys.eng.ReadDir(ctx, d.path)
+	if err != nil {
+		return nil, d.fsys.fail("readdir", dirLabel(d.path), 0, err)
+	}
 	infos := d.fsys.eng.Snapshot()
-	list := make([]fuse.DirEntry, 0, len(infos))
+	list := make([]fuse.DirEntry, 0, len(subs)+len(infos))
+	for _, s := range subs {
+		list = append(list, fuse.DirEntry{Name: s, Mode: syscall.S_IFDIR})
+	}
 	for _, info := range infos {
-		e := fuse.DirEntry{Name: info.Name, Mode: syscall.S_IFREG}
-		// A name opened through the root has a live inode: report its
-		// number. Otherwise leave it unknown; lookup assigns one.
-		if ch := d.GetChild(info.Name); ch != nil {
-			e.Ino = ch.StableAttr().Ino
+		if dir, base := lockengine.SplitName(info.Name); dir == d.path {
+			list = append(list, fuse.DirEntry{Name: base, Mode: syscall.S_IFREG})
 		}
-		list = append(list, e)
+	}
+	slices.SortFunc(list, func(a, b fuse.DirEntry) int { return strings.Compare(a.Name, b.Name) })
+	for i := range list {
+		// A name the kernel knows has a live inode: report its
+		// number. Otherwise leave it unknown; lookup assigns one.
+		if ch := d.GetChild(list[i].Name); ch != nil && ch.StableAttr().Mode == list[i].Mode {
+			list[i].Ino = ch.StableAttr().Ino
+		}
 	}
 	return fs.NewListDirStream(list), 0
+}
+
+// Mkdir makes lock directory name here (not under a view): owned by the
+// caller, with the mode the kernel passes (the request's, umask applied);
+// in a set-group-ID directory it gets the directory's group and the
+// set-group-ID bit. The kernel has checked write and search permission
+// here. Past the caller's directories limit: EDQUOT. A name held or
+// waited on: EEXIST. Another daemon's directory of the same name:
+// EEXIST.
+func (d *lockDir) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	full := lockengine.JoinName(d.path, name)
+	if d.view {
+		return nil, d.fsys.fail("mkdir", full, 0, errNotPermitted)
+	}
+	if err := validLockName(name); err != nil {
+		return nil, d.fsys.fail("mkdir", full, 0, err)
+	}
+	parent, _, err := d.attr(ctx)
+	if err != nil {
+		return nil, d.fsys.fail("mkdir", full, 0, err)
+	}
+	a := lockengine.DirAttr{UID: d.fsys.uid, GID: d.fsys.gid, Mode: mode & 0o7777, Mtime: time.Now()}
+	if c, ok := fuse.FromContext(ctx); ok {
+		a.UID, a.GID = c.Uid, c.Gid
+	}
+	if parent.Mode&syscall.S_ISGID != 0 {
+		a.GID = parent.GID
+		a.Mode |= syscall.S_ISGID
+	}
+	charged, err := d.fsys.lim.chargeDir(ctx, a.UID)
+	if err != nil {
+		return nil, d.fsys.fail("mkdir", full, 0, err)
+	}
+	if err := d.fsys.eng.Mkdir(ctx, full, a); err != nil {
+		if charged {
+			d.fsys.lim.unchargeDir(a.UID)
+		}
+		return nil, d.fsys.fail("mkdir", full, 0, err)
+	}
+	d.fsys.storeAttr(full, a)
+	d.fsys.log.Info("lock directory made", "dir", full, "uid", a.UID, "gid", a.GID, "mode", fmt.Sprintf("%#o", a.Mode))
+	ch := d.NewInode(ctx, &lockDir{dirBase: d.dirBase, policy: d.policy, path: full}, fs.StableAttr{Mode: syscall.S_IFDIR})
+	d.fsys.fillDirAttr(&out.Attr, a)
+	out.SetAttrTimeout(d.fsys.attrTimeout)
+	out.SetEntryTimeout(d.fsys.attrTimeout)
+	return ch, 0
+}
+
+// Rmdir removes lock directory name (not under a view). The kernel has
+// checked write and search permission here (and the sticky bit).
+// ENOTEMPTY while it has subdirectories or names held or waited on below
+// it, through any daemon of the backend; ENOENT when it does not exist.
+// The owner's directories limit gets the directory back.
+func (d *lockDir) Rmdir(ctx context.Context, name string) syscall.Errno {
+	full := lockengine.JoinName(d.path, name)
+	if d.view || d.reserved[name] != nil {
+		return d.fsys.fail("rmdir", full, 0, errNotPermitted)
+	}
+	if err := validLockName(name); err != nil {
+		return d.fsys.fail("rmdir", full, 0, err)
+	}
+	a, aerr := d.fsys.eng.StatDir(ctx, full)
+	if err := d.fsys.eng.Rmdir(ctx, full); err != nil {
+		return d.fsys.fail("rmdir", full, 0, err)
+	}
+	d.fsys.forgetAttr(full)
+	if aerr == nil {
+		d.fsys.lim.unchargeDir(a.UID)
+	}
+	d.fsys.log.Info("lock directory removed", "dir", full)
+	return 0
+}
+
+// Setattr serves chmod, chown and chgrp of a lock directory, with the
+// rules of any filesystem (the kernel checks them too, default
+// permissions): the mode by root or the owner (the set-group-ID bit is
+// dropped when a non-root owner is not in the directory's group), the
+// owner by root only (or to itself), the group by root or by the owner to
+// a group it is in. Anything else: EPERM. Times and sizes are ignored.
+// The root's and the views' attributes cannot be changed (EPERM); the
+// root's come from lockfs mount --root-mode and --root-owner.
+func (d *lockDir) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	const change = fuse.FATTR_MODE | fuse.FATTR_UID | fuse.FATTR_GID
+	if in.Valid&change != 0 && (d.view || d.path == "") {
+		return d.fsys.fail("setattr", dirLabel(d.path), 0,
+			fmt.Errorf("the attributes of %s are fixed: %w", dirLabel(d.path), syscall.EPERM))
+	}
+	if in.Valid&change == 0 {
+		return d.Getattr(ctx, f, out)
+	}
+	old, err := d.fsys.eng.StatDir(ctx, d.path)
+	if err != nil {
+		return d.fsys.fail("setattr", d.path, 0, err)
+	}
+	a, err := chattr(ctx, old, in)
+	if err != nil {
+		return d.fsys.fail("setattr", d.path, 0, fmt.Errorf("lock directory %q: %w", d.path, err))
+	}
+	if a != old {
+		if err := d.fsys.eng.SetDirAttr(ctx, d.path, a); err != nil {
+			return d.fsys.fail("setattr", d.path, 0, err)
+		}
+		if a.UID != old.UID {
+			d.fsys.lim.moveDir(old.UID, a.UID)
+		}
+		a.Mtime = time.Now()
+		d.fsys.storeAttr(d.path, a)
+		d.fsys.log.Info("lock directory attributes set", "dir", d.path, "uid", a.UID, "gid", a.GID,
+			"mode", fmt.Sprintf("%#o", a.Mode))
+		if d.fsys.root != nil {
+			d.fsys.root.invalidateDir(d.path)
+		}
+	}
+	d.fsys.fillDirAttr(&out.Attr, a)
+	out.SetTimeout(d.fsys.attrTimeout)
+	return 0
+}
+
+// chattr applies the mode, owner and group changes of in to a on behalf
+// of the caller of ctx, or refuses with an error wrapping EPERM.
+func chattr(ctx context.Context, a lockengine.DirAttr, in *fuse.SetAttrIn) (lockengine.DirAttr, error) {
+	var c fuse.Caller
+	if fc, ok := fuse.FromContext(ctx); ok {
+		c = *fc
+	}
+	root, owner := c.Uid == 0, c.Uid == a.UID
+	if in.Valid&fuse.FATTR_UID != 0 && in.Uid != a.UID {
+		if !root {
+			return a, fmt.Errorf("uid %d may not give it to uid %d (only root may): %w", c.Uid, in.Uid, syscall.EPERM)
+		}
+		a.UID = in.Uid
+	}
+	if in.Valid&fuse.FATTR_GID != 0 && in.Gid != a.GID {
+		if !root && !(owner && inGroup(&c, in.Gid)) {
+			return a, fmt.Errorf("uid %d may not give it to group %d (root, or its owner in that group): %w",
+				c.Uid, in.Gid, syscall.EPERM)
+		}
+		a.GID = in.Gid
+	}
+	if in.Valid&fuse.FATTR_MODE != 0 {
+		if !root && !owner {
+			return a, fmt.Errorf("uid %d may not change its mode (root or its owner, uid %d): %w", c.Uid, a.UID, syscall.EPERM)
+		}
+		a.Mode = in.Mode & 0o7777
+		if !root && a.Mode&syscall.S_ISGID != 0 && !inGroup(&c, a.GID) {
+			a.Mode &^= syscall.S_ISGID
+		}
+	}
+	return a, nil
 }
 
 // timeoutDir is .timeout: its entries are directories named by a timeout.
@@ -300,13 +597,14 @@ type timeoutDir struct {
 
 // Getattr reports a read-only directory.
 func (d *timeoutDir) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	d.fsys.dirAttr(&out.Attr, reservedPerm)
+	d.fsys.fillDirAttr(&out.Attr, d.fsys.reservedAttr())
 	out.SetTimeout(cacheTimeout)
 	return 0
 }
 
 // Lookup parses name as a timeout (see ParseTimeout) and returns the
-// directory of lock files that wait at most that long.
+// directory of lock files (and mirrored lock directories) that wait at
+// most that long.
 func (d *timeoutDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
 	timeout, err := ParseTimeout(name)
 	if err != nil {
@@ -315,11 +613,12 @@ func (d *timeoutDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut
 	ch := d.GetChild(name)
 	if ch == nil {
 		ch = d.NewInode(ctx,
-			&lockDir{dirBase: d.dirBase, policy: timeoutPolicy(timeout), perm: reservedPerm},
+			&lockDir{dirBase: d.dirBase, policy: timeoutPolicy(timeout), view: true, viewRoot: true},
 			fs.StableAttr{Mode: syscall.S_IFDIR})
 	}
-	d.fsys.dirAttr(&out.Attr, reservedPerm)
+	d.fsys.fillDirAttr(&out.Attr, d.fsys.reservedAttr())
 	out.SetAttrTimeout(cacheTimeout)
+	out.SetEntryTimeout(cacheTimeout)
 	return ch, 0
 }
 

@@ -24,6 +24,11 @@ var errTimedOut = errors.New("fsnode: lock wait timed out")
 //   - lockengine.ErrInvalidName, lockengine.ErrInvalidMode,
 //     lockengine.ErrInvalidLimit: EINVAL
 //   - lockengine.ErrNotHeld (unlink of a name nobody holds here): ENOENT
+//   - lockengine.ErrNoDir (a lock directory, or a name's, does not exist):
+//     ENOENT
+//   - lockengine.ErrIsDir (locking a lock directory): EISDIR
+//   - lockengine.ErrExist (mkdir of a directory or of a name in use): EEXIST
+//   - lockengine.ErrNotEmpty (rmdir of a directory in use): ENOTEMPTY
 //   - lockengine.ErrPermission (unlink by neither root nor the owner of
 //     every current lease): EPERM
 //   - lockengine.ErrLockDelay (unlink during a break's lock-delay): EBUSY
@@ -48,6 +53,14 @@ func Errno(err error) syscall.Errno {
 		return syscall.EBUSY
 	case errors.Is(err, lockengine.ErrNotHeld):
 		return syscall.ENOENT
+	case errors.Is(err, lockengine.ErrNoDir):
+		return syscall.ENOENT
+	case errors.Is(err, lockengine.ErrIsDir):
+		return syscall.EISDIR
+	case errors.Is(err, lockengine.ErrExist):
+		return syscall.EEXIST
+	case errors.Is(err, lockengine.ErrNotEmpty):
+		return syscall.ENOTEMPTY
 	case errors.Is(err, lockengine.ErrPermission):
 		return syscall.EPERM
 	case errors.Is(err, lockengine.ErrLost), errors.Is(err, lockengine.ErrClosed),
@@ -71,14 +84,16 @@ func logLevel(e syscall.Errno) slog.Level {
 	switch e {
 	case syscall.EAGAIN, syscall.EINTR:
 		return slog.LevelDebug
-	case syscall.ENAMETOOLONG, syscall.EINVAL, syscall.EPERM, syscall.EISDIR, syscall.ENOENT, syscall.EBUSY:
+	case syscall.ENAMETOOLONG, syscall.EINVAL, syscall.EPERM, syscall.EISDIR, syscall.ENOENT, syscall.EBUSY,
+		syscall.EACCES, syscall.EEXIST, syscall.ENOTEMPTY, syscall.EDQUOT:
 		return slog.LevelInfo
 	}
 	return slog.LevelError
 }
 
-// fail logs the failure of op on lock name (mode 0 when there is none) and
-// returns the errno to hand to the kernel.
+// fail logs the failure of op on lock name (or lock directory; mode 0
+// when there is none) with its cause, and returns the errno to hand to the
+// kernel.
 func (f *filesystem) fail(op, name string, mode lockengine.Mode, err error) syscall.Errno {
 	e := Errno(err)
 	lvl := logLevel(e)

@@ -76,12 +76,12 @@ func (n *lockNode) OnForget() {
 	n.fsys.lim.forgetName(n)
 }
 
-// Setattr accepts and ignores every change (truncate from O_TRUNC or
-// ftruncate, chmod, utimes) and reports the unchanged attributes: the file
-// is always empty.
+// Setattr accepts and ignores every change the kernel lets through
+// (truncate from O_TRUNC or ftruncate, utimes; chmod and chown need the
+// directory's owner or root) and reports the unchanged attributes: the
+// file is always empty, and its owner and mode are its directory's.
 func (n *lockNode) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	n.fsys.fileAttr(&out.Attr)
-	return 0
+	return n.Getattr(ctx, f, out)
 }
 
 // Statfs reports NAME_MAX.
@@ -108,7 +108,9 @@ func withOwner(ctx context.Context, via lockengine.Via) context.Context {
 // holds nothing; a grant that raced with the cancellation is returned as a
 // success, and the kernel then sends RELEASE for it.
 //
-// The per-user limits (limits.go) are checked first: the name (an open by
+// A read-only open that locks needs write permission on the name's
+// directory (EACCES; see tree.go). The per-user limits (limits.go) are
+// checked first: the name (an open by
 // a uid that did not look it up itself), then, for an open that locks, the
 // held leases, and before waiting the waiting requests. Past a limit the
 // open fails at once with ENOLCK.
@@ -120,6 +122,15 @@ func (n *lockNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	mode, try, take := n.policy.openLock(flags)
 	if !take {
 		return n.fsys.newHandle(n, nil), callFlags(flags), 0
+	}
+	// The kernel checked a write open against the file's attributes,
+	// which are the directory's write bits (see tree.go); a read-only
+	// open that locks needs the same permission, which only the daemon
+	// can check.
+	if flags&syscall.O_ACCMODE == syscall.O_RDONLY {
+		if err := n.fsys.mayLock(ctx, n.name); err != nil {
+			return nil, 0, n.fsys.fail("open", n.name, mode, err)
+		}
 	}
 	uid, reserved, err := n.fsys.lim.reserveHeld(ctx)
 	if err != nil {

@@ -5,7 +5,7 @@
 // by a [lockengine.Engine]. It is the only package of lockfs that imports
 // go-fuse.
 //
-// Layout of a mount M:
+// Layout of a mount M (NAME is a path: "deploy", "team/app/deploy"):
 //
 //	M/NAME               a blocking open for writing waits for the exclusive lock
 //	M/.shared/NAME       open waits for the shared lock
@@ -13,14 +13,24 @@
 //	M/.timeout/SECS/NAME open waits at most SECS, then fails with EAGAIN
 //	M/.flock/NAME        open takes nothing; only lock calls lock
 //
+// Lock directories (M/team, made with mkdir, removed with rmdir when
+// nothing below them is held or waited on) hold lock files and further
+// lock directories; a name's identity is its full path. Under each view
+// (.try, .shared, .flock, .timeout/SECS) the tree is mirrored. The mount
+// uses default_permissions: directories have an owner, a group and a mode
+// (chmod, chown), a lock file shows its directory's owner and group and
+// read and write bits, and taking a lock by any interface needs write
+// permission on its directory (see tree.go).
+//
 // A read-only open and any O_NONBLOCK open of M/NAME take nothing, so that
 // lock tools that open first and lock second (flock(1), setlock, chpst)
 // behave as on a local disk; under .try and .timeout a read-only open takes
 // the shared lock, any other the exclusive one, and O_NONBLOCK makes every
 // form that locks a try. All forms and all lock calls lock the same name
 // (see lockcalls.go for who owns a lock taken by a call). Lookup never
-// blocks and succeeds for every valid name; only Open and blocking lock
-// calls wait. A signal to a waiting caller ends the wait with EINTR. A lock
+// blocks and succeeds for every valid name (a lock directory, else a lock
+// file; but see callerInMkdir); only Open and blocking lock calls wait. A
+// signal to a waiting caller ends the wait with EINTR. A lock
 // taken by an open or by flock(2) is released on FUSE RELEASE, i.e. when
 // the last descriptor of the open file description is closed (dup and fork
 // keep it). Writes are accepted and discarded; reads return the holder
@@ -29,13 +39,11 @@
 // descriptor fail with EIO.
 //
 // Inspection never takes or waits for a lock: stat(2) of a lock file shows
-// the first holder's uid and gid as owner and the grant time as mtime
-// (attributes of lock files are not cached by the kernel), and the extended
-// attributes user.lockfs.* (see [XattrToken] and the others) describe the
-// holders, waiters and state. unlink(2) of a lock file breaks the lock
-// (lockengine.Engine.Break): root, or a uid that owns every current lease
-// of the name (else EPERM), ENOENT
-// when nobody holds it here.
+// the grant time as mtime, and the extended attributes user.lockfs.* (see
+// [XattrToken] and the others) describe the holders, waiters and state.
+// unlink(2) of a lock file breaks the lock (lockengine.Engine.Break):
+// root, or a uid that owns every current lease of the name (else EPERM),
+// ENOENT when nobody holds it here.
 package fsnode
 
 import (
@@ -57,17 +65,13 @@ import (
 // FSType is the filesystem type a lockfs mount shows in /proc/self/mountinfo.
 const FSType = "fuse.lockfs"
 
-// cacheTimeout is the entry timeout, and the attribute timeout of
-// directories, handed to the kernel. Names always exist and directories
-// never change, so the kernel may cache them for as long as it likes; a
-// lookup per open would cost a FUSE round trip.
+// cacheTimeout is the entry and attribute timeout of the root and the
+// reserved directories, which never change.
 const cacheTimeout = time.Hour
 
-// lockAttrTimeout is the attribute timeout of lock files: zero, because
-// their owner and times show the current holder (ls -l, stat). open(2)
-// and close(2) do not ask for attributes (no default_permissions), so
-// this costs nothing on the locking path; each stat costs a GETATTR.
-const lockAttrTimeout = 0
+// DefaultAttrTimeout is the attribute timeout when Options.AttrTimeout is
+// zero.
+const DefaultAttrTimeout = time.Second
 
 // Options configures Mount. The zero value mounts without allow_other
 // through fusermount3 and discards logs.
@@ -93,6 +97,17 @@ type Options struct {
 	// that the kernel forgets their inodes (see sweep.go): zero means
 	// DefaultNameSweep, negative never.
 	NameSweep time.Duration
+	// AttrTimeout is how long the kernel (and the daemon) keep the
+	// attributes of lock directories and lock files, and the entries of
+	// lock directories: a change of a directory made through another
+	// daemon sharing the backend (mkdir, rmdir, chmod, chown) shows
+	// through this mount within it. Zero means DefaultAttrTimeout,
+	// negative zero (ask every time).
+	AttrTimeout time.Duration
+	// Root are the owner, group and mode (07777) of the root directory;
+	// nil means DefaultRootMode owned by the daemon's user and group.
+	// They are not stored: each mount says them.
+	Root *lockengine.DirAttr
 }
 
 // Server is a mounted lockfs filesystem.
@@ -116,29 +131,36 @@ func Mount(mountpoint string, eng lockengine.Engine, opts Options) (*Server, err
 	if opts.Limits != (Limits{}) {
 		lim = newLimiter(opts.Limits, lg)
 	}
-	root := newRoot(eng, lg, lim)
-	timeout := cacheTimeout
-	lockTimeout := time.Duration(lockAttrTimeout)
+	attrTimeout := opts.AttrTimeout
+	switch {
+	case attrTimeout == 0:
+		attrTimeout = DefaultAttrTimeout
+	case attrTimeout < 0:
+		attrTimeout = 0
+	}
+	root := newRoot(eng, lg, lim, opts.Root, attrTimeout)
 	debugLog := opts.DebugLog
 	if debugLog == nil {
 		debugLog = log.New(os.Stderr, "fuse: ", log.Lmicroseconds)
 	}
 	fo := &fs.Options{
-		// Every valid name exists and no attribute ever changes, so
-		// the kernel may keep entries and attributes: an open then
-		// costs OPEN and RELEASE only, no LOOKUP or GETATTR. Directory
-		// listings are not cached (no FOPEN_CACHE_DIR), so ls always
-		// shows the current names.
-		EntryTimeout: &timeout,
-		// Directories set their own (long) attribute timeout; lock
-		// files use this one.
-		AttrTimeout:    &lockTimeout,
-		Logger:         slog.NewLogLogger(lg.Handler(), slog.LevelWarn),
-		RootStableAttr: &fs.StableAttr{Ino: fuse.FUSE_ROOT_ID},
+		// Every node sets its own entry and attribute timeouts (a nil
+		// default keeps a zero timeout zero): the reserved directories'
+		// are long, lock files' and lock directories' the attribute
+		// timeout. Directory listings are not cached (no
+		// FOPEN_CACHE_DIR), so ls always shows the current names.
+		//
+		// A mode of 0 (chmod 000) is reported as it is.
+		NullPermissions: true,
+		Logger:          slog.NewLogLogger(lg.Handler(), slog.LevelWarn),
+		RootStableAttr:  &fs.StableAttr{Ino: fuse.FUSE_ROOT_ID},
 		MountOptions: fuse.MountOptions{
 			FsName:     "lockfs",
 			Name:       "lockfs",
 			AllowOther: opts.AllowOther,
+			// The kernel checks permissions with the attributes lockfs
+			// reports (see tree.go).
+			Options: []string{"default_permissions"},
 			// Extended attributes are on for user.lockfs.*. The
 			// kernel then asks for security.capability on every
 			// O_TRUNC open; Getxattr answers it with ENODATA at once.

@@ -115,7 +115,7 @@ func FuzzLookupPath(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, path string) {
 		fx := newFixture(t)
-		root := newRoot(fx.fsys.eng, fx.fsys.log, nil)
+		root := newRoot(fx.fsys.eng, fx.fsys.log, nil, nil, time.Second)
 		fs.NewNodeFS(root, &fs.Options{})
 		ctx := context.Background()
 

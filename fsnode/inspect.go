@@ -175,28 +175,39 @@ func (n *lockNode) inspect() lockengine.LockInfo {
 	return info
 }
 
-// Getattr reports an empty regular file, mode 0666, whose owner is the
-// first holder of the lock as the engine lists it (the earliest granted
-// current lease; during a lock-delay the user who broke it; else the
-// earliest lost lease not yet closed; the mount's owner when none) and
-// whose mtime and ctime are the grant time (atime: the last heartbeat). It
-// never waits for the lock.
+// Getattr reports an empty regular file with the owner and group of its
+// lock directory and the read and write bits of the directory's mode (see
+// tree.go), whose mtime and ctime are the grant time of the first holder
+// as the engine lists it (the earliest granted current lease; during a
+// lock-delay the engine's own; else the earliest lost lease not yet
+// closed; the daemon's start when none) and whose atime is the last
+// heartbeat. The kernel keeps them for the attribute timeout. It never
+// waits for the lock. ENOENT once the directory is gone.
 func (n *lockNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	n.fsys.fileAttr(&out.Attr)
-	n.fsys.holderAttr(&out.Attr, n.inspect())
-	out.SetTimeout(lockAttrTimeout)
+	a, err := n.dirAttr(ctx)
+	if err != nil {
+		return n.fsys.fail("getattr", n.name, 0, err)
+	}
+	n.fsys.fileAttr(&out.Attr, a)
+	holderTimes(&out.Attr, n.inspect())
+	out.SetTimeout(n.fsys.attrTimeout)
 	return 0
 }
 
-// holderAttr overrides owner and times of a lock file's attributes with
-// those of info's first lease (the engine lists current leases first, in
-// grant order, so the owner stays the same while that holder holds it).
-// The owner is informational: the daemon alone decides an unlink.
-func (f *filesystem) holderAttr(a *fuse.Attr, info lockengine.LockInfo) {
+// dirAttr returns the attributes of the lock directory of the node's name.
+func (n *lockNode) dirAttr(ctx context.Context) (lockengine.DirAttr, error) {
+	dir, _ := lockengine.SplitName(n.name)
+	return n.fsys.dirAttr(ctx, dir)
+}
+
+// holderTimes sets the times of a lock file's attributes from info's first
+// lease (the engine lists current leases first, in grant order). Who holds
+// the lock is in the user.lockfs.holders attribute; the file's owner is
+// its directory's, so that the kernel's permission checks use it.
+func holderTimes(a *fuse.Attr, info lockengine.LockInfo) {
 	if len(info.Leases) == 0 {
 		return
 	}
-	a.Uid, a.Gid = info.Leases[0].Owner.UID, info.Leases[0].Owner.GID
 	since, hb := info.Since, info.Heartbeat
 	if since.IsZero() {
 		since = info.Leases[0].Granted
@@ -276,24 +287,25 @@ func (n *lockNode) Removexattr(ctx context.Context, attr string) syscall.Errno {
 
 // Unlink breaks the lock name (an administrator's "rm M/NAME"): every
 // holder's descriptor fails with EIO from then on, and waiters are granted
-// after the engine's lock-delay. The caller must be root, or own every
-// lease currently granted on the name (a lone holder breaking its own
-// lock); anyone else, a co-holder of a shared lock or a semaphore
-// included, gets EPERM. A name nobody holds in this daemon is ENOENT; a
-// name held only by the engine during its lock-delay after a break is
-// EBUSY. The root directory has no sticky bit, so the kernel leaves the
-// decision to the daemon (see Engine.Break).
+// after the engine's lock-delay. The kernel has checked write and search
+// permission on the directory (and its sticky bit, which the root has
+// not by default). The caller must be root, or own every lease currently
+// granted on the name (a lone holder breaking its own lock); anyone else,
+// a co-holder of a shared lock or a semaphore included, gets EPERM. A
+// name nobody holds in this daemon is ENOENT; a name held only by the
+// engine during its lock-delay after a break is EBUSY (see Engine.Break).
 func (d *lockDir) Unlink(ctx context.Context, name string) syscall.Errno {
+	full := lockengine.JoinName(d.path, name)
 	if err := validLockName(name); err != nil {
-		return d.fsys.fail("unlink", name, 0, err)
+		return d.fsys.fail("unlink", full, 0, err)
 	}
 	c, ok := fuse.FromContext(ctx)
 	if !ok {
-		return d.fsys.fail("unlink", name, 0, fmt.Errorf("lock %q: unknown caller: %w", name, syscall.EPERM))
+		return d.fsys.fail("unlink", full, 0, fmt.Errorf("lock %q: unknown caller: %w", full, syscall.EPERM))
 	}
 	by := lockengine.Owner{UID: c.Uid, GID: c.Gid, PID: c.Pid}
-	if err := d.fsys.eng.Break(ctx, name, by); err != nil {
-		return d.fsys.fail("unlink", name, 0, err)
+	if err := d.fsys.eng.Break(ctx, full, by); err != nil {
+		return d.fsys.fail("unlink", full, 0, err)
 	}
 	return 0
 }

@@ -33,12 +33,14 @@ func getxattr(t *testing.T, n *lockNode, attr string) (string, syscall.Errno) {
 
 func TestInspectAttributes(t *testing.T) {
 	f := newFixture(t)
-	f.fsys.uid, f.fsys.gid = 7, 8
+	f.fsys.rootAttr = lockengine.DirAttr{UID: 7, GID: 8, Mode: 0o2755}
 	n := f.node("x", policy{})
 
 	var out fuse.AttrOut
 	require.Equal(t, syscall.Errno(0), n.Getattr(context.Background(), nil, &out))
-	assert.Equal(t, uint32(7), out.Uid, "free: the mount's owner")
+	assert.Equal(t, uint32(7), out.Uid, "the directory's owner")
+	assert.Equal(t, uint32(8), out.Gid, "the directory's group")
+	assert.Equal(t, uint32(syscall.S_IFREG|0o644), out.Mode, "the directory's read and write bits")
 	v, errno := getxattr(t, n, XattrState)
 	require.Equal(t, syscall.Errno(0), errno)
 	assert.Equal(t, "free", v)
@@ -47,8 +49,8 @@ func TestInspectAttributes(t *testing.T) {
 	require.Equal(t, syscall.Errno(0), errno)
 	h := fh.(*handle)
 	require.Equal(t, syscall.Errno(0), n.Getattr(context.Background(), nil, &out))
-	assert.Equal(t, uint32(1000), out.Uid)
-	assert.Equal(t, uint32(100), out.Gid)
+	assert.Equal(t, uint32(7), out.Uid, "the directory's owner, not the holder's")
+	assert.Equal(t, uint32(8), out.Gid)
 	assert.Equal(t, uint64(h.lease().Granted().Unix()), out.Mtime)
 
 	tok := strconv.FormatUint(h.lease().Token(), 10)
@@ -141,5 +143,5 @@ func TestHoldersCapped(t *testing.T) {
 func TestUnlinkErrnos(t *testing.T) {
 	assert.Equal(t, syscall.EBUSY, Errno(fmt.Errorf("x: %w", lockengine.ErrLockDelay)))
 	assert.Equal(t, syscall.EPERM, Errno(fmt.Errorf("x: %w", lockengine.ErrPermission)))
-	assert.Equal(t, uint32(0o777), uint32(rootPerm), "no sticky bit: the daemon decides every unlink")
+	assert.Equal(t, uint32(0o777), uint32(DefaultRootMode), "no sticky bit: the daemon decides every unlink")
 }

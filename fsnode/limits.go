@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 
 	"github.com/lockfs/lockfs/lockengine"
 )
@@ -25,9 +26,15 @@ import (
 //     is free;
 //   - waiting: requests it has blocked in open(2) or F_SETLKW/flock;
 //   - names: lock files with a live inode (go-fuse node, kernel inode) that
-//     it looked up or opened.
+//     it looked up or opened;
+//   - dirs: lock directories it owns that were made through this daemon
+//     since it started (mkdir counts for the creator, rmdir gives the
+//     directory back to its owner, chown through this daemon moves it).
+//     They are kept by the backend, so this bounds what one uid can make
+//     the store keep; past it mkdir fails with EDQUOT, as on a filesystem
+//     with quotas.
 //
-// A request past a budget fails at once with ENOLCK ("no locks available")
+// A request past one of the first three budgets fails at once with ENOLCK ("no locks available")
 // rather than EDQUOT: ENOLCK is what fcntl(2) and flock(2) document for
 // "the lock table is full", so lock tools already report it sensibly, and
 // EDQUOT would read as a disk quota to users of open(2). Root (uid 0) is
@@ -44,6 +51,7 @@ const (
 	LimitHeld    = "held"
 	LimitWaiting = "waiting"
 	LimitNames   = "names"
+	LimitDirs    = "dirs"
 )
 
 // limitKinds index the refusal counters.
@@ -51,10 +59,11 @@ const (
 	kindHeld = iota
 	kindWaiting
 	kindNames
+	kindDirs
 	numKinds
 )
 
-var limitLabels = [numKinds]string{LimitHeld, LimitWaiting, LimitNames}
+var limitLabels = [numKinds]string{LimitHeld, LimitWaiting, LimitNames, LimitDirs}
 
 // refusalLogInterval is the least time between two log lines about the
 // same uid and limit: a client looping on ENOLCK must not flood the log.
@@ -69,6 +78,9 @@ type Limits struct {
 	// NamesPerUser is the most lock files with a live inode one uid may
 	// have looked up or opened.
 	NamesPerUser int
+	// DirsPerUser is the most lock directories one uid may own of those
+	// made through this daemon (mkdir past it: EDQUOT).
+	DirsPerUser int
 	// HeldTotal is the most leases of all uids together beyond which
 	// requests of exempt-less (non-root) uids are refused: the daemon's
 	// descriptor budget minus a reserve for root.
@@ -79,7 +91,7 @@ type Limits struct {
 
 // userCount is what one uid uses.
 type userCount struct {
-	held, waiting, names int
+	held, waiting, names, dirs int
 }
 
 // limiter does the accounting of Limits. A nil *limiter limits nothing.
@@ -138,9 +150,13 @@ func (l *limiter) tidy(uid uint32) {
 }
 
 // refuse counts and (rate-limited) logs a refusal of uid by the limit of
-// kind whose value is max, and returns the error to fail with. Called
-// with mu held.
+// kind whose value is max, and returns the error to fail with: ENOLCK,
+// EDQUOT for the directories limit. Called with mu held.
 func (l *limiter) refuse(uid uint32, kind, max int, what string) error {
+	errno := syscall.ENOLCK
+	if kind == kindDirs {
+		errno = syscall.EDQUOT
+	}
 	l.refused[kind].Add(1)
 	key := refusalKey{uid, kind}
 	now := time.Now()
@@ -149,10 +165,10 @@ func (l *limiter) refuse(uid uint32, kind, max int, what string) error {
 			clear(l.logged) // bounded; a burst of uids only costs log lines
 		}
 		l.logged[key] = now
-		l.log.Warn("per-user limit reached: refusing with ENOLCK", "uid", uid, "limit", limitLabels[kind],
-			"max", max, "what", what, "refused_total", l.refused[kind].Load())
+		l.log.Warn("per-user limit reached: refusing", "uid", uid, "limit", limitLabels[kind],
+			"max", max, "what", what, "errno", unix.ErrnoName(errno), "refused_total", l.refused[kind].Load())
 	}
-	return fmt.Errorf("uid %d: %s limit %d reached: %w", uid, what, max, syscall.ENOLCK)
+	return fmt.Errorf("uid %d: %s limit %d reached: %w", uid, what, max, errno)
 }
 
 // reserveHeld counts one more lease for the caller of ctx, or refuses it
@@ -319,6 +335,58 @@ func (l *limiter) forgetName(n *lockNode) {
 	delete(l.names, n)
 }
 
+// chargeDir counts one more lock directory for uid (its creator), or
+// refuses with EDQUOT; charged is false when nothing was counted (no
+// limiter, or an exempt uid). A charge whose mkdir failed is undone with
+// unchargeDir.
+func (l *limiter) chargeDir(ctx context.Context, uid uint32) (charged bool, err error) {
+	if l == nil || l.exempt(uid) {
+		return false, nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	u := l.user(uid)
+	if l.cfg.DirsPerUser > 0 && u.dirs >= l.cfg.DirsPerUser {
+		l.tidy(uid)
+		return false, l.refuse(uid, kindDirs, l.cfg.DirsPerUser, "lock directories per user")
+	}
+	u.dirs++
+	return true, nil
+}
+
+// unchargeDir gives uid one lock directory back (it was removed, or its
+// mkdir failed). Nil-safe; a uid with none counted is left alone.
+func (l *limiter) unchargeDir(uid uint32) {
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if u := l.users[uid]; u != nil && u.dirs > 0 {
+		u.dirs--
+		l.tidy(uid)
+	}
+}
+
+// moveDir moves one counted lock directory from uid from to uid to (chown
+// through this daemon), never refusing. Nil-safe.
+func (l *limiter) moveDir(from, to uint32) {
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	u := l.users[from]
+	if u == nil || u.dirs == 0 {
+		return
+	}
+	u.dirs--
+	l.tidy(from)
+	if !l.exempt(to) {
+		l.user(to).dirs++
+	}
+}
+
 // usage returns uid's counts (for tests).
 func (l *limiter) usage(uid uint32) userCount {
 	l.mu.Lock()
@@ -330,7 +398,7 @@ func (l *limiter) usage(uid uint32) userCount {
 }
 
 // Refusals returns the requests refused by each limit so far, by limit name
-// (LimitHeld, LimitWaiting, LimitNames).
+// (LimitHeld, LimitWaiting, LimitNames, LimitDirs).
 func (s *Server) Refusals() map[string]uint64 {
 	out := make(map[string]uint64, numKinds)
 	for k := range numKinds {

@@ -33,6 +33,12 @@ import (
 // earlier call's, of either kind), so the same or a weaker mode succeeds at
 // once, an unlock releases it and a later call takes it again. Byte ranges
 // are ignored: every record lock locks the whole name.
+//
+// Every call that takes or converts a lock needs write permission on the
+// name's directory, checked against the calling process's credentials at
+// the time of the call (mayLock): a descriptor that root opened and
+// passed to another user does not let that user lock. Unlocks and F_GETLK
+// need nothing.
 
 // posixKey names the POSIX lock of one lock owner (a process) on one name.
 type posixKey struct {
@@ -106,6 +112,11 @@ func (h *handle) setlk(ctx context.Context, owner uint64, lk *fuse.FileLock, fla
 	if !ok {
 		return h.fsys.fail(via.String(), h.name, 0,
 			fmt.Errorf("lock %q: lock type %d: %w", h.name, lk.Typ, lockengine.ErrInvalidMode))
+	}
+	// The caller's permission now, not the opener's: a descriptor may
+	// have been passed on (see tree.go).
+	if err := h.fsys.mayLock(ctx, h.name); err != nil {
+		return h.fsys.fail(via.String(), h.name, mode, err)
 	}
 	slot := h.slotFor(owner, via, true)
 	// A call that may take a new lease counts against the caller's held

@@ -129,7 +129,7 @@ func newFixture(t testing.TB) *fixture {
 	t.Cleanup(func() { _ = q.Close() })
 	logs := &syncbuf.Buffer{}
 	lg := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	return &fixture{b: b, q: q, fsys: &filesystem{eng: q, log: lg, start: time.Now()}, logs: logs}
+	return &fixture{b: b, q: q, fsys: &filesystem{eng: q, log: lg, start: time.Now(), rootAttr: lockengine.DirAttr{Mode: DefaultRootMode}}, logs: logs}
 }
 
 func (f *fixture) node(name string, p policy) *lockNode {

@@ -9,9 +9,10 @@ import (
 // Giving back the memory of idle names.
 //
 // Every name looked up gets a go-fuse node and a kernel inode, and the
-// entry timeout is long (cacheTimeout) so that an open of a known name
-// costs OPEN and RELEASE only. The kernel keeps such a dentry, and with it
-// the inode, until memory pressure prunes it: 20,000 distinct names kept
+// entry timeout is not zero (the attribute timeout, 1 s by default) so
+// that an open of a known name costs OPEN and RELEASE only. The kernel
+// keeps such a dentry, expired or not, and with it the inode, until memory
+// pressure prunes it: 20,000 distinct names kept
 // ~27 MB of the daemon's memory for good, and every name counted against
 // its uids' names limit for good.
 //
@@ -59,24 +60,24 @@ func (s *sweeper) run(interval time.Duration) {
 	}
 }
 
-// sweep invalidates the entries of the idle lock files under every lock
-// directory (the root, its reserved directories and .timeout/SECS).
+// sweep invalidates the entries of the idle lock files under every
+// directory node (the root, the lock directories, the reserved directories,
+// .timeout/SECS and the mirrors below them), and drops expired cached
+// directory attributes.
 func (s *sweeper) sweep() int {
+	s.root.fsys.pruneAttrs()
+	return sweepDir(s.root.EmbeddedInode())
+}
+
+// sweepDir sweeps dir and the directories below it.
+func sweepDir(dir *fs.Inode) int {
 	n := 0
-	dirs := []*fs.Inode{s.root.EmbeddedInode()}
-	for _, ch := range s.root.reserved {
-		if _, ok := ch.Operations().(*timeoutDir); ok {
-			for _, td := range ch.Children() {
-				dirs = append(dirs, td)
-			}
-			continue
-		}
-		dirs = append(dirs, ch)
-	}
-	for _, dir := range dirs {
-		for name, ch := range dir.Children() {
-			node, ok := ch.Operations().(*lockNode)
-			if !ok || node.open.Load() > 0 || node.used.Swap(false) {
+	for name, ch := range dir.Children() {
+		switch node := ch.Operations().(type) {
+		case *lockDir, *timeoutDir:
+			n += sweepDir(ch)
+		case *lockNode:
+			if node.open.Load() > 0 || node.used.Swap(false) {
 				continue
 			}
 			// Errors (ENOENT: the kernel had forgotten it already)

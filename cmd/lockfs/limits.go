@@ -21,6 +21,7 @@ const (
 	defaultMaxHeldPerUser    = 1024
 	defaultMaxWaitingPerUser = 1024
 	defaultMaxNamesPerUser   = 16384
+	defaultMaxDirsPerUser    = 4096
 )
 
 // fdReserve is how many descriptors stay for root (and for the daemon's
@@ -30,9 +31,9 @@ const fdReserve = 256
 
 // limitFlags are the per-user limit flags of 'lockfs mount'.
 type limitFlags struct {
-	heldPerUser, waitingPerUser, namesPerUser int
-	limitRoot                                 bool
-	nameSweep                                 time.Duration
+	heldPerUser, waitingPerUser, namesPerUser, dirsPerUser int
+	limitRoot                                              bool
+	nameSweep                                              time.Duration
 }
 
 // registerLimitFlags adds the limit flags to fl.
@@ -43,6 +44,8 @@ func registerLimitFlags(fl *flag.FlagSet, lf *limitFlags) {
 		"most lock requests of one uid that may wait at once; past it they fail with ENOLCK (0: no limit)")
 	fl.IntVar(&lf.namesPerUser, "max-names-per-user", defaultMaxNamesPerUser,
 		"most distinct lock names (with live inodes) one uid may have looked up or opened; past it ENOLCK (0: no limit)")
+	fl.IntVar(&lf.dirsPerUser, "max-dirs-per-user", defaultMaxDirsPerUser,
+		"most lock directories one uid may own of those made through this daemon since it started; past it mkdir fails with EDQUOT (0: no limit)")
 	fl.BoolVar(&lf.limitRoot, "limit-root", false, "apply the per-user limits to root (uid 0) too")
 	fl.DurationVar(&lf.nameSweep, "name-sweep", fsnode.DefaultNameSweep,
 		"how often the kernel is asked to forget names nobody has open and nobody used since the last sweep (0: never)")
@@ -53,7 +56,8 @@ func (lf *limitFlags) check() error {
 	for _, v := range []struct {
 		name string
 		n    int
-	}{{"max-held-per-user", lf.heldPerUser}, {"max-waiting-per-user", lf.waitingPerUser}, {"max-names-per-user", lf.namesPerUser}} {
+	}{{"max-held-per-user", lf.heldPerUser}, {"max-waiting-per-user", lf.waitingPerUser}, {"max-names-per-user", lf.namesPerUser},
+		{"max-dirs-per-user", lf.dirsPerUser}} {
 		if v.n < 0 {
 			return usageErrorf("mount: --%s must not be negative, got %d", v.name, v.n)
 		}
@@ -67,7 +71,7 @@ func (lf *limitFlags) check() error {
 // options returns the fsnode limits for a descriptor limit of nofile.
 func (lf *limitFlags) options(nofile uint64) fsnode.Limits {
 	l := fsnode.Limits{HeldPerUser: lf.heldPerUser, WaitingPerUser: lf.waitingPerUser,
-		NamesPerUser: lf.namesPerUser, LimitRoot: lf.limitRoot}
+		NamesPerUser: lf.namesPerUser, DirsPerUser: lf.dirsPerUser, LimitRoot: lf.limitRoot}
 	if nofile != unix.RLIM_INFINITY && nofile > 0 {
 		l.HeldTotal = max(1, int(min(nofile, 1<<30))-fdReserve-openFDs())
 	}
@@ -129,7 +133,7 @@ type fsCollector struct {
 func newFSCollector(srv *fsnode.Server) *fsCollector {
 	return &fsCollector{srv: srv,
 		refusalsDesc: prometheus.NewDesc(metricLimitRefusals,
-			"Requests refused with ENOLCK by a per-user limit (held, waiting, names).", []string{"limit"}, nil),
+			"Requests refused by a per-user limit (held, waiting, names: ENOLCK; dirs: EDQUOT).", []string{"limit"}, nil),
 		inoDesc: prometheus.NewDesc(metricInodes, "Lock-file inodes the daemon keeps (names not yet forgotten).", nil, nil)}
 }
 
@@ -141,7 +145,7 @@ func (c *fsCollector) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (c *fsCollector) Collect(ch chan<- prometheus.Metric) {
-	for _, l := range []string{fsnode.LimitHeld, fsnode.LimitWaiting, fsnode.LimitNames} {
+	for _, l := range []string{fsnode.LimitHeld, fsnode.LimitWaiting, fsnode.LimitNames, fsnode.LimitDirs} {
 		ch <- prometheus.MustNewConstMetric(c.refusalsDesc, prometheus.CounterValue, float64(c.srv.Refusals()[l]), l)
 	}
 	ch <- prometheus.MustNewConstMetric(c.inoDesc, prometheus.GaugeValue, float64(c.srv.Inodes()))

@@ -50,7 +50,11 @@ func checkLockfsDir(dir string) error {
 }
 
 // lockTarget splits NAME, a lock name relative to mount or an absolute
-// path MOUNT/NAME, into the mount directory and the lock name.
+// path MOUNT/NAME, into the mount directory and the lock name. For an
+// absolute path in a lock directory of a lockfs mount (M/team/deploy),
+// the directory is the mount's root and the lock its path from there
+// (team/deploy), so that the reserved views (M/.try/team/deploy) are
+// found; elsewhere the last component is the lock.
 func lockTarget(mount, name string) (dir, lock string, err error) {
 	if filepath.IsAbs(name) {
 		// Dir and Base drop trailing slashes differently: "/m/x/"
@@ -59,6 +63,10 @@ func lockTarget(mount, name string) (dir, lock string, err error) {
 			return "", "", usageErrorf("lock path %q ends in '/': give the path of the lock file", name)
 		}
 		dir, lock = filepath.Dir(name), filepath.Base(name)
+		if root, rel, ok := mountRoot(dir); ok && rel != "" && filepath.Join(root, rel) == dir &&
+			checkLockfsDir(dir) == nil {
+			dir, lock = root, rel+"/"+lock
+		}
 	} else {
 		if strings.Contains(name, "/") {
 			return "", "", usageErrorf("lock name %q contains '/': give a name, or an absolute path into the mount", name)

@@ -35,6 +35,9 @@ type mountConfig struct {
 	backend       backendFlags // --engine and --etcd-*, see backend.go
 	queue         queueFlags   // --lock-delay, --metrics-addr, see queueflags.go
 	limits        limitFlags   // --max-*-per-user, --limit-root, --name-sweep, see limits.go
+	tree          treeFlags    // --attr-timeout, --root-mode, --root-owner, see treeflags.go
+	attrTimeout   time.Duration
+	rootAttr      *lockengine.DirAttr
 }
 
 func newMountFlags(cfg *mountConfig, logLevel *string) *flag.FlagSet {
@@ -52,6 +55,7 @@ func newMountFlags(cfg *mountConfig, logLevel *string) *flag.FlagSet {
 	registerBackendFlags(fl, &cfg.backend)
 	registerQueueFlags(fl, &cfg.queue)
 	registerLimitFlags(fl, &cfg.limits)
+	registerTreeFlags(fl, &cfg.tree)
 	return fl
 }
 
@@ -71,7 +75,9 @@ A stale lockfs mount left at MOUNTPOINT by a killed daemon is removed first.
   MOUNTPOINT/NAME                 open waits for the lock NAME
   MOUNTPOINT/.try/NAME            open fails with EAGAIN unless NAME is free
   MOUNTPOINT/.timeout/SECS/NAME   open waits at most SECS (2, 0.5, 500ms)
-Write opens lock exclusively, read-only opens shared. A holder reads its
+Write opens lock exclusively, read-only opens shared. NAME may be a path
+(team/deploy) in lock directories made with mkdir; taking a lock needs
+write permission on its directory (chmod, chown; default_permissions). A holder reads its
 fencing token from its descriptor (read -r tok <&9); ls -l, stat and
 getfattr -d show holders without taking the lock; rm MOUNTPOINT/NAME breaks
 it (root or a lone holder). See 'lockfs help status|run|break'.
@@ -138,6 +144,10 @@ func parseMountArgs(args []string) (mountConfig, error) {
 			3*cfg.heartbeat, cfg.takeoverAfter)
 	}
 	if err := cfg.limits.check(); err != nil {
+		return cfg, err
+	}
+	var err error
+	if cfg.attrTimeout, cfg.rootAttr, err = cfg.tree.options(); err != nil {
 		return cfg, err
 	}
 	if cfg.readyFd != -1 {
@@ -242,6 +252,8 @@ func runMount(args []string, stdout, stderr io.Writer) error {
 		DebugLog:    log.New(stderr, "fuse: ", log.Lmicroseconds),
 		Limits:      cfg.limits.options(nofile),
 		NameSweep:   cfg.limits.nameSweepOption(),
+		AttrTimeout: cfg.attrTimeout,
+		Root:        cfg.rootAttr,
 	})
 	if err != nil {
 		_ = eng.Close()

@@ -32,13 +32,16 @@ func topMount(mnt string) (string, error) {
 // errNoAnswer: stat of the mountpoint did not return in time.
 var errNoAnswer = errors.New("no answer")
 
-// statWithin stats path, giving up after d: a FUSE mount whose daemon is
-// stopped would block stat indefinitely.
+// statWithin stats path, asking its filesystem (a FUSE daemon) even when
+// the kernel caches its attributes, giving up after d: a FUSE mount whose
+// daemon is stopped would block stat indefinitely.
 func statWithin(path string, d time.Duration) error {
 	done := make(chan error, 1)
 	go func() {
-		var st unix.Stat_t
-		done <- unix.Stat(path, &st)
+		// Forced: attributes the kernel still caches would answer
+		// without asking the (possibly dead) daemon.
+		var stx unix.Statx_t
+		done <- unix.Statx(unix.AT_FDCWD, path, unix.AT_STATX_FORCE_SYNC, unix.STATX_TYPE, &stx)
 	}()
 	select {
 	case err := <-done:

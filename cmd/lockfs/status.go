@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -18,28 +19,30 @@ import (
 	"github.com/lockfs/lockfs/fsnode"
 )
 
-const statusUsage = `Usage: lockfs status [--json] [MOUNTPOINT]
+const statusUsage = `Usage: lockfs status [--json] [PATH]
 
-Lists the locks held or waited on in the lockfs mount MOUNTPOINT (default
-$LOCKFS_MOUNT, else /mnt/locks): state, mode, fencing token, holders (uid,
-gid, pid, mode, grant time) and waiters. It only lists the directory and
-reads the user.lockfs.* extended attributes, so it takes no lock, never waits
-for one, and works for every user who can read the mount. PID is 0 for a
-holder that is not visible from the daemon's pid namespace.
+Lists the locks held or waited on in the lockfs mount PATH (default
+$LOCKFS_MOUNT, else /mnt/locks), or below the lock directory PATH of a
+mount, at any depth: state, mode, fencing token, holders (uid, gid, pid,
+mode, grant time) and waiters. Names are full paths from the mount's root
+(team/app/deploy). It only lists directories and reads the user.lockfs.*
+extended attributes, so it takes no lock, never waits for one, and works for
+every user who can read the directories. PID is 0 for a holder that is not
+visible from the daemon's pid namespace.
 
 A lock with more holders than its attribute lists (thousands of shared
 holders) shows the ones listed and a row "... N more holders". Names with
 control characters, Unicode bidi controls or invalid UTF-8 (and names with
 spaces or double quotes) are shown quoted, as in Go. A lock whose attributes
-cannot be read is shown with state "error" and the error; the others are
-still listed.
+cannot be read, or a lock directory below PATH that cannot be listed, is
+shown with state "error" and the error; the others are still listed.
 
   --json   one JSON document: {"mount": ..., "locks": [...]}; a lock
            carries "holders_omitted": N when N holders were not listed,
            and "error" when its attributes could not be read
 
 Exit status: 0 success (also when some locks could not be read), 1 error
-(not a lockfs mount, the mount cannot be listed), 2 usage error.
+(not a lockfs mount, PATH cannot be listed), 2 usage error.
 `
 
 // statusHolder is one line of user.lockfs.holders.
@@ -108,8 +111,8 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// parseStatusArgs parses the command line of 'lockfs status': the
-// mountpoint (defaulted) and --json. It returns flag.ErrHelp for --help,
+// parseStatusArgs parses the command line of 'lockfs status': the path
+// (a mountpoint or a lock directory in one; defaulted) and --json. It returns flag.ErrHelp for --help,
 // else a usageError.
 func parseStatusArgs(args []string) (mnt string, asJSON bool, err error) {
 	fl := flag.NewFlagSet("status", flag.ContinueOnError)
@@ -122,35 +125,107 @@ func parseStatusArgs(args []string) (mnt string, asJSON bool, err error) {
 		return "", false, usageErrorf("status: %w (see 'lockfs status --help')", err)
 	}
 	if fl.NArg() > 1 {
-		return "", false, usageErrorf("status: want at most one MOUNTPOINT (see 'lockfs status --help')")
+		return "", false, usageErrorf("status: want at most one PATH (see 'lockfs status --help')")
 	}
 	return mountOrDefault(fl.Arg(0)), asJSON, nil
 }
 
-// readStatus lists mnt and reads every name's attributes. Names that became
-// free in between are left out. A name whose attributes cannot be read is
-// reported with State "error" and the error, and the listing goes on; only
-// failing to list mnt is an error.
-func readStatus(mnt string) (statusReport, error) {
-	rep := statusReport{Mount: mnt, Locks: []statusLock{}}
-	ents, err := os.ReadDir(mnt)
+// readStatus lists the lock directory dir (a mount's root or a directory
+// in it) and every lock directory below it, and reads every name's
+// attributes; names are full paths from the mount's root (see
+// lockPrefix). Names that became free in between are left out. A name
+// whose attributes cannot be read, or a directory below dir that cannot
+// be listed, is reported with State "error" and the error, and the
+// listing goes on; only failing to list dir is an error.
+func readStatus(dir string) (statusReport, error) {
+	rep := statusReport{Mount: dir, Locks: []statusLock{}}
+	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return rep, err
 	}
+	walkStatus(&rep, dir, lockPrefix(dir), ents)
+	slices.SortFunc(rep.Locks, func(a, b statusLock) int { return strings.Compare(a.Name, b.Name) })
+	return rep, nil
+}
+
+// walkStatus adds the locks of the lock directory dir, whose entries are
+// ents and whose path from the mount's root is prefix, and of the
+// directories below it, to rep.
+func walkStatus(rep *statusReport, dir, prefix string, ents []os.DirEntry) {
 	for _, de := range ents {
-		lk, err := readLockStatus(filepath.Join(mnt, de.Name()))
+		path := filepath.Join(dir, de.Name())
+		name := de.Name()
+		if prefix != "" {
+			name = prefix + "/" + name
+		}
+		if de.IsDir() {
+			sub, err := os.ReadDir(path)
+			if err != nil {
+				rep.Locks = append(rep.Locks, statusLock{Name: name, State: stateError,
+					Holders: []statusHolder{}, Error: err.Error()})
+			}
+			walkStatus(rep, path, name, sub)
+			continue
+		}
+		lk, err := readLockStatus(path)
 		if err != nil {
-			rep.Locks = append(rep.Locks, statusLock{Name: de.Name(), State: stateError,
+			rep.Locks = append(rep.Locks, statusLock{Name: name, State: stateError,
 				Holders: []statusHolder{}, Error: err.Error()})
 			continue
 		}
 		if lk.State == "free" || lk.State == "" {
 			continue
 		}
-		lk.Name = de.Name()
+		lk.Name = name
 		rep.Locks = append(rep.Locks, lk)
 	}
-	return rep, nil
+}
+
+// lockPrefix returns the path of directory dir from the root of the mount
+// it is in ("" for the root itself, or when it cannot be told; see
+// mountRoot).
+func lockPrefix(dir string) string {
+	_, rel, ok := mountRoot(dir)
+	if !ok {
+		return ""
+	}
+	return rel
+}
+
+// mountRoot returns the root of the mount that directory dir is in (the
+// highest ancestor of dir, symlinks resolved, on the same device) and
+// dir's path from it ("" for the root itself); ok is false when dir
+// cannot be examined. In a container given a lock directory of the host's
+// mount (a bind mount), the root is the container's mountpoint.
+func mountRoot(dir string) (root, rel string, ok bool) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", "", false
+	}
+	if real, err := filepath.EvalSymlinks(abs); err == nil {
+		abs = real
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(abs, &st); err != nil {
+		return "", "", false
+	}
+	root = abs
+	for root != "/" {
+		parent := filepath.Dir(root)
+		var pst unix.Stat_t
+		if err := unix.Stat(parent, &pst); err != nil || pst.Dev != st.Dev {
+			break
+		}
+		root = parent
+	}
+	rel, err = filepath.Rel(root, abs)
+	if err != nil {
+		return "", "", false
+	}
+	if rel == "." {
+		rel = ""
+	}
+	return root, rel, true
 }
 
 // getxattr reads one attribute of path; "" when it does not exist.

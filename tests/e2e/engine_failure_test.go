@@ -91,18 +91,20 @@ func TestEngineFailure(t *testing.T) {
 
 	t.Run("backing path not a regular file", func(t *testing.T) {
 		t.Parallel()
-		// lockengine's documented layout: STATE/locks/NAME. A directory
-		// there is never a lock file (ErrNotRegular).
+		// lockengine's documented layout: STATE/locks/NAME. A symlink
+		// there is never a lock file (ErrNotRegular). (A directory there
+		// is a lock directory.)
 		d := e.StartDaemon(t, harness.DaemonConfig{})
 		bad := filepath.Join(d.StateDir, "locks", "bad")
-		require.NoError(t, os.Mkdir(bad, 0o755))
+		require.NoError(t, os.Symlink(filepath.Join(d.StateDir, "elsewhere"), bad))
 
 		requireEngineFailure(t, e, d, "bad")
 		assert.Equal(t, "granted", probe(t, e, d.Path("good"), "w"), "another name")
-		assert.DirExists(t, bad, "the engine must not remove what it did not create")
+		_, err := os.Lstat(bad)
+		assert.NoError(t, err, "the engine must not remove what it did not create")
 
 		require.NoError(t, os.Remove(bad))
-		assert.Equal(t, "granted", probe(t, e, d.Path("bad"), "w"), "after the directory was removed")
+		assert.Equal(t, "granted", probe(t, e, d.Path("bad"), "w"), "after the symlink was removed")
 	})
 }
 

@@ -1,5 +1,3 @@
-//go:build lockfs_tree
-
 package e2e
 
 import (
@@ -185,6 +183,24 @@ func mkdirs(t *testing.T, perm uint32, paths ...string) {
 	}
 }
 
+// mkdirP makes path and its missing parents as mkdir -p does: mkdir(2)
+// of each level, an existing directory is fine; the mode is perm with the
+// process's umask applied. Not os.MkdirAll: it stats the path first, and
+// a free name in a lock directory is a lock file (every name exists), so
+// it stops there with ENOTDIR.
+func mkdirP(path string, perm uint32) error {
+	for i := 1; i <= len(path); i++ {
+		if i < len(path) && path[i] != '/' {
+			continue
+		}
+		err := unix.Mkdir(path[:i], perm)
+		if err != nil && !errors.Is(err, unix.EEXIST) {
+			return &os.PathError{Op: "mkdir", Path: path[:i], Err: err}
+		}
+	}
+	return nil
+}
+
 // deepPath returns the relative path of n nested directories l00/l01/...
 func deepPath(n int) string {
 	parts := make([]string, n)
@@ -322,21 +338,32 @@ func TestTreeBasics(t *testing.T) {
 	require.Equal(t, 0, f.Wait(patience))
 	treeWaitFree(t, e, m, "team/app/f")
 
-	// Names in a directory that does not exist do not exist.
+	// Names in a directory that does not exist cannot be reached. Every
+	// valid name that is not a lock directory is a (free) lock file, as
+	// at the top level (a read-only open of a free name works), so the
+	// path stops there with ENOTDIR; only mkdir(2) sees no entry.
 	for _, c := range []struct{ view, mode string }{
 		{"", "w"}, {"", "rw"}, {".try", "w"}, {".try", "r"}, {".shared", "r"}, {".timeout/1", "w"}, {".flock", "r"},
 	} {
 		path := inView(m, c.view, "nodir/x")
-		assert.Equal(t, "ENOENT", openOnce(t, e, path, c.mode, false), "open(%s) of %s", c.mode, path)
+		assert.Equal(t, "ENOTDIR", openOnce(t, e, path, c.mode, false), "open(%s) of %s", c.mode, path)
 	}
-	assert.Equal(t, "ENOENT", openOnce(t, e, inView(m, "", "team/nodir/x"), "w", false), "a missing directory below an existing one")
-	assert.ErrorIs(t, unix.Mkdir(d.Path("nodir/sub"), 0o755), unix.ENOENT, "mkdir below a missing directory")
+	assert.Equal(t, "ENOTDIR", openOnce(t, e, inView(m, "", "team/nodir/x"), "w", false), "a missing directory below an existing one")
+	assert.ErrorIs(t, unix.Mkdir(d.Path("nodir2/sub"), 0o755), unix.ENOENT, "mkdir below a missing directory")
+	// nodir/sub: ENOTDIR while the kernel keeps the entry of the lock file
+	// nodir from the opens above (the attribute timeout), ENOENT after.
+	err = unix.Mkdir(d.Path("nodir/sub"), 0o755)
+	assert.True(t, errors.Is(err, unix.ENOTDIR) || errors.Is(err, unix.ENOENT), "mkdir below the lock file nodir: %v", err)
+	for _, dir := range []string{"nodir", "nodir2"} {
+		_, err := statAttr(t, d.Path(dir))
+		require.NoError(t, err, "stat of the free name %s", dir)
+		requireAttr(t, d.Path(dir), lockFileWant(dirWant(0o777, 0, 0)))
+	}
 
-	// rmdir of empty directories; afterwards their names are gone.
+	// rmdir of empty directories; afterwards their paths are free names.
 	require.NoError(t, unix.Rmdir(d.Path("team/app/deep")))
-	_, err = statAttr(t, d.Path("team/app/deep"))
-	assert.ErrorIs(t, err, unix.ENOENT, "stat after rmdir")
-	assert.Equal(t, "ENOENT", openOnce(t, e, d.Path("team/app/deep/x"), "w", false), "a name in a removed directory")
+	requireAttr(t, d.Path("team/app/deep"), lockFileWant(dirWant(0o755, 0, 0)))
+	assert.Equal(t, "ENOTDIR", openOnce(t, e, d.Path("team/app/deep/x"), "w", false), "a name in a removed directory")
 	require.False(t, d.Exited())
 }
 
@@ -388,18 +415,20 @@ func treeRmdirAcross(t *testing.T, e *harness.Env, a, b *harness.Daemon) {
 	})
 	require.NoError(t, unix.Rmdir(b.Path("r")), "rmdir through B of r, empty now")
 	for _, d := range []*harness.Daemon{a, b} {
+		// r is a free lock name again, not a directory: the path stops
+		// there (see TestTreeBasics).
 		harness.Eventually(t, patience, func() (bool, string) {
 			got := openOnce(t, e, d.Path("r/s/x"), "w", false)
-			return got == "ENOENT", fmt.Sprintf("open of r/s/x through %s after rmdir: %s", d.Mountpoint, got)
+			return got == "ENOTDIR", fmt.Sprintf("open of r/s/x through %s after rmdir: %s", d.Mountpoint, got)
 		})
 		harness.Eventually(t, patience, func() (bool, string) {
-			_, err := statAttr(t, d.Path("r"))
-			return errors.Is(err, unix.ENOENT), fmt.Sprintf("stat of r through %s after rmdir: %v", d.Mountpoint, err)
+			a, err := statAttr(t, d.Path("r"))
+			return err == nil && a.Mode&unix.S_IFMT == unix.S_IFREG, fmt.Sprintf("stat of r through %s after rmdir: %v (%v)", d.Mountpoint, a, err)
 		})
 	}
 	// The path can be made again, and used (also through A, which knew
 	// the old directories).
-	require.NoError(t, os.MkdirAll(b.Path("r/s"), 0o755))
+	require.NoError(t, mkdirP(b.Path("r/s"), 0o755))
 	waitAttr(t, a.Path("r/s"), dirWant(0o755&^currentUmask(t), 0, 0))
 	harness.Eventually(t, patience, func() (bool, string) {
 		got := openOnce(t, e, a.Path("r/s/x"), "w", false)
@@ -451,7 +480,7 @@ func treeNestedCounter(t *testing.T, e *harness.Env, a, b *harness.Daemon) {
 	t.Helper()
 	flock := needTool(t, "flock", "util-linux")
 	const increments = 40
-	require.NoError(t, os.MkdirAll(a.Path("a/b/c"), 0o755))
+	require.NoError(t, mkdirP(a.Path("a/b/c"), 0o755))
 	waitAttr(t, b.Path("a/b/c"), dirWant(0o755&^currentUmask(t), 0, 0))
 	dir := t.TempDir()
 	nested, top := filepath.Join(dir, "nested"), filepath.Join(dir, "top")
@@ -563,9 +592,9 @@ func TestTreeStatusSubtree(t *testing.T) {
 	e := setup(t)
 	d := e.StartDaemon(t, harness.DaemonConfig{})
 	m := d.Mountpoint
-	require.NoError(t, os.MkdirAll(d.Path("team/app"), 0o755))
-	require.NoError(t, os.MkdirAll(d.Path("other"), 0o755))
-	require.NoError(t, os.MkdirAll(d.Path("teamx"), 0o755)) // a prefix of its name is not a subtree
+	require.NoError(t, mkdirP(d.Path("team/app"), 0o755))
+	require.NoError(t, mkdirP(d.Path("other"), 0o755))
+	require.NoError(t, mkdirP(d.Path("teamx"), 0o755)) // a prefix of its name is not a subtree
 
 	var hs []*harness.Proc
 	for _, n := range []string{"team/app/deploy", "team/x", "other/y", "z", "teamx/q"} {

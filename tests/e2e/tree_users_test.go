@@ -1,5 +1,3 @@
-//go:build lockfs_tree
-
 package e2e
 
 import (

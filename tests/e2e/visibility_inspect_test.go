@@ -18,7 +18,8 @@ import (
 
 // While nobody holds x exclusively and another process waits for it,
 // ls -l, stat, getxattr/listxattr and lockfs status (as nobody) show the
-// holder, token, state and waiters, and none of them blocks.
+// lock, the holder (xattrs, status), token, state and waiters, and none of
+// them blocks.
 func TestInspectHeldLock(t *testing.T) {
 	e := setup(t)
 	d := e.StartDaemon(t, harness.DaemonConfig{})
@@ -30,7 +31,10 @@ func TestInspectHeldLock(t *testing.T) {
 	require.NotZero(t, tok)
 	waiter := e.Waiter(t, x, "w")
 
-	// ls -l: owner is the holder's uid, the mtime is the grant time.
+	// ls -l: owner and group are the root directory's (the daemon's,
+	// root), so that the kernel's permission checks use them; the holder
+	// is in user.lockfs.holders and lockfs status; the mtime is the grant
+	// time.
 	before := time.Now()
 	ents := withTimeout(t, patience, "readdir", func() ([]os.DirEntry, error) { return os.ReadDir(d.Mountpoint) })
 	require.Len(t, ents, 1)
@@ -39,8 +43,8 @@ func TestInspectHeldLock(t *testing.T) {
 		var st unix.Stat_t
 		return st, unix.Lstat(x, &st)
 	})
-	assert.Equal(t, uint32(65534), st.Uid, "owner is the holder's uid")
-	assert.Equal(t, uint32(65534), st.Gid, "group is the holder's gid")
+	assert.Equal(t, uint32(0), st.Uid, "owner is the directory's")
+	assert.Equal(t, uint32(0), st.Gid, "group is the directory's")
 	mtime := time.Unix(st.Mtim.Unix())
 	assert.WithinDuration(t, before, mtime, time.Minute, "mtime is the grant time")
 	assert.Equal(t, uint32(syscall.S_IFREG|0o666), st.Mode)
@@ -48,7 +52,7 @@ func TestInspectHeldLock(t *testing.T) {
 	ls := e.Bash(t, `ls -l "$M" && stat -c 'owner %u %g' "$M/x"`, "M="+d.Mountpoint)
 	require.Equal(t, 0, ls.Wait(patience), "ls -l: %s", ls.Stderr())
 	assert.Contains(t, ls.Stdout(), " x", "ls -l lists x")
-	assert.Contains(t, ls.Stdout(), "owner 65534 65534", "stat shows the holder")
+	assert.Contains(t, ls.Stdout(), "owner 0 0", "stat shows the directory's owner, not the holder")
 
 	// Extended attributes.
 	assert.Equal(t, token, lockXattr(t, x, "user.lockfs.token"))

@@ -1,0 +1,278 @@
+package fsnode
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/lockfs/lockfs/lockengine"
+)
+
+// Lock directories: attributes, permissions and the questions only the
+// daemon can answer.
+//
+// The mount uses default_permissions: the kernel checks every path walk,
+// open, mkdir, rmdir, unlink and setattr against the attributes lockfs
+// reports. A lock directory reports its owner, group and mode (stored by
+// the engine's backend, lockengine.Tree); a lock file reports its
+// directory's owner and group and the read and write bits of its mode
+// (dirmode&0666), so that a write open needs write permission on the
+// directory, as creating a file there would. What the kernel cannot see
+// the daemon checks with the caller's credentials at the time of the
+// request (mayLock): a read-only open that takes a lock (M/.shared/NAME,
+// M/.try/NAME), and every lock call (flock, fcntl, lockf), which may come
+// through a descriptor that another user opened.
+//
+// Attributes are cached here and in the kernel for Options.AttrTimeout, so
+// that a change made through another daemon sharing the backend shows
+// within it; changes made through this daemon show at once.
+
+// dirAttrCache is a lock directory's attributes and when they were read.
+type dirAttrCache struct {
+	attr lockengine.DirAttr
+	at   time.Time
+}
+
+// dirAttr returns the attributes of lock directory path ("" is the root,
+// whose attributes come from Options.Root), from the cache when they were
+// read less than the attribute timeout ago. ErrNoDir when it does not
+// exist.
+func (f *filesystem) dirAttr(ctx context.Context, path string) (lockengine.DirAttr, error) {
+	if path == "" {
+		return f.rootAttr, nil
+	}
+	f.attrMu.Lock()
+	c, ok := f.attrs[path]
+	f.attrMu.Unlock()
+	if ok && time.Since(c.at) < f.attrTimeout {
+		return c.attr, nil
+	}
+	a, err := f.eng.StatDir(ctx, path)
+	if err != nil {
+		if errors.Is(err, lockengine.ErrNoDir) {
+			f.forgetAttr(path)
+		}
+		return lockengine.DirAttr{}, err
+	}
+	f.storeAttr(path, a)
+	return a, nil
+}
+
+// storeAttr caches a as the attributes of lock directory path.
+func (f *filesystem) storeAttr(path string, a lockengine.DirAttr) {
+	if f.attrTimeout <= 0 {
+		return
+	}
+	f.attrMu.Lock()
+	if f.attrs == nil {
+		f.attrs = make(map[string]dirAttrCache)
+	}
+	f.attrs[path] = dirAttrCache{attr: a, at: time.Now()}
+	f.attrMu.Unlock()
+}
+
+// forgetAttr drops the cached attributes of path and of everything below
+// it.
+func (f *filesystem) forgetAttr(path string) {
+	f.attrMu.Lock()
+	defer f.attrMu.Unlock()
+	delete(f.attrs, path)
+	prefix := path + "/"
+	for p := range f.attrs {
+		if strings.HasPrefix(p, prefix) {
+			delete(f.attrs, p)
+		}
+	}
+}
+
+// pruneAttrs drops the cache entries that have expired (the sweep calls
+// it, so that the cache does not keep every directory ever looked up).
+func (f *filesystem) pruneAttrs() {
+	f.attrMu.Lock()
+	defer f.attrMu.Unlock()
+	for p, c := range f.attrs {
+		if time.Since(c.at) >= f.attrTimeout {
+			delete(f.attrs, p)
+		}
+	}
+}
+
+// Permission bits as the mode's owner, group and other triplets use them.
+const (
+	permRead  = 4
+	permWrite = 2
+	permExec  = 1
+)
+
+// permits reports whether caller c has the permissions want (a mask of
+// permRead, permWrite, permExec) on a directory with attributes a, as the
+// kernel's generic_permission decides for a process without capabilities:
+// the owner's triplet for the owner, else the group's for a member of the
+// group (its primary or a supplementary group), else the other triplet.
+// Root (uid 0) may do anything.
+func permits(c *fuse.Caller, a lockengine.DirAttr, want uint32) bool {
+	if c.Uid == 0 {
+		return true
+	}
+	if c.Uid == a.UID {
+		return (a.Mode>>6)&want == want
+	}
+	group := (a.Mode>>3)&want == want
+	other := a.Mode&want == want
+	if group == other {
+		// Membership does not change the answer: no need to read the
+		// caller's supplementary groups.
+		return group
+	}
+	if inGroup(c, a.GID) {
+		return group
+	}
+	return other
+}
+
+// inGroup reports whether caller c is in group gid: its (file system)
+// group id, or one of its supplementary groups as /proc/PID/status shows
+// them now. A caller whose pid the daemon cannot see (pid 0: another pid
+// namespace) counts with its primary group only.
+func inGroup(c *fuse.Caller, gid uint32) bool {
+	if c.Gid == gid {
+		return true
+	}
+	return slices.Contains(supplementaryGroups(c.Pid), gid)
+}
+
+// supplementaryGroups returns the supplementary groups of thread pid (the
+// FUSE request header carries the calling thread's id) from the Groups
+// line of /proc/PID/status; nil when they cannot be read.
+func supplementaryGroups(pid uint32) []uint32 {
+	if pid == 0 {
+		return nil
+	}
+	data, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(pid), 10) + "/status")
+	if err != nil {
+		return nil
+	}
+	for line := range bytes.SplitSeq(data, []byte("\n")) {
+		rest, ok := bytes.CutPrefix(line, []byte("Groups:"))
+		if !ok {
+			continue
+		}
+		var out []uint32
+		for _, f := range bytes.Fields(rest) {
+			if g, err := strconv.ParseUint(string(f), 10, 32); err == nil {
+				out = append(out, uint32(g))
+			}
+		}
+		return out
+	}
+	return nil
+}
+
+// dirLabel names a lock directory in messages ("/" for the root).
+func dirLabel(path string) string {
+	if path == "" {
+		return "/"
+	}
+	return path
+}
+
+// mayLock returns nil when the caller of ctx may take a lock on name:
+// root, or a caller with write and search permission on the name's
+// directory, as creating a file there would need. Otherwise an error
+// wrapping EACCES (ErrNoDir when the directory does not exist). A
+// context without a FUSE caller (the daemon itself, tests) may.
+func (f *filesystem) mayLock(ctx context.Context, name string) error {
+	c, ok := fuse.FromContext(ctx)
+	if !ok || c.Uid == 0 {
+		return nil
+	}
+	dir, _ := lockengine.SplitName(name)
+	a, err := f.dirAttr(ctx, dir)
+	if err != nil {
+		return fmt.Errorf("lock %q: %w", name, err)
+	}
+	if permits(c, a, permWrite|permExec) {
+		return nil
+	}
+	return fmt.Errorf("lock %q: uid %d (gid %d) may not write to lock directory %s (owner %d:%d, mode %#o): %w",
+		name, c.Uid, c.Gid, dirLabel(dir), a.UID, a.GID, a.Mode&0o7777, syscall.EACCES)
+}
+
+// callerInMkdir reports whether the caller of ctx is in mkdir(2) or
+// mkdirat(2) right now, as /proc/PID/syscall shows (the daemon runs as
+// root or as the caller's user, which may read it).
+//
+// Every valid name exists as a lock file, so that opens never need CREATE
+// (which would hold the directory's lock while waiting) and read-only
+// opens of free names work. But the kernel answers mkdir(2) with EEXIST
+// when the lookup of the new name is positive, without asking the
+// filesystem, and FUSE_LOOKUP does not say why the kernel looks a name up.
+// So a lookup of a free name answers ENOENT when its caller is making a
+// directory; every other lookup sees a lock file. A caller in a pid
+// namespace the daemon cannot see (pid 0) is not recognised: its mkdir
+// of a new name fails with EEXIST.
+func callerInMkdir(ctx context.Context) bool {
+	c, ok := fuse.FromContext(ctx)
+	if !ok || c.Pid == 0 {
+		return false
+	}
+	data, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(c.Pid), 10) + "/syscall")
+	if err != nil {
+		return false
+	}
+	// "NR ARGS... SP PC" while blocked in a system call; "running" or
+	// "-1 SP PC" otherwise.
+	nr, _, _ := bytes.Cut(bytes.TrimSpace(data), []byte(" "))
+	n, err := strconv.ParseInt(string(nr), 10, 64)
+	return err == nil && slices.Contains(mkdirSyscalls, n)
+}
+
+// invalidateDir asks the kernel to drop the attributes it caches of the
+// nodes that show lock directory path, in the tree and under every view
+// (.try, .shared, .flock, .timeout/SECS), and of the lock files in them:
+// they report the directory's owner and mode, which changed. The
+// invalidation (FUSE_NOTIFY_INVAL_INODE, without pages) takes no inode
+// lock in the kernel, so it is safe from within a request.
+func (r *lockDir) invalidateDir(path string) {
+	tops := []*fs.Inode{r.EmbeddedInode()}
+	for _, v := range r.reserved {
+		if _, ok := v.Operations().(*timeoutDir); ok {
+			for _, td := range v.Children() {
+				tops = append(tops, td)
+			}
+			continue
+		}
+		tops = append(tops, v)
+	}
+	var comps []string
+	if path != "" {
+		comps = strings.Split(path, "/")
+	}
+	for _, top := range tops {
+		n := top
+		for _, c := range comps {
+			if n = n.GetChild(c); n == nil {
+				break
+			}
+		}
+		if n == nil {
+			continue
+		}
+		_ = n.NotifyContent(-1, 0)
+		for _, ch := range n.Children() {
+			if _, ok := ch.Operations().(*lockNode); ok {
+				_ = ch.NotifyContent(-1, 0)
+			}
+		}
+	}
+}
