@@ -306,6 +306,15 @@ func runSoak(args []string) error {
 	}
 	r.print(rep, elapsed, lockFiles, lockNames)
 	if len(rep.violations) > 0 {
+		// The temp dir goes with the cleanup; the client logs are what
+		// a violation is diagnosed from.
+		if kept, err := os.MkdirTemp("", "lockfs-soak-logs-"); err == nil {
+			if err := os.CopyFS(kept, os.DirFS(r.logs)); err == nil {
+				fmt.Printf("client and chaos logs kept in %s\n", kept)
+			} else {
+				fmt.Fprintf(os.Stderr, "lockfs-bench: keeping the logs: %v\n", err)
+			}
+		}
 		return fmt.Errorf("%d violations", len(rep.violations))
 	}
 	return nil
