@@ -8,10 +8,10 @@ import "time"
 // waiter (see docs/benchmarks.md, Memory).
 //
 // Durations between stamps are monotonic, like those between time.Now
-// readings. A stamp converts back to a time.Time as now minus its age, so
-// the wall reading follows the current wall clock: a clock stepped after
-// the process started shifts the reported moments with it instead of
-// leaving them off by the step.
+// readings. The time.Time a stamp converts back to is clockBase plus the
+// monotonic time elapsed: should the wall clock be stepped after the
+// process started, its wall reading differs from what time.Now said at
+// that moment by the step.
 type stamp int64
 
 // clockBase is the origin of stamps.
@@ -20,12 +20,8 @@ var clockBase = time.Now()
 // clockNow returns the current stamp.
 func clockNow() stamp { return stamp(time.Since(clockBase)) }
 
-// Time returns s as a time.Time (with a monotonic reading): the current
-// time minus s's age.
-func (s stamp) Time() time.Time {
-	now := time.Now()
-	return now.Add(-time.Duration(stamp(now.Sub(clockBase)) - s))
-}
+// Time returns s as a time.Time (with a monotonic reading).
+func (s stamp) Time() time.Time { return clockBase.Add(time.Duration(s)) }
 
 // Sub returns the duration s-t.
 func (s stamp) Sub(t stamp) time.Duration { return time.Duration(s - t) }
