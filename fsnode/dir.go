@@ -440,6 +440,14 @@ func (d *lockDir) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 	return fs.NewListDirStream(list), 0
 }
 
+// metadataCtx is the context of the engine calls that change lock
+// directories (mkdir, rmdir, chmod, chown): ctx without its cancellation,
+// which go-fuse delivers when the caller gets a signal (FUSE_INTERRUPT).
+// A signal does not interrupt these calls on a local filesystem, and
+// programs do not retry them on EINTR (Go's os.Remove does not); the
+// backends bound each call by their own timeouts.
+func metadataCtx(ctx context.Context) context.Context { return context.WithoutCancel(ctx) }
+
 // Mkdir makes lock directory name here (not under a view): owned by the
 // caller, with the mode the kernel passes (the request's, umask applied);
 // in a set-group-ID directory it gets the directory's group and the
@@ -471,7 +479,7 @@ func (d *lockDir) Mkdir(ctx context.Context, name string, mode uint32, out *fuse
 	if err != nil {
 		return nil, d.fsys.fail("mkdir", full, 0, err)
 	}
-	if err := d.fsys.eng.Mkdir(ctx, full, a); err != nil {
+	if err := d.fsys.eng.Mkdir(metadataCtx(ctx), full, a); err != nil {
 		if charged {
 			d.fsys.lim.unchargeDir(a.UID)
 		}
@@ -499,8 +507,9 @@ func (d *lockDir) Rmdir(ctx context.Context, name string) syscall.Errno {
 	if err := validLockName(name); err != nil {
 		return d.fsys.fail("rmdir", full, 0, err)
 	}
-	a, aerr := d.fsys.eng.StatDir(ctx, full)
-	if err := d.fsys.eng.Rmdir(ctx, full); err != nil {
+	mctx := metadataCtx(ctx)
+	a, aerr := d.fsys.eng.StatDir(mctx, full)
+	if err := d.fsys.eng.Rmdir(mctx, full); err != nil {
 		return d.fsys.fail("rmdir", full, 0, err)
 	}
 	d.fsys.forgetAttr(full)
@@ -528,7 +537,8 @@ func (d *lockDir) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttr
 	if in.Valid&change == 0 {
 		return d.Getattr(ctx, f, out)
 	}
-	old, err := d.fsys.eng.StatDir(ctx, d.path)
+	mctx := metadataCtx(ctx)
+	old, err := d.fsys.eng.StatDir(mctx, d.path)
 	if err != nil {
 		return d.fsys.fail("setattr", d.path, 0, err)
 	}
@@ -537,7 +547,7 @@ func (d *lockDir) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttr
 		return d.fsys.fail("setattr", d.path, 0, fmt.Errorf("lock directory %q: %w", d.path, err))
 	}
 	if a != old {
-		if err := d.fsys.eng.SetDirAttr(ctx, d.path, a); err != nil {
+		if err := d.fsys.eng.SetDirAttr(mctx, d.path, a); err != nil {
 			return d.fsys.fail("setattr", d.path, 0, err)
 		}
 		if a.UID != old.UID {

@@ -111,7 +111,12 @@ func TestRequestsPerOpen(t *testing.T) {
 			var other []string
 			for op := range counts {
 				switch op {
-				case "OPEN", "RELEASE", "LOOKUP", "GETATTR", "GETXATTR":
+				// INTERRUPT comes from a signal to the opener (the Go
+				// runtime's preemption), not from lockfs: the kernel
+				// sends it, and sends it again while the daemon has
+				// not read the interrupted request yet (go-fuse answers
+				// EAGAIN then), so one signal may show as many.
+				case "OPEN", "RELEASE", "LOOKUP", "GETATTR", "GETXATTR", "INTERRUPT":
 				default:
 					other = append(other, op)
 				}
