@@ -226,12 +226,21 @@ func callerInMkdir(ctx context.Context) bool {
 	if !ok || c.Pid == 0 {
 		return false
 	}
-	data, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(c.Pid), 10) + "/syscall")
-	if err != nil {
-		return false
+	path := "/proc/" + strconv.FormatUint(uint64(c.Pid), 10) + "/syscall"
+	// "NR ARGS... SP PC" while blocked in a system call; "running" while
+	// on a CPU, which a caller waiting for this reply is only briefly (a
+	// signal woke it to send FUSE_INTERRUPT, say): read again then.
+	var data []byte
+	for range 200 {
+		var err error
+		if data, err = os.ReadFile(path); err != nil {
+			return false
+		}
+		if !bytes.HasPrefix(data, []byte("running")) {
+			break
+		}
+		time.Sleep(50 * time.Microsecond)
 	}
-	// "NR ARGS... SP PC" while blocked in a system call; "running" or
-	// "-1 SP PC" otherwise.
 	nr, _, _ := bytes.Cut(bytes.TrimSpace(data), []byte(" "))
 	n, err := strconv.ParseInt(string(nr), 10, 64)
 	return err == nil && slices.Contains(mkdirSyscalls, n)
