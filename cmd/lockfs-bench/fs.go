@@ -4,10 +4,11 @@ package main
 // measured side by side in one run on this machine (root, gcc, bash and
 // util-linux flock needed).
 //
-//	lockfs-bench fs [-lockfs PATH] [-lockfs-env K=V,...] [-parts trace,1,2,3,4,calls,cross]
+//	lockfs-bench fs [-lockfs PATH] [-lockfs-env K=V,...] [-parts trace,1,2,3,4,calls,cross,tree]
 //	                [-n N] [-chunk N] [-rounds R] [-bash N] [-handoffs N]
 //	                [-handoff-runs R] [-blocked N] [-names N] [-probe N]
 //	                [-cross-clients N] [-base-lockfs PATH]
+//	                [-tree-depth N] [-tree-wide N]
 //
 // It mounts lockfs (the daemon as a subprocess, on a temp mountpoint with a
 // temp state dir) and the floor, a no-op go-fuse filesystem served by a
@@ -27,6 +28,9 @@ package main
 //	cross  handoff between two daemons on one state directory (latency,
 //	       share of grants per daemon), against one daemon and local flock
 //	       (fs_cross.go; not in the default parts)
+//	tree   open+close of names in lock directories (M/a/b/c/name, a deep
+//	       chain, a wide directory) against M/name (fs_tree.go; not in
+//	       the default parts)
 //
 // Everything it starts is stopped, unmounted and removed at the end, on
 // error and on SIGINT/SIGTERM.
@@ -68,6 +72,34 @@ type fsConfig struct {
 	baseLockfs   string
 	// part 4
 	settle time.Duration
+	// tree part
+	treeDepth int
+	treeWide  int
+}
+
+// fsParts are the parts 'lockfs-bench fs -parts' knows, in the order they
+// run.
+var fsParts = []string{"trace", "1", "2", "3", "4", "calls", "cross", "tree"}
+
+// parseParts parses the -parts list (comma-separated, blanks around names
+// ignored) into the set of parts to run; a name not in fsParts is an
+// error, so that a typo does not silently measure nothing.
+func parseParts(s string) (map[string]bool, error) {
+	want := map[string]bool{}
+	for p := range strings.SplitSeq(s, ",") {
+		p = strings.TrimSpace(p)
+		if p == "" {
+			continue
+		}
+		if !slices.Contains(fsParts, p) {
+			return nil, fmt.Errorf("fs: unknown part %q in -parts (known: %s)", p, strings.Join(fsParts, ","))
+		}
+		want[p] = true
+	}
+	if len(want) == 0 {
+		return nil, fmt.Errorf("fs: -parts %q names no part (known: %s)", s, strings.Join(fsParts, ","))
+	}
+	return want, nil
 }
 
 func runFS(args []string) error {
@@ -75,7 +107,7 @@ func runFS(args []string) error {
 	var c fsConfig
 	fl.StringVar(&c.lockfs, "lockfs", "", "lockfs binary (default: go build ./cmd/lockfs of the module around the working dir, else lockfs next to this binary)")
 	fl.IntVar(&c.n, "n", 20000, "open+close per uncontended round")
-	fl.StringVar(&c.parts, "parts", "trace,1,2,3,4,calls", "which figures to measure (comma-separated: trace,1,2,3,4,calls,cross)")
+	fl.StringVar(&c.parts, "parts", "trace,1,2,3,4,calls", "which figures to measure (comma-separated: trace,1,2,3,4,calls,cross,tree)")
 	fl.IntVar(&c.chunk, "chunk", 1000, "uncontended figure: operations per case before switching to the next case")
 	fl.IntVar(&c.rounds, "rounds", 5, "interleaved rounds of the uncontended and bash figures")
 	fl.IntVar(&c.bashN, "bash", 1000, "iterations of the bash loops")
@@ -86,6 +118,8 @@ func runFS(args []string) error {
 	fl.IntVar(&c.probeN, "probe", 3000, "open+close per round of the unrelated-name probe")
 	fl.IntVar(&c.crossClients, "cross-clients", 2, "cross part: clients per mount")
 	fl.DurationVar(&c.settle, "settle", 100*time.Second, "part 4: how long to follow the daemon's RSS after a burst ends")
+	fl.IntVar(&c.treeDepth, "tree-depth", 32, "tree part: levels of the deep chain d00/d01/...")
+	fl.IntVar(&c.treeWide, "tree-wide", 10000, "tree part: directories under M/wide")
 	fl.StringVar(&c.baseLockfs, "base-lockfs", "", "cross part: also measure two daemons of this lockfs binary (e.g. an older build)")
 	serveFloorAt := fl.String("serve-floor", "", "internal: serve the floor filesystem at this mountpoint")
 	lockFlag := fl.Bool("floor-lock", false, "internal: with -serve-floor, make each file an in-memory mutex")
@@ -96,6 +130,10 @@ func runFS(args []string) error {
 		return serveFloor(*serveFloorAt, *lockFlag, *debugFlag)
 	}
 	c.bashRounds = c.rounds
+	want, err := parseParts(c.parts)
+	if err != nil {
+		return err
+	}
 
 	tmp, err := os.MkdirTemp("", "lockfs-bench-fs-")
 	if err != nil {
@@ -130,10 +168,6 @@ func runFS(args []string) error {
 	fmt.Printf("lockfs-bench fs: lockfs %s (%s)%s; %d CPUs; load average %s at start\n",
 		lockfsBin, how, env, runtime.NumCPU(), loadavg())
 
-	want := map[string]bool{}
-	for p := range strings.SplitSeq(c.parts, ",") {
-		want[strings.TrimSpace(p)] = true
-	}
 	if want["trace"] {
 		if err := b.traceRequests(); err != nil {
 			return err
@@ -187,6 +221,11 @@ func runFS(args []string) error {
 	}
 	if want["cross"] {
 		if err := b.crossDaemons(c); err != nil {
+			return err
+		}
+	}
+	if want["tree"] {
+		if err := b.treeOpens(c); err != nil {
 			return err
 		}
 	}

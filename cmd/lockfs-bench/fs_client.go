@@ -20,7 +20,9 @@ import (
 //
 //	open PATH N             N x open(O_RDWR)+close; prints the elapsed ns
 //	multi N CHUNK SPEC...   N x open+close (o:PATH; a:PATH alternates PATH and
-//	                        PATH-b; t:PATH opens like the shell's >) or
+//	                        PATH-b; t:PATH opens like the shell's >; w:PATH
+//	                        opens O_WRONLY; n:PATH opens O_WRONLY a fresh
+//	                        name PATH.PID.I each time) or
 //	                        open+flock+unlock+close (f:PATH; l:PATH opens
 //	                        O_RDONLY) per SPEC, in alternating chunks;
 //	                        prints ns each
@@ -94,13 +96,15 @@ int main(int argc, char **argv) {
 		/* multi N CHUNK SPEC...: N operations on each SPEC ("o:PATH" for
 		   open+close, "a:PATH" for open+close alternating between PATH
 		   and PATH-b, "t:PATH" for a shell-style open (O_WRONLY|O_CREAT|
-		   O_TRUNC)+close, "f:PATH" for open+flock+unlock+close, "l:PATH"
+		   O_TRUNC)+close, "w:PATH" for open(O_WRONLY)+close, "n:PATH" for
+		   open(O_WRONLY)+close of a fresh name PATH.PID.I each time (its
+		   first lookup), "f:PATH" for open+flock+unlock+close, "l:PATH"
 		   for open(O_RDONLY)+flock+unlock+close), run in alternating
 		   chunks of CHUNK so that all see the same machine; prints the
 		   total ns of each SPEC, one per line. */
 		long n = atol(argv[2]), chunk = atol(argv[3]);
 		int k = argc - 4;
-		long long *tot = calloc(k, sizeof *tot);
+		long long *tot = calloc(k, sizeof *tot), fresh = 0;
 		if (!tot) die("calloc", "");
 		for (long done = 0; done < n; done += chunk) {
 			long m = n - done < chunk ? n - done : chunk;
@@ -109,6 +113,7 @@ int main(int argc, char **argv) {
 				char alt[4096];
 				int fl = spec[0] == 'f' || spec[0] == 'l', tr = spec[0] == 't';
 				int rd = spec[0] == 'l';
+				int wr = spec[0] == 'w' || spec[0] == 'n', nw = spec[0] == 'n';
 				ps[0] = ps[1] = spec + 2;
 				if (spec[0] == 'a') {
 					snprintf(alt, sizeof alt, "%s-b", spec + 2);
@@ -117,7 +122,12 @@ int main(int argc, char **argv) {
 				long long t0 = now();
 				for (long i = 0; i < m; i++) {
 					const char *p = ps[i & 1];
+					if (nw) {
+						snprintf(alt, sizeof alt, "%s.%d.%lld", spec + 2, (int)getpid(), fresh++);
+						p = alt;
+					}
 					int fd = rd ? open(p, O_RDONLY | O_CLOEXEC)
+					     : wr ? open(p, O_WRONLY | O_CLOEXEC)
 					     : fl ? open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0644)
 					     : tr ? open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666)
 						  : open(p, O_RDWR | O_CLOEXEC);
@@ -235,8 +245,8 @@ func (b *fsBench) clientNs(mode, path string, n int) (float64, error) {
 }
 
 // multiNs runs the client's multi mode: n operations on each spec
-// ("o:PATH", "f:PATH") in alternating chunks; it returns ns per operation
-// for each spec.
+// ("o:PATH", "w:PATH", "f:PATH", ...; see clientC) in alternating chunks;
+// it returns ns per operation for each spec.
 func (b *fsBench) multiNs(n, chunk int, specs ...string) ([]float64, error) {
 	args := append([]string{"multi", strconv.Itoa(n), strconv.Itoa(chunk)}, specs...)
 	cmd := exec.Command(b.client, args...)
