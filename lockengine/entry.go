@@ -196,22 +196,21 @@ func (e *entry) popWaiter() {
 
 // removeWaiter removes w from the queue, clearing the slot it leaves (see
 // popWaiter). Called with e.mu held.
-func (e *entry) removeWaiter(w *waiter) {
-	if i := slices.Index(e.waiters, w); i >= 0 {
-		e.waiters = slices.Delete(e.waiters, i, i+1)
-		if len(e.waiters) == 0 {
-			e.waiters = nil
-		}
-	}
-}
+func (e *entry) removeWaiter(w *waiter) { e.waiters = without(e.waiters, w) }
 
-func (e *entry) dropLost(g *group) {
-	if i := slices.Index(e.lost, g); i >= 0 {
-		e.lost = slices.Delete(e.lost, i, i+1)
-		if len(e.lost) == 0 {
-			e.lost = nil
-		}
+// dropLost removes g from the lost groups. Called with e.mu held.
+func (e *entry) dropLost(g *group) { e.lost = without(e.lost, g) }
+
+// without returns s without its first x (slices.Delete clears the slot
+// left at the end), and nil when that empties it, so that the array goes.
+func without[T comparable](s []T, x T) []T {
+	if i := slices.Index(s, x); i >= 0 {
+		s = slices.Delete(s, i, i+1)
 	}
+	if len(s) == 0 {
+		return nil
+	}
+	return s
 }
 
 // nameError is the error "lock NAME: err" of the request paths that fail

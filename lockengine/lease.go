@@ -30,11 +30,12 @@ type Lease struct {
 	err    error
 	done   chan struct{} // guarded by doneMu; made on first Done call or by end
 	doneMu sync.Mutex
+	ended  atomic.Bool // see doneMu
+
 	once   sync.Once
-	owner  Owner
-	mode   Mode
-	listed bool // guarded by e.mu
-	ended  atomic.Bool
+	owner  Owner // set at grant, immutable
+	mode   Mode  // set at grant, immutable
+	listed bool  // guarded by e.mu
 }
 
 // closedChan is the Done channel of leases that ended before anyone asked.

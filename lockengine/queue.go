@@ -109,6 +109,9 @@ func (q *Queue) TryAcquire(ctx context.Context, name string, mode Mode) (*Lease,
 func (q *Queue) acquire(ctx context.Context, name string, mode Mode, try bool) (*Lease, error) {
 	l, e, w, err := q.enqueue(ctx, name, mode, try)
 	if w == nil {
+		if e != nil {
+			q.unref(e)
+		}
 		return l, err
 	}
 	return q.wait(ctx, e, w)
@@ -116,8 +119,9 @@ func (q *Queue) acquire(ctx context.Context, name string, mode Mode, try bool) (
 
 // enqueue grants the request at once when it can, or fails it (always
 // when try is set and the name cannot be granted at once), returning a nil
-// waiter; otherwise it queues it and returns the entry, with a reference
-// the caller hands to wait, and the waiter.
+// waiter; otherwise it queues it and returns the waiter. Once it has
+// referenced the name's entry it returns it, with that reference, which
+// the caller drops (or hands to wait).
 //
 //go:noinline
 func (q *Queue) enqueue(ctx context.Context, name string, mode Mode, try bool) (*Lease, *entry, *waiter, error) {
@@ -140,8 +144,7 @@ func (q *Queue) enqueue(ctx context.Context, name string, mode Mode, try bool) (
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()
-		q.unref(e)
-		return nil, nil, nil, ErrClosed
+		return nil, e, nil, ErrClosed
 	}
 	var w *waiter
 	if len(e.waiters) == 0 && e.busy == notBusy {
@@ -154,12 +157,11 @@ func (q *Queue) enqueue(ctx context.Context, name string, mode Mode, try bool) (
 			if l != nil || err != nil || try {
 				q.dispatch(e)
 				e.mu.Unlock()
-				q.unref(e)
 				if l == nil && err == nil {
 					err = nameErr(name, ErrWouldBlock)
 				}
 				l, err = unlessEnded(ctx, name, l, err)
-				return l, nil, nil, err
+				return l, e, nil, err
 			}
 			// Held elsewhere: wait at the head of the queue, ahead of
 			// anyone who queued during the attempt.
@@ -170,18 +172,21 @@ func (q *Queue) enqueue(ctx context.Context, name string, mode Mode, try bool) (
 			if joined {
 				q.dispatch(e) // requests that queued during a Bump
 				e.mu.Unlock()
-				q.unref(e)
 				l, err = unlessEnded(ctx, name, l, err)
-				return l, nil, nil, err
+				return l, e, nil, err
 			}
 			// The group changed during the Bump: queue.
 		}
 	}
 	if w == nil {
-		if try {
+		switch {
+		case e.closed:
+			// Closed while joinNow's Bump left e.mu.
 			e.mu.Unlock()
-			q.unref(e)
-			return nil, nil, nil, nameErr(name, ErrWouldBlock)
+			return nil, e, nil, ErrClosed
+		case try:
+			e.mu.Unlock()
+			return nil, e, nil, nameErr(name, ErrWouldBlock)
 		}
 		w = newWaiter(mode, owner, start)
 		e.waiters = append(e.waiters, w)
@@ -359,12 +364,10 @@ func (q *Queue) joinNow(e *entry, mode Mode, owner Owner, start stamp) (l *Lease
 		case e.closed:
 			return nil, ErrClosed, true
 		case err != nil && q.lostOnBump(e, g, err):
-			// lostOnBump gave the hold back without e.mu: Close
-			// may have run meanwhile.
-			if e.closed {
-				return nil, ErrClosed, true
-			}
-			return nil, nil, false // wait for a new grant
+			// Wait for a new grant. lostOnBump gave the hold back
+			// without e.mu, so Close may have run meanwhile: the
+			// caller checks before it queues.
+			return nil, nil, false
 		case err != nil:
 			return nil, fmt.Errorf("lock %q: %w", e.name, err), true
 		case e.group != g || !e.admits(g, mode):
@@ -474,10 +477,7 @@ func (q *Queue) dispatch(e *entry) {
 				return // the bump grants it and dispatches again
 			}
 			e.popWaiter()
-			now := clockNow()
-			w.lease = q.grant(e, g, w.mode, w.owner, now)
-			q.obs.Granted(e.name, w.mode, now.Sub(w.since))
-			close(w.ready)
+			q.grantWaiter(e, g, w, clockNow())
 			continue
 		}
 		switch e.busy {

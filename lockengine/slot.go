@@ -112,7 +112,7 @@ func (s *Slot) enter(ctx context.Context) error {
 		select {
 		case <-idle:
 		case <-ctx.Done():
-			return fmt.Errorf("lock %q: %w", s.name, ctx.Err())
+			return nameErr(s.name, ctx.Err())
 		}
 		s.mu.Lock()
 	}

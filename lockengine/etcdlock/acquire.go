@@ -92,7 +92,7 @@ func (b *Backend) acquire(ctx context.Context, name string, mode lockengine.Mode
 			// The session lease died before the keepalive loop noticed: end the
 			// session (its holds are lost anyway) and retry once with a
 			// new one.
-			s.end(fmt.Errorf("%w: lease %s not found", ErrSessionExpired, leaseHex(s.id)))
+			s.endLeaseGone()
 			continue
 		}
 		if errors.Is(err, errLeaseGone) {
@@ -367,7 +367,6 @@ func (b *Backend) grantAt(ctx context.Context, r *request, gen, at int64, lost f
 // ends), or deleted by someone while the lease lives (errRequeue: acquire
 // queues a new request). One round trip asks etcd which.
 func (b *Backend) keyGone(ctx context.Context, r *request) error {
-	r.s.check()
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("etcdlock: lock %q: %w", r.k.name, err)
 	}
@@ -382,7 +381,7 @@ func (b *Backend) keyGone(ctx context.Context, r *request) error {
 	case err != nil:
 		return b.requestErr(ctx, r.s, r.k.name, "wait", err)
 	case ttl.TTL <= 0:
-		r.s.end(fmt.Errorf("%w: lease %s not found", ErrSessionExpired, leaseHex(r.s.id)))
+		r.s.endLeaseGone()
 		return expired
 	}
 	return fmt.Errorf("etcdlock: lock %q: %w: %s", r.k.name, errRequeue, r.key)

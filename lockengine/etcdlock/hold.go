@@ -62,10 +62,9 @@ func (h *hold) Bump() (uint64, error) {
 		// lease. The watch reports it too, but maybe not yet; end the
 		// hold now so that Valid is false when Bump returns (the Queue
 		// then treats the grant as lost, not the bump as failed). The
-		// lost callback runs in another goroutine: the Queue's waits
-		// for this Bump.
-		r.s.check()
-		h.loseAsync(fmt.Errorf("%w: key %s gone (bump)", ErrKeyDeleted, r.key))
+		// lost callback runs in the background: the Queue's waits for
+		// this Bump.
+		h.keyDeleted("key "+r.key+" gone (bump)", true)
 		return 0, fmt.Errorf("etcdlock: bump %q: %w", r.k.name, lockengine.ErrNotHeld)
 	}
 	tok := uint64(resp.Header.Revision)
@@ -136,11 +135,21 @@ func (h *hold) lose(cause error) {
 	}
 }
 
-// loseAsync is lose with the lost callback called from another goroutine;
-// the hold is ended (Valid false) when it returns.
-func (h *hold) loseAsync(cause error) {
-	if err := h.end(cause); err != nil {
-		go h.lost(err)
+// keyDeleted reports the hold lost because its key is gone (ErrKeyDeleted,
+// with detail) and pokes the session: lease expiry or revocation deletes
+// the key too, and the session must find out at once. The hold is ended
+// (Valid false) when it returns; with background set, the lost callback
+// runs through goBackground, so not at all once the backend is closing,
+// as session.end's callbacks.
+func (h *hold) keyDeleted(detail string, background bool) {
+	h.r.s.check()
+	err := h.end(fmt.Errorf("%w: %s", ErrKeyDeleted, detail))
+	switch {
+	case err == nil:
+	case background:
+		h.r.s.b.goBackground(func() { h.lost(err) })
+	default:
+		h.lost(err)
 	}
 }
 
@@ -180,10 +189,7 @@ func (h *hold) watchLoop(ctx context.Context, from int64) {
 					if ctx.Err() != nil {
 						return
 					}
-					// Lease expiry or revocation deletes the key too: let
-					// the session find out (and lose everything) at once.
-					r.s.check()
-					h.lose(fmt.Errorf("%w: key %s deleted at revision %d", ErrKeyDeleted, r.key, ev.Kv.ModRevision))
+					h.keyDeleted(fmt.Sprintf("key %s deleted at revision %d", r.key, ev.Kv.ModRevision), false)
 					return
 				}
 			}
@@ -202,8 +208,7 @@ func (h *hold) watchLoop(ctx context.Context, from int64) {
 				return
 			}
 		case len(resp.Kvs) == 0 || resp.Kvs[0].CreateRevision != r.rev:
-			r.s.check()
-			h.lose(fmt.Errorf("%w: key %s gone", ErrKeyDeleted, r.key))
+			h.keyDeleted("key "+r.key+" gone", false)
 			return
 		default:
 			from = resp.Header.Revision + 1

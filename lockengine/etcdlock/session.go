@@ -181,6 +181,12 @@ func (s *session) check() {
 	}
 }
 
+// endLeaseGone ends the session because etcd does not know its lease
+// any more.
+func (s *session) endLeaseGone() {
+	s.end(fmt.Errorf("%w: lease %s not found", ErrSessionExpired, leaseHex(s.id)))
+}
+
 // end ends the session because of cause (wrapping ErrSessionExpired): every
 // hold is reported lost (from another goroutine), waits under the session
 // stop, and the session lease is revoked in the background in case etcd still
