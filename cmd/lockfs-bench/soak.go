@@ -102,6 +102,7 @@ type soakRun struct {
 	etcdURL string
 
 	cleanOnce sync.Once
+	ending    bool // under mu: the run kills the clients left, their exits are not recorded
 }
 
 type soakSlot struct {
@@ -118,8 +119,9 @@ type soakProc struct {
 
 // soakEvent is an event the checker needs: kind "daemon-kill" (slot =
 // mount index), "daemon-up" (a daemon of slot is mounted), "daemon-stop"
-// (the final SIGTERM of slot's daemon), "client-kill" (pid, log) or
-// "break" (name). t is CLOCK_MONOTONIC ns, taken before a kill or stop and
+// (the final SIGTERM of slot's daemon), "client-kill" (pid, log),
+// "client-exit" (pid, log; name = the exit error: a client that failed or
+// died before the end, for whatever reason) or "break" (name). t is CLOCK_MONOTONIC ns, taken before a kill or stop and
 // after a start.
 type soakEvent struct {
 	kind string
@@ -283,6 +285,9 @@ func runSoak(args []string) error {
 	} else {
 		lockFiles, lockNames = countDir(filepath.Join(r.state, "locks"))
 	}
+	r.mu.Lock()
+	r.ending = true // the kills below are of stuck clients, reported as such
+	r.mu.Unlock()
 	r.b.killClients()
 	elapsed := time.Since(start)
 
@@ -450,9 +455,16 @@ func (r *soakRun) startClient(mounts []string, until int64, extra ...string) err
 	r.clients[cmd.Process.Pid] = p
 	r.mu.Unlock()
 	go func() {
-		_ = r.b.wait(cmd)
+		err := r.b.wait(cmd)
+		t := monoNow()
 		r.mu.Lock()
 		delete(r.clients, cmd.Process.Pid)
+		if err != nil && !r.ending {
+			// Recorded for the checker: a chaos kill explains a
+			// "signal: killed"; anything else is a client that failed
+			// (its panic, if any, went to stderr).
+			r.events = append(r.events, soakEvent{kind: "client-exit", t: t, pid: cmd.Process.Pid, log: log, name: err.Error()})
+		}
 		r.mu.Unlock()
 		close(p.done)
 	}()

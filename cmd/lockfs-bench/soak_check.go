@@ -134,11 +134,14 @@ func downWindows(events []soakEvent) map[int][]soakWindow {
 func checkSoak(logs []string, events []soakEvent, startMono, endMono int64) *soakReport {
 	rep := &soakReport{grants: map[string]int{}, lost: map[string]int{}, errnos: map[string]int{}, finalFails: map[string]int{}}
 	kills := map[string]soakEvent{} // client kills by log file
+	exits := map[string]soakEvent{} // clients' failed exits by log file
 	daemonKills := map[int][]int64{}
 	for _, e := range events {
 		switch e.kind {
 		case "client-kill":
 			kills[e.log] = e
+		case "client-exit":
+			exits[e.log] = e
 		case "daemon-kill":
 			daemonKills[e.slot] = append(daemonKills[e.slot], e.t)
 		}
@@ -250,8 +253,15 @@ func checkSoak(logs []string, events []soakEvent, startMono, endMono int64) *soa
 				rep.unfinishedKilled++
 			} else {
 				rep.unfinished++
-				rep.addViolation(fmt.Sprintf("%s: the last attempt has no outcome (no grant, no errno)", path))
+				why := "the client exited normally"
+				if e, ok := exits[path]; ok {
+					why = fmt.Sprintf("pid %d exited: %s", e.pid, e.name)
+				}
+				rep.addViolation(fmt.Sprintf("%s: the last attempt has no outcome (no grant, no errno; %s)", path, why))
 			}
+		}
+		if e, ok := exits[path]; ok && !killed {
+			rep.addViolation(fmt.Sprintf("%s: client pid %d exited before the end, not killed by the chaos loop: %s", path, e.pid, e.name))
 		}
 		if cur != nil {
 			if killed {

@@ -88,6 +88,10 @@ func TestCheckSoak(t *testing.T) {
 		}, nil, "token not increasing"},
 		{"no outcome", []string{"BEGIN n00 open 0 0\n"}, nil, "no outcome"},
 		{"no outcome, killed", []string{"BEGIN n00 open 0 0\n"}, []soakEvent{{kind: "client-kill", t: 20, pid: 1, log: "#0"}}, ""},
+		{"client died on its own", []string{"BEGIN n00 open 0 0\nFAIL open EAGAIN 5 0\n"},
+			[]soakEvent{{kind: "client-exit", t: 20, pid: 1, log: "#0", name: "exit status 2"}}, "exited before the end, not killed by the chaos loop: exit status 2"},
+		{"client killed by the chaos loop exits", []string{"BEGIN n00 open 0 0\n"},
+			[]soakEvent{{kind: "client-kill", t: 20, pid: 1, log: "#0"}, {kind: "client-exit", t: 21, pid: 1, log: "#0", name: "signal: killed"}}, ""},
 		{"no outcome, another log killed", []string{"BEGIN n00 open 0 0\n", "BEGIN n00 open 0 0\nFAIL open EAGAIN 5 0\n"},
 			[]soakEvent{{kind: "client-kill", t: 20, pid: 1, log: "#1"}}, "no outcome"},
 		// ENOENT is documented only while the attempt's own mount had no
