@@ -72,12 +72,18 @@ open) and exits 0. The mount is ready when MOUNTPOINT shows in
 /proc/self/mountinfo with type fuse.lockfs (the daemon also logs msg=mounted).
 A stale lockfs mount left at MOUNTPOINT by a killed daemon is removed first.
 
-  MOUNTPOINT/NAME                 open waits for the lock NAME
+  MOUNTPOINT/NAME                 a blocking write open waits for the
+                                  exclusive lock NAME (exec 9>M/NAME)
+  MOUNTPOINT/.shared/NAME         open waits for the shared lock
   MOUNTPOINT/.try/NAME            open fails with EAGAIN unless NAME is free
   MOUNTPOINT/.timeout/SECS/NAME   open waits at most SECS (2, 0.5, 500ms)
-Write opens lock exclusively, read-only opens shared. NAME may be a path
-(team/deploy) in lock directories made with mkdir; taking a lock needs
-write permission on its directory (chmod, chown; default_permissions). A holder reads its
+  MOUNTPOINT/.flock/NAME          open never locks
+A read-only or O_NONBLOCK open of MOUNTPOINT/NAME takes nothing by itself;
+flock(2), fcntl and lockf on any descriptor take, convert and release the
+same locks (flock(1), setlock and chpst -l work unchanged). Read-only opens
+of .try and .timeout take the shared lock. NAME may be a path (team/deploy)
+in lock directories made with mkdir; taking a lock needs write permission on
+its directory (chmod, chown; default_permissions). A holder reads its
 fencing token from its descriptor (read -r tok <&9); ls -l, stat and
 getfattr -d show holders without taking the lock; rm MOUNTPOINT/NAME breaks
 it (root or a lone holder). See 'lockfs help status|run|break'.
