@@ -35,6 +35,10 @@ type fakeBackend struct {
 	// closed; bumping counts the Bumps waiting at it.
 	bumpGate chan struct{}
 	bumping  atomic.Int32
+	// bumpLoses, when set, makes the next Bumps find their hold gone
+	// (as etcd's does when the key was deleted): the hold turns invalid
+	// only then, so until the Bump the leases look held.
+	bumpLoses atomic.Bool
 	// unlockGate, when set (before any Unlock), makes Unlock wait until
 	// it is closed; unlocking counts the Unlocks waiting at it.
 	unlockGate chan struct{}
@@ -335,6 +339,9 @@ func (h *fakeHold) Bump() (uint64, error) {
 	}
 	h.b.mu.Lock()
 	defer h.b.mu.Unlock()
+	if h.b.bumpLoses.Load() {
+		h.valid.Store(false)
+	}
 	if h.mode != Exclusive || !h.valid.Load() {
 		return 0, fmt.Errorf("fake: bump %q: %w", h.name, ErrNotHeld)
 	}

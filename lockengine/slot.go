@@ -172,7 +172,9 @@ func (s *Slot) leave() {
 // slot empty). The owner recorded with ctx (WithOwner) owns the new lease.
 //
 // A lease that was lost or broken is given back before anything else, so
-// a later Lock takes the name again. After Close, Lock fails with an error
+// a later Lock takes the name again; so is one whose loss shows only during
+// the conversion (the call then requests mode anew and does not fail with
+// the loss). After Close, Lock fails with an error
 // wrapping ErrClosed.
 func (s *Slot) Lock(ctx context.Context, mode Mode, wait bool) error {
 	return s.lock(ctx, mode, wait, false)
@@ -217,7 +219,14 @@ func (s *Slot) lock(ctx context.Context, mode Mode, wait, keep bool) error {
 				return nil
 			}
 			_ = s.releaseLocked()
-			if !errors.Is(err, ErrCannotDowngrade) {
+			switch {
+			case l.Err() != nil:
+				// Lost or broken before the downgrade could happen
+				// (a Bump in progress found the hold gone): as if
+				// the end had shown before the call, nothing to
+				// keep.
+				former = 0
+			case !errors.Is(err, ErrCannotDowngrade):
 				return err
 			}
 		default:
