@@ -121,8 +121,8 @@ type soakProc struct {
 // mount index), "daemon-up" (a daemon of slot is mounted), "daemon-stop"
 // (the final SIGTERM of slot's daemon), "client-kill" (pid, log),
 // "client-exit" (pid, log; name = the exit error: a client that failed or
-// died before the end, for whatever reason) or "break" (name). t is CLOCK_MONOTONIC ns, taken before a kill or stop and
-// after a start.
+// died before the end, for whatever reason) or "break" (name). t is
+// CLOCK_MONOTONIC ns, taken before a kill or stop and after a start.
 type soakEvent struct {
 	kind string
 	t    int64
