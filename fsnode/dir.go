@@ -486,7 +486,8 @@ func (d *lockDir) Mkdir(ctx context.Context, name string, mode uint32, out *fuse
 		return nil, d.fsys.fail("mkdir", full, 0, err)
 	}
 	d.fsys.storeAttr(full, a)
-	d.fsys.log.Info("lock directory made", "dir", full, "uid", a.UID, "gid", a.GID, "mode", fmt.Sprintf("%#o", a.Mode))
+	d.fsys.log.Info("lock directory made", append([]any{"dir", full, "uid", a.UID, "gid", a.GID,
+		"mode", fmt.Sprintf("%#o", a.Mode)}, callerArgs(ctx)...)...)
 	ch := d.NewInode(ctx, &lockDir{dirBase: d.dirBase, policy: d.policy, path: full}, fs.StableAttr{Mode: syscall.S_IFDIR})
 	d.fsys.fillDirAttr(&out.Attr, a)
 	out.SetAttrTimeout(d.fsys.attrTimeout)
@@ -499,6 +500,12 @@ func (d *lockDir) Mkdir(ctx context.Context, name string, mode uint32, out *fuse
 // ENOTEMPTY while it has subdirectories or names held or waited on below
 // it, through any daemon of the backend; ENOENT when it does not exist.
 // The owner's directories limit gets the directory back.
+//
+// In the root, which everybody may write and which has no sticky bit (see
+// DefaultRootMode), the daemon applies the sticky bit's rule to
+// directories itself: only root, the directory's owner or the root's
+// owner may remove one (EPERM otherwise). Without it, any user could
+// remove another's idle top-level directory, make it again and own it.
 func (d *lockDir) Rmdir(ctx context.Context, name string) syscall.Errno {
 	full := lockengine.JoinName(d.path, name)
 	if d.view || d.reserved[name] != nil {
@@ -509,6 +516,14 @@ func (d *lockDir) Rmdir(ctx context.Context, name string) syscall.Errno {
 	}
 	mctx := metadataCtx(ctx)
 	a, aerr := d.fsys.eng.StatDir(mctx, full)
+	if d.path == "" {
+		if aerr != nil {
+			return d.fsys.fail("rmdir", full, 0, aerr)
+		}
+		if err := d.fsys.mayRemoveTop(ctx, a); err != nil {
+			return d.fsys.fail("rmdir", full, 0, fmt.Errorf("lock directory %q: %w", full, err))
+		}
+	}
 	if err := d.fsys.eng.Rmdir(mctx, full); err != nil {
 		return d.fsys.fail("rmdir", full, 0, err)
 	}
@@ -516,8 +531,32 @@ func (d *lockDir) Rmdir(ctx context.Context, name string) syscall.Errno {
 	if aerr == nil {
 		d.fsys.lim.unchargeDir(a.UID)
 	}
-	d.fsys.log.Info("lock directory removed", "dir", full)
+	d.fsys.log.Info("lock directory removed", append([]any{"dir", full}, callerArgs(ctx)...)...)
 	return 0
+}
+
+// mayRemoveTop checks that the caller of ctx may remove the top-level
+// lock directory with attributes a: root, a's owner or the root's owner
+// may; anybody else gets an error wrapping EPERM.
+func (f *filesystem) mayRemoveTop(ctx context.Context, a lockengine.DirAttr) error {
+	uid, ok := callerUID(ctx)
+	if !ok {
+		uid = f.uid // a call from inside the daemon or a test
+	}
+	if uid == 0 || uid == a.UID || uid == f.rootAttr.UID {
+		return nil
+	}
+	return fmt.Errorf("uid %d may not remove it from the root (root, its owner uid %d or the root's owner uid %d may): %w",
+		uid, a.UID, f.rootAttr.UID, syscall.EPERM)
+}
+
+// callerArgs are the log attributes naming the caller of ctx (by_uid,
+// by_pid); none when ctx has no caller.
+func callerArgs(ctx context.Context) []any {
+	if c, ok := fuse.FromContext(ctx); ok {
+		return []any{"by_uid", c.Uid, "by_pid", c.Pid}
+	}
+	return nil
 }
 
 // Setattr serves chmod, chown and chgrp of a lock directory, with the
@@ -555,8 +594,8 @@ func (d *lockDir) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttr
 		}
 		a.Mtime = time.Now()
 		d.fsys.storeAttr(d.path, a)
-		d.fsys.log.Info("lock directory attributes set", "dir", d.path, "uid", a.UID, "gid", a.GID,
-			"mode", fmt.Sprintf("%#o", a.Mode))
+		d.fsys.log.Info("lock directory attributes set", append([]any{"dir", d.path, "uid", a.UID, "gid", a.GID,
+			"mode", fmt.Sprintf("%#o", a.Mode)}, callerArgs(ctx)...)...)
 		if d.fsys.root != nil {
 			d.fsys.root.invalidateDir(d.path)
 		}

@@ -534,3 +534,51 @@ func TestTreeMaxDirsPerUser(t *testing.T) {
 	code, errOut := mkdirOf(alice, d.Path("a3"))
 	assert.Equal(t, 0, code, "mkdir by alice after she removed one: %s", errOut)
 }
+
+// In the root, writable by everybody and without a sticky bit, only root,
+// a directory's owner or the root's owner may remove a top-level lock
+// directory: otherwise any user could remove another's idle directory,
+// make it again and own it. Below the top, the directory's own mode
+// decides, as on any filesystem.
+func TestTreeRootRmdirOwnerOnly(t *testing.T) {
+	e := setup(t)
+	d := e.StartDaemon(t, harness.DaemonConfig{Args: []string{"--root-owner", carol.ids()}})
+	usersCanReach(t, e, d)
+	requireAttr(t, d.Mountpoint, dirWant(0o777, carol.uid, carol.gid))
+	rmdirAs := func(u treeUser, p string) (int, string) {
+		code, _, errOut := runAs(t, u, "rmdir", d.Path(p))
+		return code, errOut
+	}
+	for _, p := range []string{"teamA", "teamA2", "teamA3", "teamA/open"} {
+		code, _, errOut := runAs(t, alice, "mkdir", "-m", "0777", d.Path(p))
+		require.Equal(t, 0, code, "mkdir %s by alice: %s", p, errOut)
+	}
+
+	code, errOut := rmdirAs(bob, "teamA3")
+	assert.NotEqual(t, 0, code, "bob removes alice's top-level directory")
+	assert.Contains(t, errOut, "Operation not permitted")
+	d.WaitLog(patience, `msg="rmdir failed"`, "lock=teamA3", "errno=EPERM", "uid 65534 may not remove it")
+	requireAttr(t, d.Path("teamA3"), dirWant(0o777, alice.uid, alice.gid))
+	code, _, errOut = runAs(t, bob, "mkdir", d.Path("teamA3"))
+	assert.NotEqual(t, 0, code, "bob makes alice's directory his")
+	assert.Contains(t, errOut, "File exists")
+	requireAttr(t, d.Path("teamA3"), dirWant(0o777, alice.uid, alice.gid))
+
+	// Below the top, alice's 0777 directory lets anybody remove what is in
+	// it, as on any filesystem.
+	code, errOut = rmdirAs(bob, "teamA/open")
+	assert.Equal(t, 0, code, "bob removes a directory in alice's 0777 directory: %s", errOut)
+
+	// The owner, the root's owner and root may.
+	code, errOut = rmdirAs(alice, "teamA")
+	assert.Equal(t, 0, code, "alice removes her own: %s", errOut)
+	d.WaitLog(patience, `msg="lock directory removed"`, "dir=teamA", fmt.Sprintf("by_uid=%d", alice.uid))
+	code, errOut = rmdirAs(carol, "teamA2")
+	assert.Equal(t, 0, code, "the root's owner removes alice's: %s", errOut)
+	require.NoError(t, os.Remove(d.Path("teamA3")), "root removes alice's")
+
+	// Once it is gone, the name is anybody's again.
+	code, _, errOut = runAs(t, bob, "mkdir", d.Path("teamA3"))
+	assert.Equal(t, 0, code, "bob makes a free name: %s", errOut)
+	requireAttr(t, d.Path("teamA3"), dirWant(0o755, bob.uid, bob.gid))
+}
