@@ -67,6 +67,8 @@ type filesystem struct {
 	// inodes counts the lock-file nodes not yet forgotten (see
 	// lockNode.OnForget and sweep.go).
 	inodes atomic.Int64
+	// procWarned is when procWarn last logged (Unix nanoseconds; 0: never).
+	procWarned atomic.Int64
 }
 
 // park records an open of name that is about to wait; the returned
@@ -345,7 +347,7 @@ func (d *lockDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 			return d.lookupDir(ctx, name, full, a, out), 0
 		case !errors.Is(err, lockengine.ErrNoDir):
 			return nil, d.fsys.fail("lookup", full, 0, err)
-		case !d.view && callerInMkdir(ctx):
+		case !d.view && d.fsys.callerInMkdir(ctx, full):
 			return nil, syscall.ENOENT
 		}
 	}

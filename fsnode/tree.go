@@ -209,8 +209,11 @@ func (f *filesystem) mayLock(ctx context.Context, name string) error {
 }
 
 // callerInMkdir reports whether the caller of ctx is in mkdir(2) or
-// mkdirat(2) right now, as /proc/PID/syscall shows (the daemon runs as
-// root or as the caller's user, which may read it).
+// mkdirat(2) right now, as /proc/PID/syscall shows. Reading another
+// user's needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (or
+// CAP_DAC_OVERRIDE); a daemon without them cannot tell, answers as if
+// the caller were not in mkdir, and says so in a warning at most once a
+// minute (see procWarn).
 //
 // Every valid name exists as a lock file, so that opens never need CREATE
 // (which would hold the directory's lock while waiting) and read-only
@@ -221,7 +224,7 @@ func (f *filesystem) mayLock(ctx context.Context, name string) error {
 // directory; every other lookup sees a lock file. A caller in a pid
 // namespace the daemon cannot see (pid 0) is not recognised: its mkdir
 // of a new name fails with EEXIST.
-func callerInMkdir(ctx context.Context) bool {
+func (f *filesystem) callerInMkdir(ctx context.Context, name string) bool {
 	c, ok := fuse.FromContext(ctx)
 	if !ok || c.Pid == 0 {
 		return false
@@ -234,6 +237,9 @@ func callerInMkdir(ctx context.Context) bool {
 	for range 200 {
 		var err error
 		if data, err = os.ReadFile(path); err != nil {
+			if errors.Is(err, os.ErrPermission) {
+				f.procWarn(name, c, err)
+			}
 			return false
 		}
 		if !bytes.HasPrefix(data, []byte("running")) {
@@ -244,6 +250,22 @@ func callerInMkdir(ctx context.Context) bool {
 	nr, _, _ := bytes.Cut(bytes.TrimSpace(data), []byte(" "))
 	n, err := strconv.ParseInt(string(nr), 10, 64)
 	return err == nil && slices.Contains(mkdirSyscalls, n)
+}
+
+// procWarnEvery is the least time between two warnings of procWarn.
+const procWarnEvery = time.Minute
+
+// procWarn logs, at most once per procWarnEvery, that the daemon could
+// not read the system call of caller c looking up name, and what follows.
+func (f *filesystem) procWarn(name string, c *fuse.Caller, err error) {
+	now := time.Now().UnixNano()
+	last := f.procWarned.Load()
+	if last != 0 && now-last < int64(procWarnEvery) || !f.procWarned.CompareAndSwap(last, now) {
+		return
+	}
+	f.log.Warn("cannot tell whether the caller is in mkdir: mkdir of a new name by another user fails with EEXIST"+
+		" until the daemon has CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH",
+		"lock", name, "uid", c.Uid, "pid", c.Pid, "err", err)
 }
 
 // invalidateDir asks the kernel to drop the attributes it caches of the

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"math/rand/v2"
 	"os"
 	"slices"
@@ -183,7 +182,8 @@ func (b *Backend) StatDir(ctx context.Context, path string) (lockengine.DirAttr,
 // messages) attr's owner, group and mode. Owner and group are changed
 // only where they differ, so a daemon that is not root can still change
 // the mode of its own directories; giving a directory away needs root
-// (CAP_CHOWN) and otherwise fails with an error wrapping fs.ErrPermission.
+// (CAP_CHOWN) and otherwise fails with an error wrapping unix.EPERM (which
+// is fs.ErrPermission). So does a mode the kernel did not store as asked.
 func setAttr(fd int, path string, attr lockengine.DirAttr) error {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
@@ -200,7 +200,7 @@ func setAttr(fd int, path string, attr lockengine.DirAttr) error {
 		if err := unix.Fchown(fd, uid, gid); err != nil {
 			if err == unix.EPERM {
 				return fmt.Errorf("chown %q to %d:%d: %w: lockfs runs as uid %d and cannot give lock directories "+
-					"to other users or groups (run the daemon as root)", path, attr.UID, attr.GID, fs.ErrPermission, os.Geteuid())
+					"to other users or groups (run the daemon as root)", path, attr.UID, attr.GID, unix.EPERM, os.Geteuid())
 			}
 			return fmt.Errorf("chown %q: %w", path, err)
 		}
@@ -208,9 +208,18 @@ func setAttr(fd int, path string, attr lockengine.DirAttr) error {
 	// After the chown, which may clear the set-group-ID bit.
 	if err := unix.Fchmod(fd, attr.Mode&0o7777); err != nil {
 		if err == unix.EPERM {
-			return fmt.Errorf("chmod %q: %w", path, fs.ErrPermission)
+			return fmt.Errorf("chmod %q: %w", path, unix.EPERM)
 		}
 		return fmt.Errorf("chmod %q: %w", path, err)
+	}
+	// The kernel drops the set-group-ID bit without an error when the
+	// daemon is not in the directory's group and lacks CAP_FSETID.
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("stat %q: %w", path, err)
+	}
+	if got := st.Mode & 0o7777; got != attr.Mode&0o7777 {
+		return fmt.Errorf("chmod %q to %#o: the mode became %#o: %w: lockfs runs without CAP_FSETID",
+			path, attr.Mode&0o7777, got, unix.EPERM)
 	}
 	return nil
 }

@@ -378,3 +378,30 @@ func TestRestart(t *testing.T) {
 		return nil
 	})
 }
+
+// TestMkdirInDaemonContainer: in the daemon's container, root makes lock
+// directories with the documented flags alone; another user's mkdir of a
+// new name needs --cap-add SYS_PTRACE as well (the daemon reads the
+// caller's /proc/PID/syscall). Without it the mkdir fails with EEXIST and
+// the daemon's log names the missing capability.
+func TestMkdirInDaemonContainer(t *testing.T) {
+	image := setup(t)
+	d := startDaemon(t, image, "daemon", nil, "/mnt/locks")
+	d.mustSh("mkdir /mnt/locks/byroot")
+	require.Equal(t, "0", d.mustSh("stat -c %u /mnt/locks/byroot"))
+	r := dockerRun(context.Background(), "exec", "-u", "1000:1000", d.name, "mkdir", "/mnt/locks/byuser")
+	require.Error(t, r.err, "mkdir by uid 1000 without CAP_SYS_PTRACE")
+	assert.Contains(t, r.stderr, "File exists")
+	waitFor(t, 30*time.Second, "the daemon's warning", func() error {
+		logs := dockerRun(context.Background(), "logs", d.name)
+		if !strings.Contains(logs.stdout+logs.stderr, "cannot tell whether the caller is in mkdir") {
+			return fmt.Errorf("no warning in the log yet")
+		}
+		return nil
+	})
+
+	p := startDaemon(t, image, "ptrace", []string{"--cap-add", "SYS_PTRACE"}, "/mnt/locks")
+	r = dockerRun(context.Background(), "exec", "-u", "1000:1000", p.name, "mkdir", "/mnt/locks/byuser")
+	require.NoError(t, r.err, "mkdir by uid 1000 with CAP_SYS_PTRACE: %v", r)
+	require.Equal(t, "1000 1000", p.mustSh("stat -c '%u %g' /mnt/locks/byuser"))
+}

@@ -48,6 +48,11 @@ type DaemonConfig struct {
 	// the daemon exits, the kernel kills whatever else runs in its
 	// namespace.
 	PidNamespace bool
+	// Exec, when set, is a program and its arguments that exec lockfs
+	// with the daemon's arguments appended (setpriv, say, to start it
+	// with fewer capabilities). It must replace itself by lockfs, not
+	// fork it: the harness signals and waits for the pid it started.
+	Exec []string
 }
 
 // Daemon is a running `lockfs mount` subprocess.
@@ -110,8 +115,12 @@ func (e *Env) SpawnDaemon(t testing.TB, c DaemonConfig) *Daemon {
 	}
 	// The launcher's parent-death SIGKILL: if the test binary dies (a go
 	// test timeout), the daemon dies with it instead of serving forever.
+	path := e.Lockfs
+	if len(c.Exec) > 0 {
+		path, args = c.Exec[0], append(append(append([]string{}, c.Exec[1:]...), e.Lockfs), args...)
+	}
 	d.proc, err = launch.Start(launch.Options{
-		Path:            e.Lockfs,
+		Path:            path,
 		Args:            args,
 		Mountpoint:      c.Mountpoint,
 		ExtraFiles:      c.ExtraFiles,
