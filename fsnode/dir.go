@@ -64,8 +64,8 @@ type filesystem struct {
 
 	// lim enforces the per-user limits (see limits.go); nil: none.
 	lim *limiter
-	// inodes counts the lock-file nodes not yet forgotten (see
-	// lockNode.OnForget and sweep.go).
+	// inodes counts the lock-file and lock-directory nodes not yet
+	// forgotten (see lockNode.OnForget, lockDir.OnForget and sweep.go).
 	inodes atomic.Int64
 	// procWarned is when procWarn last logged (Unix nanoseconds; 0: never).
 	procWarned atomic.Int64
@@ -250,6 +250,48 @@ type lockDir struct {
 	// reserved maps the reserved names of the root to their directories;
 	// set once in OnAdd of the root, read-only afterwards.
 	reserved map[string]*fs.Inode
+
+	// used is set by every lookup of the node; the sweep (sweep.go) asks
+	// the kernel to forget a directory node with no children that was
+	// not used since the previous sweep. forgotten is set by the first
+	// OnForget. The root and the reserved directories are never
+	// forgotten.
+	used      atomic.Bool
+	forgotten atomic.Bool
+}
+
+var _ fs.NodeOnForgetter = (*lockDir)(nil)
+
+// OnForget runs when the kernel has forgotten the directory's inode: it no
+// longer counts against the names limit of the uids that looked it up.
+func (d *lockDir) OnForget() {
+	if d.forgotten.Swap(true) {
+		return
+	}
+	d.fsys.inodes.Add(-1)
+	d.fsys.lim.forgetName(d)
+}
+
+// newDirNode returns a new node for a lock directory (or a .timeout/SECS
+// view) below parent, counted in the inodes the daemon keeps.
+func newDirNode(ctx context.Context, parent *fs.Inode, d *lockDir) *fs.Inode {
+	d.fsys.inodes.Add(1)
+	return parent.NewInode(ctx, d, fs.StableAttr{Mode: syscall.S_IFDIR})
+}
+
+// chargeDirNode marks the directory node ch (made by newDirNode if
+// created) used and counts it against the names limit of the caller of
+// ctx; past the limit, ENOLCK (logged by the limiter).
+func (f *filesystem) chargeDirNode(ctx context.Context, ch *fs.Inode, created bool) syscall.Errno {
+	sub := ch.Operations().(*lockDir)
+	sub.used.Store(true)
+	if err := f.lim.chargeName(ctx, sub); err != nil {
+		if created {
+			sub.OnForget() // never handed to the kernel, so never forgotten
+		}
+		return Errno(err)
+	}
+	return 0
 }
 
 // OnAdd creates the reserved directories under the root.
@@ -344,7 +386,7 @@ func (d *lockDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 		a, err := d.fsys.dirAttr(ctx, full)
 		switch {
 		case err == nil:
-			return d.lookupDir(ctx, name, full, a, out), 0
+			return d.lookupDir(ctx, name, full, a, out)
 		case !errors.Is(err, lockengine.ErrNoDir):
 			return nil, d.fsys.fail("lookup", full, 0, err)
 		case !d.view && d.fsys.callerInMkdir(ctx, full):
@@ -355,22 +397,26 @@ func (d *lockDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 }
 
 // lookupDir returns the node of lock directory full (named name here)
-// with attributes a, reusing the child the kernel knows.
-func (d *lockDir) lookupDir(ctx context.Context, name, full string, a lockengine.DirAttr, out *fuse.EntryOut) *fs.Inode {
+// with attributes a, reusing the child the kernel knows. A node counts
+// against the caller's names limit like a lock file's (ENOLCK past it).
+func (d *lockDir) lookupDir(ctx context.Context, name, full string, a lockengine.DirAttr, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
 	ch := d.GetChild(name)
 	if ch != nil {
 		if sub, ok := ch.Operations().(*lockDir); !ok || sub.path != full {
 			ch = nil
 		}
 	}
-	if ch == nil {
-		ch = d.NewInode(ctx, &lockDir{dirBase: d.dirBase, policy: d.policy, path: full, view: d.view},
-			fs.StableAttr{Mode: syscall.S_IFDIR})
+	created := ch == nil
+	if created {
+		ch = newDirNode(ctx, d.EmbeddedInode(), &lockDir{dirBase: d.dirBase, policy: d.policy, path: full, view: d.view})
+	}
+	if errno := d.fsys.chargeDirNode(ctx, ch, created); errno != 0 {
+		return nil, errno
 	}
 	d.fsys.fillDirAttr(&out.Attr, a)
 	out.SetAttrTimeout(d.fsys.attrTimeout)
 	out.SetEntryTimeout(d.fsys.attrTimeout)
-	return ch
+	return ch, 0
 }
 
 // lookupLock returns the lock file of name full (named name here).
@@ -465,7 +511,7 @@ func (d *lockDir) Mkdir(ctx context.Context, name string, mode uint32, out *fuse
 	if err := validLockName(name); err != nil {
 		return nil, d.fsys.fail("mkdir", full, 0, err)
 	}
-	parent, _, err := d.attr(ctx)
+	parent, _, err := d.attr(metadataCtx(ctx))
 	if err != nil {
 		return nil, d.fsys.fail("mkdir", full, 0, err)
 	}
@@ -479,7 +525,7 @@ func (d *lockDir) Mkdir(ctx context.Context, name string, mode uint32, out *fuse
 	}
 	charged, err := d.fsys.lim.chargeDir(ctx, a.UID)
 	if err != nil {
-		return nil, d.fsys.fail("mkdir", full, 0, err)
+		return nil, Errno(err) // logged by the limiter, rate-limited
 	}
 	if err := d.fsys.eng.Mkdir(metadataCtx(ctx), full, a); err != nil {
 		if charged {
@@ -490,7 +536,7 @@ func (d *lockDir) Mkdir(ctx context.Context, name string, mode uint32, out *fuse
 	d.fsys.storeAttr(full, a)
 	d.fsys.log.Info("lock directory made", append([]any{"dir", full, "uid", a.UID, "gid", a.GID,
 		"mode", fmt.Sprintf("%#o", a.Mode)}, callerArgs(ctx)...)...)
-	ch := d.NewInode(ctx, &lockDir{dirBase: d.dirBase, policy: d.policy, path: full}, fs.StableAttr{Mode: syscall.S_IFDIR})
+	ch := newDirNode(ctx, d.EmbeddedInode(), &lockDir{dirBase: d.dirBase, policy: d.policy, path: full})
 	d.fsys.fillDirAttr(&out.Attr, a)
 	out.SetAttrTimeout(d.fsys.attrTimeout)
 	out.SetEntryTimeout(d.fsys.attrTimeout)
@@ -662,10 +708,16 @@ func (d *timeoutDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut
 		return nil, d.fsys.fail("lookup", TimeoutDir+"/"+name, 0, err)
 	}
 	ch := d.GetChild(name)
-	if ch == nil {
-		ch = d.NewInode(ctx,
-			&lockDir{dirBase: d.dirBase, policy: timeoutPolicy(timeout), view: true, viewRoot: true},
-			fs.StableAttr{Mode: syscall.S_IFDIR})
+	created := ch == nil
+	if created {
+		ch = newDirNode(ctx, d.EmbeddedInode(),
+			&lockDir{dirBase: d.dirBase, policy: timeoutPolicy(timeout), view: true, viewRoot: true})
+	}
+	// Each spelling is a node of its own (.timeout/1, .timeout/1.0, ...):
+	// counted against the caller's names limit, and forgotten by the
+	// sweep once idle, so spellings cannot exhaust the daemon's memory.
+	if errno := d.fsys.chargeDirNode(ctx, ch, created); errno != 0 {
+		return nil, errno
 	}
 	d.fsys.fillDirAttr(&out.Attr, d.fsys.reservedAttr())
 	out.SetAttrTimeout(cacheTimeout)

@@ -104,7 +104,7 @@ type limiter struct {
 	held    int                               // guarded by mu; leases charged, all uids
 	charged map[*lockengine.Slot]uint32       // guarded by mu; slot -> uid charged for its lease
 	logged  map[refusalKey]time.Time          // guarded by mu; last log line per uid and limit
-	names   map[*lockNode]map[uint32]struct{} // guarded by mu; uids charged for each node
+	names   map[any]map[uint32]struct{} // guarded by mu; uids charged for each node (*lockNode, *lockDir)
 	refused [numKinds]atomic.Uint64           // refusals by kind
 }
 
@@ -116,7 +116,7 @@ type refusalKey struct {
 func newLimiter(cfg Limits, lg *slog.Logger) *limiter {
 	return &limiter{cfg: cfg, log: lg, users: make(map[uint32]*userCount),
 		charged: make(map[*lockengine.Slot]uint32), logged: make(map[refusalKey]time.Time),
-		names: make(map[*lockNode]map[uint32]struct{})}
+		names: make(map[any]map[uint32]struct{})}
 }
 
 // callerUID returns the uid of the FUSE caller of ctx; ok is false when
@@ -289,9 +289,10 @@ func (l *limiter) beginWait(ctx context.Context) (end func(), err error) {
 	}, nil
 }
 
-// chargeName counts n for the caller of ctx, once per uid and inode, or
-// refuses with ENOLCK. Exempt callers are not counted.
-func (l *limiter) chargeName(ctx context.Context, n *lockNode) error {
+// chargeName counts node n (a *lockNode, or a *lockDir below a view or
+// .timeout) for the caller of ctx, once per uid and inode, or refuses
+// with ENOLCK. Exempt callers are not counted.
+func (l *limiter) chargeName(ctx context.Context, n any) error {
 	if l == nil {
 		return nil
 	}
@@ -320,7 +321,7 @@ func (l *limiter) chargeName(ctx context.Context, n *lockNode) error {
 }
 
 // forgetName uncounts n for every uid (its inode was forgotten).
-func (l *limiter) forgetName(n *lockNode) {
+func (l *limiter) forgetName(n any) {
 	if l == nil {
 		return
 	}
@@ -411,6 +412,7 @@ func (s *Server) Refusals() map[string]uint64 {
 	return out
 }
 
-// Inodes returns the number of lock-file inodes the daemon keeps (names
-// looked up and not yet forgotten by the kernel).
+// Inodes returns the number of lock-file and lock-directory inodes the
+// daemon keeps (looked up and not yet forgotten by the kernel; the root and
+// the reserved directories do not count).
 func (s *Server) Inodes() int64 { return s.fsys.inodes.Load() }

@@ -60,22 +60,51 @@ func (s *sweeper) run(interval time.Duration) {
 	}
 }
 
+// Directory nodes (lock directories, their mirrors under the views, and
+// .timeout/SECS, one per spelling) are given back too, but not by
+// invalidating their entries: that would unhash the dentry of a directory
+// that is some process's working directory, whose getcwd would then fail.
+// The sweep asks the kernel instead to forget those with no children that
+// were not looked up since the previous sweep (FUSE_NOTIFY_PRUNE, Linux
+// 6.16 and later), which drops only dentries nobody uses. On older kernels
+// directory nodes stay until memory pressure prunes them; they count
+// against the names limit meanwhile.
+
 // sweep invalidates the entries of the idle lock files under every
 // directory node (the root, the lock directories, the reserved directories,
-// .timeout/SECS and the mirrors below them), and drops expired cached
-// directory attributes.
+// .timeout/SECS and the mirrors below them), asks the kernel to forget the
+// idle directory nodes, and drops expired cached directory attributes. It
+// returns the number of entries invalidated and nodes offered.
 func (s *sweeper) sweep() int {
 	s.root.fsys.pruneAttrs()
-	return sweepDir(s.root.EmbeddedInode())
+	root := s.root.EmbeddedInode()
+	var idle []*fs.Inode
+	n := sweepDir(root, &idle)
+	if len(idle) > 0 {
+		// ENOSYS: a kernel without FUSE_NOTIFY_PRUNE.
+		_ = root.NotifyPrune(idle)
+	}
+	return n + len(idle)
 }
 
-// sweepDir sweeps dir and the directories below it.
-func sweepDir(dir *fs.Inode) int {
+// sweepDir sweeps dir and the directories below it, and appends to idle
+// the directory nodes below it that the kernel may forget.
+func sweepDir(dir *fs.Inode, idle *[]*fs.Inode) int {
 	n := 0
+	pd, _ := dir.Operations().(*lockDir)
+	inRoot := pd != nil && pd.root
 	for name, ch := range dir.Children() {
 		switch node := ch.Operations().(type) {
-		case *lockDir, *timeoutDir:
-			n += sweepDir(ch)
+		case *timeoutDir:
+			n += sweepDir(ch, idle)
+		case *lockDir:
+			n += sweepDir(ch, idle)
+			if inRoot && node.viewRoot {
+				continue // .try, .shared, .flock: persistent
+			}
+			if len(ch.Children()) == 0 && !node.used.Swap(false) {
+				*idle = append(*idle, ch)
+			}
 		case *lockNode:
 			if node.open.Load() > 0 || node.used.Swap(false) {
 				continue

@@ -121,7 +121,7 @@ func raiseNofile(logger *slog.Logger) uint64 {
 // Metric names of the filesystem's own counters.
 const (
 	metricLimitRefusals = "lockfs_limit_refusals_total" // counter{limit}: requests refused by a per-user limit
-	metricInodes        = "lockfs_inodes"               // gauge: lock-file inodes the daemon keeps
+	metricInodes        = "lockfs_inodes"               // gauge: lock-file and lock-directory inodes the daemon keeps
 )
 
 // fsCollector serves the fsnode counters to Prometheus.
@@ -134,7 +134,7 @@ func newFSCollector(srv *fsnode.Server) *fsCollector {
 	return &fsCollector{srv: srv,
 		refusalsDesc: prometheus.NewDesc(metricLimitRefusals,
 			"Requests refused by a per-user limit (held, waiting, names: ENOLCK; dirs: EDQUOT).", []string{"limit"}, nil),
-		inoDesc: prometheus.NewDesc(metricInodes, "Lock-file inodes the daemon keeps (names not yet forgotten).", nil, nil)}
+		inoDesc: prometheus.NewDesc(metricInodes, "Lock-file and lock-directory inodes the daemon keeps (looked up, not yet forgotten).", nil, nil)}
 }
 
 // Describe implements prometheus.Collector.
