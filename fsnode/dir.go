@@ -46,6 +46,10 @@ type filesystem struct {
 	// attrs caches the attributes of lock directories (see tree.go).
 	attrMu sync.Mutex
 	attrs  map[string]dirAttrCache // guarded by attrMu
+	// attrGen counts the changes made through this daemon (storeAttr,
+	// forgetAttr); a lookup that read attributes from the backend caches
+	// them only if none happened meanwhile. Guarded by attrMu.
+	attrGen uint64
 
 	// parked counts, per lock name, the opens waiting in Acquire (see
 	// handle.Release).
@@ -299,25 +303,76 @@ func (d *lockDir) OnAdd(ctx context.Context) {
 	if !d.root {
 		return
 	}
-	view := func(p policy) *lockDir {
-		return &lockDir{dirBase: d.dirBase, policy: p, view: true, viewRoot: true}
-	}
 	views := []struct {
 		name string
 		ino  uint64
-		node fs.InodeEmbedder
-	}{
-		{TryDir, tryDirIno, view(policy{kind: waitTry})},
-		{TimeoutDir, timeoutDirIno, &timeoutDir{dirBase: d.dirBase}},
-		{SharedDir, sharedDirIno, view(policy{kind: waitBlock, shared: true})},
-		{FlockDir, flockDirIno, view(policy{kind: waitNone})},
-	}
+	}{{TryDir, tryDirIno}, {TimeoutDir, timeoutDirIno}, {SharedDir, sharedDirIno}, {FlockDir, flockDirIno}}
 	d.reserved = make(map[string]*fs.Inode, len(views))
 	for _, v := range views {
-		ch := d.NewPersistentInode(ctx, v.node, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: v.ino})
+		ch := d.NewPersistentInode(ctx, d.newView(v.name), fs.StableAttr{Mode: syscall.S_IFDIR, Ino: v.ino})
 		d.reserved[v.name] = ch
 		d.AddChild(v.name, ch, true)
 	}
+}
+
+// newView returns the node of reserved directory name (TryDir,
+// TimeoutDir, SharedDir or FlockDir) of lock directory d: M/.try in the
+// root, M/team/.try in lock directory team, which shows the same locks as
+// M/.try/team, so that a process that sees only team (a container with
+// M/team bind-mounted) can use the views too.
+func (d *lockDir) newView(name string) fs.InodeEmbedder {
+	view := func(p policy) *lockDir {
+		return &lockDir{dirBase: d.dirBase, policy: p, path: d.path, view: true, viewRoot: true}
+	}
+	switch name {
+	case TryDir:
+		return view(policy{kind: waitTry})
+	case TimeoutDir:
+		return &timeoutDir{dirBase: d.dirBase, path: d.path}
+	case SharedDir:
+		return view(policy{kind: waitBlock, shared: true})
+	case FlockDir:
+		return view(policy{kind: waitNone})
+	}
+	panic("fsnode: no view " + name)
+}
+
+// lookupView returns the reserved directory name of lock directory d (not
+// the root, whose views are persistent), reusing the child the kernel
+// knows. It counts against the caller's names limit like a lock
+// directory.
+func (d *lockDir) lookupView(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	ch := d.GetChild(name)
+	created := ch == nil
+	if created {
+		d.fsys.inodes.Add(1)
+		ch = d.NewInode(ctx, d.newView(name), fs.StableAttr{Mode: syscall.S_IFDIR})
+	}
+	if err := d.fsys.chargeView(ctx, ch, created); err != 0 {
+		return nil, err
+	}
+	d.fsys.fillDirAttr(&out.Attr, d.fsys.reservedAttr())
+	out.SetAttrTimeout(cacheTimeout)
+	out.SetEntryTimeout(cacheTimeout)
+	return ch, 0
+}
+
+// chargeView marks view node ch (a *lockDir or a *timeoutDir, just made
+// if created) used and counts it against the names limit of the caller of
+// ctx; past the limit, ENOLCK.
+func (f *filesystem) chargeView(ctx context.Context, ch *fs.Inode, created bool) syscall.Errno {
+	if _, ok := ch.Operations().(*lockDir); ok {
+		return f.chargeDirNode(ctx, ch, created)
+	}
+	td := ch.Operations().(*timeoutDir)
+	td.used.Store(true)
+	if err := f.lim.chargeName(ctx, td); err != nil {
+		if created {
+			td.OnForget() // never handed to the kernel, so never forgotten
+		}
+		return Errno(err)
+	}
+	return 0
 }
 
 // reservedAttr are the attributes of the reserved directories.
@@ -375,6 +430,8 @@ func (d *lockDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 			out.SetEntryTimeout(cacheTimeout)
 			return ch, 0
 		}
+	} else if !d.view && slices.Contains(reservedDirs, name) {
+		return d.lookupView(ctx, name, out)
 	}
 	if err := validLockName(name); err != nil {
 		return nil, d.fsys.fail("lookup", lockengine.JoinName(d.path, name), 0, err)
@@ -422,11 +479,12 @@ func (d *lockDir) lookupDir(ctx context.Context, name, full string, a lockengine
 // lookupLock returns the lock file of name full (named name here).
 func (d *lockDir) lookupLock(ctx context.Context, name, full string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
 	a, _, err := d.attr(ctx)
+	if d.viewRoot {
+		// A view's lock files show the directory the view is of.
+		a, err = d.fsys.dirAttr(ctx, d.path)
+	}
 	if err != nil {
 		return nil, d.fsys.fail("lookup", full, 0, err)
-	}
-	if d.viewRoot && d.path == "" {
-		a = d.fsys.rootAttr // top-level names under a view
 	}
 	ch := d.GetChild(name)
 	var n *lockNode
@@ -534,6 +592,9 @@ func (d *lockDir) Mkdir(ctx context.Context, name string, mode uint32, out *fuse
 		return nil, d.fsys.fail("mkdir", full, 0, err)
 	}
 	d.fsys.storeAttr(full, a)
+	if d.fsys.root != nil {
+		d.fsys.root.invalidateMirrors(d.path, name)
+	}
 	d.fsys.log.Info("lock directory made", append([]any{"dir", full, "uid", a.UID, "gid", a.GID,
 		"mode", fmt.Sprintf("%#o", a.Mode)}, callerArgs(ctx)...)...)
 	ch := newDirNode(ctx, d.EmbeddedInode(), &lockDir{dirBase: d.dirBase, policy: d.policy, path: full})
@@ -578,6 +639,9 @@ func (d *lockDir) Rmdir(ctx context.Context, name string) syscall.Errno {
 	d.fsys.forgetAttr(full)
 	if aerr == nil {
 		d.fsys.lim.unchargeDir(a.UID)
+	}
+	if d.fsys.root != nil {
+		d.fsys.root.invalidateMirrors(d.path, name)
 	}
 	d.fsys.log.Info("lock directory removed", append([]any{"dir", full}, callerArgs(ctx)...)...)
 	return 0
@@ -686,10 +750,26 @@ func chattr(ctx context.Context, a lockengine.DirAttr, in *fuse.SetAttrIn) (lock
 	return a, nil
 }
 
-// timeoutDir is .timeout: its entries are directories named by a timeout.
+// timeoutDir is .timeout (of the root, or of lock directory path): its
+// entries are directories named by a timeout.
 type timeoutDir struct {
 	fs.Inode
 	dirBase
+	path string
+	// used and forgotten as in lockDir (the root's is persistent).
+	used      atomic.Bool
+	forgotten atomic.Bool
+}
+
+var _ fs.NodeOnForgetter = (*timeoutDir)(nil)
+
+// OnForget runs when the kernel has forgotten a lock directory's .timeout.
+func (d *timeoutDir) OnForget() {
+	if d.forgotten.Swap(true) {
+		return
+	}
+	d.fsys.inodes.Add(-1)
+	d.fsys.lim.forgetName(d)
 }
 
 // Getattr reports a read-only directory.
@@ -711,7 +791,7 @@ func (d *timeoutDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut
 	created := ch == nil
 	if created {
 		ch = newDirNode(ctx, d.EmbeddedInode(),
-			&lockDir{dirBase: d.dirBase, policy: timeoutPolicy(timeout), view: true, viewRoot: true})
+			&lockDir{dirBase: d.dirBase, policy: timeoutPolicy(timeout), path: d.path, view: true, viewRoot: true})
 	}
 	// Each spelling is a node of its own (.timeout/1, .timeout/1.0, ...):
 	// counted against the caller's names limit, and forgotten by the

@@ -100,12 +100,12 @@ type limiter struct {
 	log *slog.Logger
 
 	mu      sync.Mutex
-	users   map[uint32]*userCount             // guarded by mu
-	held    int                               // guarded by mu; leases charged, all uids
-	charged map[*lockengine.Slot]uint32       // guarded by mu; slot -> uid charged for its lease
-	logged  map[refusalKey]time.Time          // guarded by mu; last log line per uid and limit
+	users   map[uint32]*userCount       // guarded by mu
+	held    int                         // guarded by mu; leases charged, all uids
+	charged map[*lockengine.Slot]uint32 // guarded by mu; slot -> uid charged for its lease
+	logged  map[refusalKey]time.Time    // guarded by mu; last log line per uid and limit
 	names   map[any]map[uint32]struct{} // guarded by mu; uids charged for each node (*lockNode, *lockDir)
-	refused [numKinds]atomic.Uint64           // refusals by kind
+	refused [numKinds]atomic.Uint64     // refusals by kind
 }
 
 type refusalKey struct {

@@ -62,6 +62,11 @@ func ParseTimeout(s string) (time.Duration, error) {
 	return d, nil
 }
 
+// IsReserved reports whether the path component name is a reserved
+// directory (TryDir, TimeoutDir, SharedDir, FlockDir): no lock and no lock
+// directory, at any depth, can have that name.
+func IsReserved(name string) bool { return slices.Contains(reservedDirs, name) }
+
 // validLockName checks a name that is to become a lock (a file under the
 // root, TryDir or a TimeoutDir/SECS directory). The reserved names cannot be
 // locks: they would be unreachable through the root.

@@ -97,10 +97,13 @@ func sweepDir(dir *fs.Inode, idle *[]*fs.Inode) int {
 		switch node := ch.Operations().(type) {
 		case *timeoutDir:
 			n += sweepDir(ch, idle)
+			if !inRoot && len(ch.Children()) == 0 && !node.used.Swap(false) {
+				*idle = append(*idle, ch) // a lock directory's .timeout
+			}
 		case *lockDir:
 			n += sweepDir(ch, idle)
 			if inRoot && node.viewRoot {
-				continue // .try, .shared, .flock: persistent
+				continue // the root's .try, .shared, .flock: persistent
 			}
 			if len(ch.Children()) == 0 && !node.used.Swap(false) {
 				*idle = append(*idle, ch)

@@ -53,32 +53,50 @@ func (f *filesystem) dirAttr(ctx context.Context, path string) (lockengine.DirAt
 	}
 	f.attrMu.Lock()
 	c, ok := f.attrs[path]
+	gen := f.attrGen
 	f.attrMu.Unlock()
 	if ok && time.Since(c.at) < f.attrTimeout {
 		return c.attr, nil
 	}
 	a, err := f.eng.StatDir(ctx, path)
 	if err != nil {
-		if errors.Is(err, lockengine.ErrNoDir) {
+		if ok && errors.Is(err, lockengine.ErrNoDir) {
+			// Removed through another daemon. (A free lock name,
+			// never cached, costs no scan of the cache.)
 			f.forgetAttr(path)
 		}
 		return lockengine.DirAttr{}, err
 	}
-	f.storeAttr(path, a)
+	f.attrMu.Lock()
+	if f.attrGen == gen {
+		// Unless this daemon changed a directory meanwhile: a's
+		// attributes may be older than the change (a chmod's), and
+		// must not replace it in the cache.
+		f.putAttrLocked(path, a)
+	}
+	f.attrMu.Unlock()
 	return a, nil
 }
 
-// storeAttr caches a as the attributes of lock directory path.
+// storeAttr caches a as the attributes of lock directory path, which this
+// daemon just made or changed.
 func (f *filesystem) storeAttr(path string, a lockengine.DirAttr) {
+	f.attrMu.Lock()
+	f.attrGen++
+	f.putAttrLocked(path, a)
+	f.attrMu.Unlock()
+}
+
+// putAttrLocked caches a as the attributes of path. Called with attrMu
+// held.
+func (f *filesystem) putAttrLocked(path string, a lockengine.DirAttr) {
 	if f.attrTimeout <= 0 {
 		return
 	}
-	f.attrMu.Lock()
 	if f.attrs == nil {
 		f.attrs = make(map[string]dirAttrCache)
 	}
 	f.attrs[path] = dirAttrCache{attr: a, at: time.Now()}
-	f.attrMu.Unlock()
 }
 
 // forgetAttr drops the cached attributes of path and of everything below
@@ -86,6 +104,7 @@ func (f *filesystem) storeAttr(path string, a lockengine.DirAttr) {
 func (f *filesystem) forgetAttr(path string) {
 	f.attrMu.Lock()
 	defer f.attrMu.Unlock()
+	f.attrGen++
 	delete(f.attrs, path)
 	prefix := path + "/"
 	for p := range f.attrs {
@@ -268,34 +287,59 @@ func (f *filesystem) procWarn(name string, c *fuse.Caller, err error) {
 		"lock", name, "uid", c.Uid, "pid", c.Pid, "err", err)
 }
 
-// invalidateDir asks the kernel to drop the attributes it caches of the
-// nodes that show lock directory path, in the tree and under every view
-// (.try, .shared, .flock, .timeout/SECS), and of the lock files in them:
-// they report the directory's owner and mode, which changed. The
-// invalidation (FUSE_NOTIFY_INVAL_INODE, without pages) takes no inode
-// lock in the kernel, so it is safe from within a request.
-func (r *lockDir) invalidateDir(path string) {
-	tops := []*fs.Inode{r.EmbeddedInode()}
-	for _, v := range r.reserved {
-		if _, ok := v.Operations().(*timeoutDir); ok {
-			for _, td := range v.Children() {
-				tops = append(tops, td)
-			}
-			continue
-		}
-		tops = append(tops, v)
-	}
+// showing returns the nodes the kernel knows that show lock directory
+// path: its node in the tree and its mirrors under every view (M/.try/P,
+// M/.timeout/SECS/P, M/A/.try/B for P = A/B, and P's own views
+// M/P/.try, ...). The first is the tree's node, or nil when the kernel
+// does not know it.
+func (r *lockDir) showing(path string) []*fs.Inode {
 	var comps []string
 	if path != "" {
 		comps = strings.Split(path, "/")
 	}
-	for _, top := range tops {
-		n := top
-		for _, c := range comps {
-			if n = n.GetChild(c); n == nil {
-				break
+	out := []*fs.Inode{nil}
+	var visit func(n *fs.Inode, comps []string, inView bool)
+	visit = func(n *fs.Inode, comps []string, inView bool) {
+		if len(comps) == 0 {
+			if inView {
+				out = append(out, n)
+			} else {
+				out[0] = n
+			}
+		} else if ch := n.GetChild(comps[0]); ch != nil {
+			if _, ok := ch.Operations().(*lockDir); ok {
+				visit(ch, comps[1:], inView)
 			}
 		}
+		if inView {
+			return // views have no views
+		}
+		// n's own views show n's path, so they show path below it too.
+		for _, v := range n.Children() {
+			switch vn := v.Operations().(type) {
+			case *lockDir:
+				if vn.viewRoot {
+					visit(v, comps, true)
+				}
+			case *timeoutDir:
+				for _, secs := range v.Children() {
+					visit(secs, comps, true)
+				}
+			}
+		}
+	}
+	visit(r.EmbeddedInode(), comps, false)
+	return out
+}
+
+// invalidateDir asks the kernel to drop the attributes it caches of the
+// nodes that show lock directory path, in the tree and under every view
+// (see showing), and of the lock files in them: they report the
+// directory's owner and mode, which changed. The invalidation
+// (FUSE_NOTIFY_INVAL_INODE, without pages) takes no inode lock in the
+// kernel, so it is safe from within a request.
+func (r *lockDir) invalidateDir(path string) {
+	for _, n := range r.showing(path) {
 		if n == nil {
 			continue
 		}
@@ -305,5 +349,18 @@ func (r *lockDir) invalidateDir(path string) {
 				_ = ch.NotifyContent(-1, 0)
 			}
 		}
+	}
+}
+
+// invalidateMirrors asks the kernel to drop its entries of name in the
+// mirrors of lock directory parent (not in parent's node in the tree):
+// name became a lock directory or stopped being one (mkdir, rmdir through
+// this daemon), and under the views the kernel may still take it for the
+// other. Called from within Mkdir and Rmdir: the kernel holds the tree
+// node's inode lock then, which FUSE_NOTIFY_INVAL_ENTRY on that node would
+// wait for, so it is left out; the mirrors are other inodes.
+func (r *lockDir) invalidateMirrors(parent, name string) {
+	for _, n := range r.showing(parent)[1:] {
+		_ = n.NotifyEntry(name)
 	}
 }

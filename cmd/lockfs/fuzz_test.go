@@ -34,8 +34,13 @@ func splitArgs(s string) []string {
 // exactly dir/lock.
 func checkLockTarget(t *testing.T, name, dir, lock string) {
 	t.Helper()
-	if err := lockengine.ValidateName(lock); err != nil || lock == fsnode.TryDir || lock == fsnode.TimeoutDir {
+	if err := lockengine.ValidateName(lock); err != nil {
 		t.Fatalf("%q: accepted lock name %q (%v)", name, lock, err)
+	}
+	for c := range strings.SplitSeq(lock, "/") {
+		if fsnode.IsReserved(c) {
+			t.Fatalf("%q: accepted lock name %q with the reserved component %q", name, lock, c)
+		}
 	}
 	if dir == "" {
 		t.Fatalf("%q: empty mount directory", name)
@@ -53,7 +58,7 @@ func checkLockTarget(t *testing.T, name, dir, lock string) {
 // absolute path into exactly that path's directory and last component.
 func FuzzLockTarget(f *testing.F) {
 	for _, s := range []string{"x", "/m/x", "/m/x/", "/m/x//", "/m/x/.", "/m/x/..", "/m/./x", "/m/../x", "//x", "/",
-		"/.try", "/m/.try/x", "/m/.timeout/2/x", "a/b", ".", "..", ".try", ".timeout", "", "/m/a\x00b",
+		"/.try", "/m/.try/x", "/m/.timeout/2/x", "/m/.shared", "/m/.flock/x", "a/b", ".shared", ".flock", ".", "..", ".try", ".timeout", "", "/m/a\x00b",
 		"/" + strings.Repeat("n", 256)} {
 		f.Add("", s)
 		f.Add("/mnt/locks", s)

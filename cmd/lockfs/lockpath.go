@@ -76,8 +76,10 @@ func lockTarget(mount, name string) (dir, lock string, err error) {
 	if err := lockengine.ValidateName(lock); err != nil {
 		return "", "", usageErrorf("%w", err)
 	}
-	if lock == fsnode.TryDir || lock == fsnode.TimeoutDir {
-		return "", "", usageErrorf("lock name %q is reserved", lock)
+	for c := range strings.SplitSeq(lock, "/") {
+		if fsnode.IsReserved(c) {
+			return "", "", usageErrorf("lock name %q: %q is reserved (a view, not a lock)", lock, c)
+		}
 	}
 	return dir, lock, nil
 }

@@ -175,6 +175,26 @@ func TestSubtreePerContainer(t *testing.T) {
 	require.False(t, hostTry(t, filepath.Join(m, ".try", "teamA", "p", "q", "r", "n")), "the host got teamA/p/q/r/n while A holds it")
 	n.kill()
 
+	t.Log("the views work inside the subtree: /locks/.try, .timeout, .shared, lockfs run -n")
+	hv := hostLock(t, filepath.Join(m, "teamA", "app", "v"))
+	for _, path := range []string{"/locks/.try/app/v", "/locks/app/.try/v", "/locks/.timeout/0.3/app/v"} {
+		r := a.sh("{ :; } 9>" + path)
+		require.NotZero(t, r.code, "exclusive open of %s in A while the host holds teamA/app/v: %v", path, r)
+		require.Contains(t, r.stderr, "Resource temporarily unavailable", "open of %s in A: %v", path, r)
+	}
+	r = a.sh("lockfs run -n /locks/app/v true")
+	require.Equal(t, 1, r.code, "lockfs run -n in A while the host holds teamA/app/v: %v", r)
+	r = a.sh("lockfs run -n -s /locks/app/v true; echo rc=$?")
+	require.Contains(t, r.stdout, "rc=1", "lockfs run -n -s in A: %v", r)
+	require.NoError(t, hv.Close())
+	waitFor(t, 10*time.Second, "teamA/app/v free for A", func() error {
+		if r := a.sh("lockfs run -n /locks/app/v true"); r.code != 0 {
+			return fmt.Errorf("lockfs run -n: %v", r)
+		}
+		return nil
+	})
+	require.Equal(t, "ok", a.mustSh("{ :; } 9</locks/.shared/app/v && echo ok"), "a shared lock through /locks/.shared")
+
 	t.Log("counter torture: A and the host on teamA/c (2+2 workers x 100), B on teamB/c (2 x 100) meanwhile")
 	require.NoError(t, os.WriteFile(filepath.Join(dataA, "counter"), []byte("0\n"), 0o666))
 	require.NoError(t, os.WriteFile(filepath.Join(dataB, "counter"), []byte("0\n"), 0o666))
