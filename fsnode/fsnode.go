@@ -101,8 +101,8 @@ type Options struct {
 	// attributes of lock directories and lock files, and the entries of
 	// lock directories: a change of a directory made through another
 	// daemon sharing the backend (mkdir, rmdir, chmod, chown) shows
-	// through this mount within it. Zero means DefaultAttrTimeout,
-	// negative zero (ask every time).
+	// through this mount within it. Zero means DefaultAttrTimeout; a
+	// negative value means no caching (ask every time).
 	AttrTimeout time.Duration
 	// Root are the owner, group and mode (07777) of the root directory;
 	// nil means DefaultRootMode owned by the daemon's user and group.

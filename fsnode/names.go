@@ -67,14 +67,14 @@ func ParseTimeout(s string) (time.Duration, error) {
 // directory, at any depth, can have that name.
 func IsReserved(name string) bool { return slices.Contains(reservedDirs, name) }
 
-// validLockName checks a name that is to become a lock (a file under the
-// root, TryDir or a TimeoutDir/SECS directory). The reserved names cannot be
-// locks: they would be unreachable through the root.
+// validLockName checks one component of a lock name or lock directory, at
+// any depth, in the tree or under a view. The reserved names cannot be
+// either: in every directory they are its views.
 func validLockName(name string) error {
 	if err := lockengine.ValidateComponent(name); err != nil {
 		return err
 	}
-	if slices.Contains(reservedDirs, name) {
+	if IsReserved(name) {
 		return fmt.Errorf("%w: %q is reserved", lockengine.ErrInvalidName, name)
 	}
 	return nil

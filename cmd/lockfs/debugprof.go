@@ -16,8 +16,8 @@ import (
 // and its runtime memory statistics there. A measurement aid for
 // docs/benchmarks.md (where a held name's and a blocked opener's bytes
 // go), not a user-facing feature: nothing listens for SIGUSR1 without it.
-// With it, the heap profile records every allocation from then on
-// (runtime.MemProfileRate 1), which slows allocation down.
+// With it, the heap profile records every allocation (main sets
+// runtime.MemProfileRate to 1 first thing), which slows allocation down.
 const debugProfileEnv = "LOCKFS_DEBUG_PROFILE_DIR"
 
 // profileOnSignal writes the profiles of debugProfileEnv on every SIGUSR1
@@ -27,7 +27,6 @@ func profileOnSignal(stop <-chan struct{}) {
 	if dir == "" {
 		return
 	}
-	runtime.MemProfileRate = 1
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGUSR1)
 	defer signal.Stop(sigs)
@@ -48,7 +47,10 @@ func profileOnSignal(stop <-chan struct{}) {
 func writeProfiles(dir string, n int) error {
 	runtime.GC()
 	write := func(name string, f func(*os.File) error) error {
-		out, err := os.Create(filepath.Join(dir, fmt.Sprintf(name, n)))
+		// The daemon runs as root: never follow a symlink planted in
+		// dir, nor write over a file that is already there.
+		out, err := os.OpenFile(filepath.Join(dir, fmt.Sprintf(name, n)),
+			os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600)
 		if err != nil {
 			return err
 		}

@@ -35,9 +35,10 @@ func mountOrDefault(m string) string {
 // errNotLockfs: the directory is not a lockfs mount.
 var errNotLockfs = errors.New("not a lockfs mount")
 
-// checkLockfsDir returns an error unless dir is the root of a FUSE mount
-// (statfs f_type), which for lockfs paths means a lockfs mount. It does not
-// take any lock.
+// checkLockfsDir returns an error (wrapping errNotLockfs) unless dir is
+// on a FUSE filesystem (statfs f_type): a mount's root or a directory in
+// it, which for lockfs paths means a lockfs mount or a lock directory. It
+// does not take any lock.
 func checkLockfsDir(dir string) error {
 	var st unix.Statfs_t
 	if err := unix.Statfs(dir, &st); err != nil {

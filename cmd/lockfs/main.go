@@ -62,6 +62,11 @@ as MOUNTPOINT, else $LOCKFS_MOUNT, else /mnt/locks.
 `
 
 func main() {
+	if os.Getenv(debugProfileEnv) != "" {
+		// Before anything allocates, as the runtime asks (see
+		// profileOnSignal).
+		runtime.MemProfileRate = 1
+	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
