@@ -94,6 +94,9 @@ func Prereqs() string {
 // lockfs and the Go client. A missing prerequisite is an error when
 // LOCKFS_E2E_REQUIRED is set, and a SkipReason otherwise.
 func Setup() (*Env, error) {
+	for _, m := range sweepDead(os.TempDir()) {
+		fmt.Fprintf(os.Stderr, "harness: detached a dead run's fuse.lockfs mount at %s\n", m)
+	}
 	root, err := os.MkdirTemp("", "lockfs-e2e-")
 	if err != nil {
 		return nil, fmt.Errorf("harness: temp root: %w", err)
@@ -214,6 +217,39 @@ func (e *Env) Teardown() error {
 		errs = append(errs, fmt.Errorf("harness: remove temp root: %w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// sweepDead detaches the fuse.lockfs mounts that a dead run left below
+// tmp/lockfs-e2e-*: a go test timeout panics past every cleanup, the
+// daemons die with the test binary (their parent-death signal), and their
+// mounts then fail with ENOTCONN. A mount that still answers belongs to a
+// run in progress and is left alone, as is one that does not answer in
+// time. It returns the mountpoints it detached.
+func sweepDead(tmp string) []string {
+	ms, err := Mounts()
+	if err != nil {
+		return nil
+	}
+	prefix := filepath.Join(tmp, "lockfs-e2e-")
+	var out []string
+	for _, m := range mountinfo.Lockfs(ms) {
+		if !strings.HasPrefix(m.Point, prefix) {
+			continue
+		}
+		res := make(chan error, 1)
+		go func() {
+			var st unix.Statfs_t
+			res <- unix.Statfs(m.Point, &st)
+		}()
+		select {
+		case err := <-res:
+			if errors.Is(err, unix.ENOTCONN) && unix.Unmount(m.Point, unix.MNT_DETACH) == nil {
+				out = append(out, m.Point)
+			}
+		case <-time.After(2 * time.Second):
+		}
+	}
+	return out
 }
 
 // Require skips t when prerequisites are missing (and LOCKFS_E2E_REQUIRED is
