@@ -282,8 +282,8 @@ func (f *filesystem) procWarn(name string, c *fuse.Caller, err error) {
 	if last != 0 && now-last < int64(procWarnEvery) || !f.procWarned.CompareAndSwap(last, now) {
 		return
 	}
-	f.log.Warn("cannot tell whether the caller is in mkdir: mkdir of a new name by another user fails with EEXIST"+
-		" until the daemon has CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH",
+	f.log.Warn("cannot tell whether the caller is in mkdir: its mkdir of a new name fails with EEXIST;"+
+		" the daemon needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (or CAP_DAC_OVERRIDE) to read /proc/PID/syscall",
 		"lock", name, "uid", c.Uid, "pid", c.Pid, "err", err)
 }
 
@@ -315,7 +315,11 @@ func (r *lockDir) showing(path string) []*fs.Inode {
 			return // views have no views
 		}
 		// n's own views show n's path, so they show path below it too.
-		for _, v := range n.Children() {
+		for _, name := range reservedDirs {
+			v := n.GetChild(name)
+			if v == nil {
+				continue
+			}
 			switch vn := v.Operations().(type) {
 			case *lockDir:
 				if vn.viewRoot {
