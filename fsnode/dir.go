@@ -682,8 +682,11 @@ func callerArgs(ctx context.Context) []any {
 func (d *lockDir) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
 	const change = fuse.FATTR_MODE | fuse.FATTR_UID | fuse.FATTR_GID
 	if in.Valid&change != 0 && (d.view || d.path == "") {
-		return d.fsys.fail("setattr", dirLabel(d.path), 0,
-			fmt.Errorf("the attributes of %s are fixed: %w", dirLabel(d.path), syscall.EPERM))
+		what := "the root's attributes are fixed (lockfs mount --root-mode, --root-owner)"
+		if d.view {
+			what = "a view's attributes are fixed (change those of the lock directory it shows)"
+		}
+		return d.fsys.fail("setattr", dirLabel(d.path), 0, fmt.Errorf("%s: %w", what, syscall.EPERM))
 	}
 	if in.Valid&change == 0 {
 		return d.Getattr(ctx, f, out)
