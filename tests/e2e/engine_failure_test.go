@@ -65,6 +65,7 @@ func TestEngineFailure(t *testing.T) {
 		})
 		d := e.StartDaemon(t, harness.DaemonConfig{StateDir: sd})
 		require.Equal(t, "granted", probe(t, e, d.Path("warm"), "w"))
+		waitHolders(t, d.Path("warm"), 0) // released after the try's close(2): warm is tried again below
 
 		fill := filepath.Join(sd, "fill")
 		require.NoError(t, os.Mkdir(fill, 0o755))

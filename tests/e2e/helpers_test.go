@@ -100,12 +100,27 @@ func requireHeld(t *testing.T, e *harness.Env, path string) {
 }
 
 // waitFree polls until an exclusive try (probe) of path succeeds
-// (release is asynchronous: it follows close(2) by a little).
+// (release is asynchronous: it follows close(2) by a little), then until
+// the lease of that successful try is gone as well (its release is just as
+// asynchronous), so that path is free, for a try too, when it returns.
 func waitFree(t *testing.T, e *harness.Env, path string) {
 	t.Helper()
 	harness.Eventually(t, patience, func() (bool, string) {
 		got := probe(t, e, path, "w")
 		return got == "granted", fmt.Sprintf("%s still not free (exclusive try: %s)", path, got)
+	})
+	waitHolders(t, path, 0)
+}
+
+// waitLostClosed polls until path's user.lockfs.holders (as the daemon of
+// path's mount lists them) shows no lost lease: a lost lease is listed
+// until its holder's descriptor is released, at the RELEASE that follows
+// close(2) by a little.
+func waitLostClosed(t *testing.T, path string) {
+	t.Helper()
+	harness.Eventually(t, patience, func() (bool, string) {
+		v := lockXattr(t, path, "user.lockfs.holders")
+		return !strings.Contains(v, " lost\n"), fmt.Sprintf("%s still lists a lost lease: %q", path, v)
 	})
 }
 

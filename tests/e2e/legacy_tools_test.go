@@ -383,10 +383,16 @@ func TestLegacyTryAndTimeoutCodes(t *testing.T) {
 
 	shellRelease(t, h)
 	waitFree(t, e, x)
+	// Each tool's lock goes at the RELEASE that follows its exit by a
+	// little: wait for it before the next tool tries.
 	assert.Equal(t, 0, toolRun(t, flock, "-n", x, "true"), "flock -n, free")
+	waitHolders(t, x, 0)
 	assert.Equal(t, 0, toolRun(t, flock, "-w", "0.5", x, "true"), "flock -w 0.5, free")
+	waitHolders(t, x, 0)
 	assert.Equal(t, 0, toolRun(t, setlock, "-n", x, "true"), "setlock -n, free")
+	waitHolders(t, x, 0)
 	assert.Equal(t, 0, toolRun(t, chpst, "-L", x, "true"), "chpst -L, free")
+	waitHolders(t, x, 0)
 	p = pyLock(t, e, "filelock", flockPath(x), "0.3")
 	p.WaitLine("held", patience)
 	p.CloseStdin()

@@ -33,6 +33,7 @@ func TestLookupAnyNameStableInode(t *testing.T) {
 	// released, give the same inode.
 	h := e.Hold(t, d.Path("alpha"), "w")
 	harness.Release(t, h)
+	waitHolders(t, d.Path("alpha"), 0) // released at the RELEASE that follows close(2)
 	for name, want := range ino {
 		st, err := os.Stat(d.Path(name))
 		require.NoError(t, err)

@@ -137,6 +137,7 @@ func TestTakeoverFromStoppedDaemon(t *testing.T) {
 	// The taker holds it: A cannot grant it.
 	assert.Equal(t, "EAGAIN", probe(t, e, a.Path("x"), "w"), "A after the takeover")
 	harness.Release(t, h)
+	waitLostClosed(t, a.Path("x")) // A forgets the lost lease at the RELEASE that follows close(2)
 	assert.Equal(t, "EAGAIN", probe(t, e, a.Path("x"), "w"), "A after its lost holder closed")
 	harness.Release(t, w)
 	waitFree(t, e, a.Path("x"))

@@ -93,13 +93,15 @@ func treeProbe(t *testing.T, e *harness.Env, m, name, mode string) string {
 	return openOnce(t, e, inView(m, ".try", name), mode, true)
 }
 
-// treeWaitFree polls until an exclusive try of name on mount m succeeds.
+// treeWaitFree polls until an exclusive try of name on mount m succeeds,
+// then until that try's own lease is gone too (see waitFree).
 func treeWaitFree(t *testing.T, e *harness.Env, m, name string) {
 	t.Helper()
 	harness.Eventually(t, patience, func() (bool, string) {
 		got := treeProbe(t, e, m, name, "w")
 		return got == "granted", fmt.Sprintf("%s on %s still not free (exclusive try: %s)", name, m, got)
 	})
+	waitHolders(t, inView(m, "", name), 0)
 }
 
 // treeRequireHeld asserts that name is locked against an exclusive try
@@ -296,6 +298,11 @@ func TestTreeBasics(t *testing.T) {
 	assert.Equal(t, "granted", treeProbe(t, e, m, "deploy", "w"), "deploy is not team/deploy")
 	assert.Equal(t, "granted", treeProbe(t, e, m, "other/deploy", "w"), "other/deploy is not team/deploy")
 	assert.Equal(t, "granted", treeProbe(t, e, m, "team/app/deploy", "w"), "team/app/deploy is not team/deploy")
+	// Each granted try's lease goes at its RELEASE, a little after its
+	// close(2): until then ls would list deploy as held.
+	for _, n := range []string{"deploy", "other/deploy", "team/app/deploy"} {
+		waitHolders(t, d.Path(n), 0)
+	}
 	assert.Equal(t, map[string]bool{"app": true, "deploy": false}, dirEntries(t, d.Path("team")),
 		"ls lists the subdirectory (a directory) and the held name (not one)")
 	names, _ := listNames(t, m)
@@ -330,6 +337,7 @@ func TestTreeBasics(t *testing.T) {
 		"P="+inView(m, ".flock", "team/app/f"))
 	f.WaitLine("opened", patience)
 	assert.Equal(t, "granted", treeProbe(t, e, m, "team/app/f", "w"), "the .flock open took the lock")
+	waitHolders(t, d.Path("team/app/f"), 0) // the try's lease, released after its close(2), would fail flock -n
 	f.Send("lock")
 	f.WaitLine("locked", patience)
 	treeRequireHeld(t, e, m, "team/app/f")

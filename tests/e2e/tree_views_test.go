@@ -82,6 +82,10 @@ func TestTreeMkdirShowsInViewsAtOnce(t *testing.T) {
 		require.NoError(t, err, v)
 		assert.True(t, st.IsDir(), "%s: a directory right after mkdir", v)
 		assert.Equal(t, "granted", openOnce(t, e, filepath.Join(d.Path(v), "x"), "w", true), "a lock in %s", v)
+		// Every view's x is team/app/x: its lease goes at the RELEASE that
+		// follows the close(2), and until then the next view's try would get
+		// EAGAIN and the rmdir below ENOTEMPTY.
+		waitHolders(t, d.Path("team/app/x"), 0)
 	}
 	require.NoError(t, os.Remove(d.Path("team/app")))
 	for _, v := range views {

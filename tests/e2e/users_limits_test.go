@@ -87,6 +87,10 @@ func TestUserLimits(t *testing.T) {
 	harness.Release(t, a)
 	harness.Release(t, b)
 	harness.Release(t, o)
+	// Their leases, and nobody's held count, go at the RELEASE that follows
+	// close(2): until then nobody's wait below would be refused (limit=held).
+	waitHolders(t, d.Path("a"), 0)
+	waitHolders(t, d.Path("b"), 0)
 
 	// waiting: 1 per user (c is held by root)
 	w := as(65534, "w", d.Path("c"))
