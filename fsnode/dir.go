@@ -255,48 +255,16 @@ type lockDir struct {
 	// set once in OnAdd of the root, read-only afterwards.
 	reserved map[string]*fs.Inode
 
-	// used is set by every lookup of the node; the sweep (sweep.go) asks
-	// the kernel to forget a directory node with no children that was
-	// not used since the previous sweep. forgotten is set by the first
-	// OnForget. The root and the reserved directories are never
-	// forgotten.
-	used      atomic.Bool
-	forgotten atomic.Bool
+	// counted: when the sweep may ask the kernel to forget the node (see
+	// sweep.go). The root and its reserved directories are persistent.
+	counted
 }
 
 var _ fs.NodeOnForgetter = (*lockDir)(nil)
 
 // OnForget runs when the kernel has forgotten the directory's inode: it no
 // longer counts against the names limit of the uids that looked it up.
-func (d *lockDir) OnForget() {
-	if d.forgotten.Swap(true) {
-		return
-	}
-	d.fsys.inodes.Add(-1)
-	d.fsys.lim.forgetName(d)
-}
-
-// newDirNode returns a new node for a lock directory (or a .timeout/SECS
-// view) below parent, counted in the inodes the daemon keeps.
-func newDirNode(ctx context.Context, parent *fs.Inode, d *lockDir) *fs.Inode {
-	d.fsys.inodes.Add(1)
-	return parent.NewInode(ctx, d, fs.StableAttr{Mode: syscall.S_IFDIR})
-}
-
-// chargeDirNode marks the directory node ch (made by newDirNode if
-// created) used and counts it against the names limit of the caller of
-// ctx; past the limit, ENOLCK (logged by the limiter).
-func (f *filesystem) chargeDirNode(ctx context.Context, ch *fs.Inode, created bool) syscall.Errno {
-	sub := ch.Operations().(*lockDir)
-	sub.used.Store(true)
-	if err := f.lim.chargeName(ctx, sub); err != nil {
-		if created {
-			sub.OnForget() // never handed to the kernel, so never forgotten
-		}
-		return Errno(err)
-	}
-	return 0
-}
+func (d *lockDir) OnForget() { d.fsys.forgetNode(d) }
 
 // OnAdd creates the reserved directories under the root.
 func (d *lockDir) OnAdd(ctx context.Context) {
@@ -320,7 +288,7 @@ func (d *lockDir) OnAdd(ctx context.Context) {
 // root, M/team/.try in lock directory team, which shows the same locks as
 // M/.try/team, so that a process that sees only team (a container with
 // M/team bind-mounted) can use the views too.
-func (d *lockDir) newView(name string) fs.InodeEmbedder {
+func (d *lockDir) newView(name string) countedNode {
 	view := func(p policy) *lockDir {
 		return &lockDir{dirBase: d.dirBase, policy: p, path: d.path, view: true, viewRoot: true}
 	}
@@ -345,34 +313,15 @@ func (d *lockDir) lookupView(ctx context.Context, name string, out *fuse.EntryOu
 	ch := d.GetChild(name)
 	created := ch == nil
 	if created {
-		d.fsys.inodes.Add(1)
-		ch = d.NewInode(ctx, d.newView(name), fs.StableAttr{Mode: syscall.S_IFDIR})
+		ch = d.fsys.newNode(ctx, d.EmbeddedInode(), d.newView(name), syscall.S_IFDIR)
 	}
-	if err := d.fsys.chargeView(ctx, ch, created); err != 0 {
-		return nil, err
+	if errno := d.fsys.useNode(ctx, ch.Operations().(countedNode), created); errno != 0 {
+		return nil, errno
 	}
 	d.fsys.fillDirAttr(&out.Attr, d.fsys.reservedAttr())
 	out.SetAttrTimeout(cacheTimeout)
 	out.SetEntryTimeout(cacheTimeout)
 	return ch, 0
-}
-
-// chargeView marks view node ch (a *lockDir or a *timeoutDir, just made
-// if created) used and counts it against the names limit of the caller of
-// ctx; past the limit, ENOLCK.
-func (f *filesystem) chargeView(ctx context.Context, ch *fs.Inode, created bool) syscall.Errno {
-	if _, ok := ch.Operations().(*lockDir); ok {
-		return f.chargeDirNode(ctx, ch, created)
-	}
-	td := ch.Operations().(*timeoutDir)
-	td.used.Store(true)
-	if err := f.lim.chargeName(ctx, td); err != nil {
-		if created {
-			td.OnForget() // never handed to the kernel, so never forgotten
-		}
-		return Errno(err)
-	}
-	return 0
 }
 
 // reservedAttr are the attributes of the reserved directories.
@@ -430,7 +379,7 @@ func (d *lockDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 			out.SetEntryTimeout(cacheTimeout)
 			return ch, 0
 		}
-	} else if !d.view && slices.Contains(reservedDirs, name) {
+	} else if !d.view && IsReserved(name) {
 		return d.lookupView(ctx, name, out)
 	}
 	if err := validLockName(name); err != nil {
@@ -465,9 +414,10 @@ func (d *lockDir) lookupDir(ctx context.Context, name, full string, a lockengine
 	}
 	created := ch == nil
 	if created {
-		ch = newDirNode(ctx, d.EmbeddedInode(), &lockDir{dirBase: d.dirBase, policy: d.policy, path: full, view: d.view})
+		ch = d.fsys.newNode(ctx, d.EmbeddedInode(),
+			&lockDir{dirBase: d.dirBase, policy: d.policy, path: full, view: d.view}, syscall.S_IFDIR)
 	}
-	if errno := d.fsys.chargeDirNode(ctx, ch, created); errno != 0 {
+	if errno := d.fsys.useNode(ctx, ch.Operations().(countedNode), created); errno != 0 {
 		return nil, errno
 	}
 	d.fsys.fillDirAttr(&out.Attr, a)
@@ -478,11 +428,9 @@ func (d *lockDir) lookupDir(ctx context.Context, name, full string, a lockengine
 
 // lookupLock returns the lock file of name full (named name here).
 func (d *lockDir) lookupLock(ctx context.Context, name, full string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	a, _, err := d.attr(ctx)
-	if d.viewRoot {
-		// A view's lock files show the directory the view is of.
-		a, err = d.fsys.dirAttr(ctx, d.path)
-	}
+	// The lock files show the directory's attributes (a view's: those of
+	// the directory it is of).
+	a, err := d.fsys.dirAttr(ctx, d.path)
 	if err != nil {
 		return nil, d.fsys.fail("lookup", full, 0, err)
 	}
@@ -494,16 +442,10 @@ func (d *lockDir) lookupLock(ctx context.Context, name, full string, out *fuse.E
 	created := n == nil
 	if created {
 		n = &lockNode{fsys: d.fsys, name: full, policy: d.policy}
-		ch = d.NewInode(ctx, n, fs.StableAttr{Mode: syscall.S_IFREG})
-		d.fsys.inodes.Add(1)
+		ch = d.fsys.newNode(ctx, d.EmbeddedInode(), n, syscall.S_IFREG)
 	}
-	n.used.Store(true)
-	if err := d.fsys.lim.chargeName(ctx, n); err != nil {
-		if created {
-			// Never handed to the kernel, so never forgotten.
-			n.OnForget()
-		}
-		return nil, Errno(err)
+	if errno := d.fsys.useNode(ctx, n, created); errno != 0 {
+		return nil, errno
 	}
 	d.fsys.fileAttr(&out.Attr, a)
 	// Not longer than the attribute timeout: another daemon may make the
@@ -597,7 +539,7 @@ func (d *lockDir) Mkdir(ctx context.Context, name string, mode uint32, out *fuse
 	}
 	d.fsys.log.Info("lock directory made", append([]any{"dir", full, "uid", a.UID, "gid", a.GID,
 		"mode", fmt.Sprintf("%#o", a.Mode)}, callerArgs(ctx)...)...)
-	ch := newDirNode(ctx, d.EmbeddedInode(), &lockDir{dirBase: d.dirBase, policy: d.policy, path: full})
+	ch := d.fsys.newNode(ctx, d.EmbeddedInode(), &lockDir{dirBase: d.dirBase, policy: d.policy, path: full}, syscall.S_IFDIR)
 	d.fsys.fillDirAttr(&out.Attr, a)
 	out.SetAttrTimeout(d.fsys.attrTimeout)
 	out.SetEntryTimeout(d.fsys.attrTimeout)
@@ -758,22 +700,14 @@ func chattr(ctx context.Context, a lockengine.DirAttr, in *fuse.SetAttrIn) (lock
 type timeoutDir struct {
 	fs.Inode
 	dirBase
-	path string
-	// used and forgotten as in lockDir (the root's is persistent).
-	used      atomic.Bool
-	forgotten atomic.Bool
+	path    string
+	counted // as in lockDir (the root's .timeout is persistent)
 }
 
 var _ fs.NodeOnForgetter = (*timeoutDir)(nil)
 
 // OnForget runs when the kernel has forgotten a lock directory's .timeout.
-func (d *timeoutDir) OnForget() {
-	if d.forgotten.Swap(true) {
-		return
-	}
-	d.fsys.inodes.Add(-1)
-	d.fsys.lim.forgetName(d)
-}
+func (d *timeoutDir) OnForget() { d.fsys.forgetNode(d) }
 
 // Getattr reports a read-only directory.
 func (d *timeoutDir) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
@@ -793,13 +727,14 @@ func (d *timeoutDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut
 	ch := d.GetChild(name)
 	created := ch == nil
 	if created {
-		ch = newDirNode(ctx, d.EmbeddedInode(),
-			&lockDir{dirBase: d.dirBase, policy: timeoutPolicy(timeout), path: d.path, view: true, viewRoot: true})
+		ch = d.fsys.newNode(ctx, d.EmbeddedInode(),
+			&lockDir{dirBase: d.dirBase, policy: timeoutPolicy(timeout), path: d.path, view: true, viewRoot: true},
+			syscall.S_IFDIR)
 	}
 	// Each spelling is a node of its own (.timeout/1, .timeout/1.0, ...):
 	// counted against the caller's names limit, and forgotten by the
 	// sweep once idle, so spellings cannot exhaust the daemon's memory.
-	if errno := d.fsys.chargeDirNode(ctx, ch, created); errno != 0 {
+	if errno := d.fsys.useNode(ctx, ch.Operations().(countedNode), created); errno != 0 {
 		return nil, errno
 	}
 	d.fsys.fillDirAttr(&out.Attr, d.fsys.reservedAttr())

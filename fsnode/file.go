@@ -53,14 +53,12 @@ type lockNode struct {
 	name   string // the lock name
 	policy policy // whether and how Open takes the lock
 
-	// open counts the handles of this node not yet released; used is
-	// set by every lookup and open. The sweep (sweep.go) invalidates
-	// the kernel's entry of a node with neither, so that its inode is
-	// forgotten.
+	// open counts the handles of this node not yet released; counted's
+	// used is set by every lookup and open. The sweep (sweep.go)
+	// invalidates the kernel's entry of a node with neither, so that its
+	// inode is forgotten.
 	open atomic.Int32
-	used atomic.Bool
-	// forgotten is set by the first OnForget.
-	forgotten atomic.Bool
+	counted
 }
 
 var _ fs.NodeOnForgetter = (*lockNode)(nil)
@@ -68,13 +66,7 @@ var _ fs.NodeOnForgetter = (*lockNode)(nil)
 // OnForget runs when the kernel has forgotten the inode (and no handle is
 // open): the name no longer counts against the limits of the uids that
 // looked it up, and the inode count drops.
-func (n *lockNode) OnForget() {
-	if n.forgotten.Swap(true) {
-		return
-	}
-	n.fsys.inodes.Add(-1)
-	n.fsys.lim.forgetName(n)
-}
+func (n *lockNode) OnForget() { n.fsys.forgetNode(n) }
 
 // Setattr accepts and ignores every change the kernel lets through
 // (truncate from O_TRUNC or ftruncate, utimes; chmod and chown need the

@@ -100,12 +100,12 @@ type limiter struct {
 	log *slog.Logger
 
 	mu      sync.Mutex
-	users   map[uint32]*userCount       // guarded by mu
-	held    int                         // guarded by mu; leases charged, all uids
-	charged map[*lockengine.Slot]uint32 // guarded by mu; slot -> uid charged for its lease
-	logged  map[refusalKey]time.Time    // guarded by mu; last log line per uid and limit
-	names   map[any]map[uint32]struct{} // guarded by mu; uids charged for each node (*lockNode, *lockDir)
-	refused [numKinds]atomic.Uint64     // refusals by kind
+	users   map[uint32]*userCount               // guarded by mu
+	held    int                                 // guarded by mu; leases charged, all uids
+	charged map[*lockengine.Slot]uint32         // guarded by mu; slot -> uid charged for its lease
+	logged  map[refusalKey]time.Time            // guarded by mu; last log line per uid and limit
+	names   map[countedNode]map[uint32]struct{} // guarded by mu; uids charged for each node
+	refused [numKinds]atomic.Uint64             // refusals by kind
 }
 
 type refusalKey struct {
@@ -116,7 +116,7 @@ type refusalKey struct {
 func newLimiter(cfg Limits, lg *slog.Logger) *limiter {
 	return &limiter{cfg: cfg, log: lg, users: make(map[uint32]*userCount),
 		charged: make(map[*lockengine.Slot]uint32), logged: make(map[refusalKey]time.Time),
-		names: make(map[any]map[uint32]struct{})}
+		names: make(map[countedNode]map[uint32]struct{})}
 }
 
 // callerUID returns the uid of the FUSE caller of ctx; ok is false when
@@ -289,10 +289,10 @@ func (l *limiter) beginWait(ctx context.Context) (end func(), err error) {
 	}, nil
 }
 
-// chargeName counts node n (a *lockNode, or a *lockDir below a view or
-// .timeout) for the caller of ctx, once per uid and inode, or refuses
-// with ENOLCK. Exempt callers are not counted.
-func (l *limiter) chargeName(ctx context.Context, n any) error {
+// chargeName counts node n (a lock file, lock directory or view) for the
+// caller of ctx, once per uid and inode, or refuses with ENOLCK. Exempt
+// callers are not counted.
+func (l *limiter) chargeName(ctx context.Context, n countedNode) error {
 	if l == nil {
 		return nil
 	}
@@ -321,7 +321,7 @@ func (l *limiter) chargeName(ctx context.Context, n any) error {
 }
 
 // forgetName uncounts n for every uid (its inode was forgotten).
-func (l *limiter) forgetName(n any) {
+func (l *limiter) forgetName(n countedNode) {
 	if l == nil {
 		return
 	}

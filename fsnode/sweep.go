@@ -1,6 +1,9 @@
 package fsnode
 
 import (
+	"context"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -35,6 +38,57 @@ import (
 // open, or the descriptor a lock call came through), so they are never
 // invalidated; an invalidation that races with a new lookup only costs
 // that lookup a second LOOKUP later.
+
+// counted is what a node the kernel may forget keeps for the sweep and the
+// names limit: used is set by every lookup (and open) and cleared by the
+// sweep; forgotten is set once the node's count has ended (forgetNode).
+// Lock files, lock directories and the views below the root embed it.
+type counted struct {
+	used      atomic.Bool
+	forgotten atomic.Bool
+}
+
+func (c *counted) counts() *counted { return c }
+
+// countedNode is a node that embeds counted: *lockNode, *lockDir,
+// *timeoutDir. It is also the node's key in the names limit.
+type countedNode interface {
+	fs.InodeEmbedder
+	counts() *counted
+}
+
+// newNode returns a new inode of mode (S_IFREG, S_IFDIR) for n below
+// parent, counted in the inodes the daemon keeps until forgetNode.
+func (f *filesystem) newNode(ctx context.Context, parent *fs.Inode, n countedNode, mode uint32) *fs.Inode {
+	f.inodes.Add(1)
+	return parent.NewInode(ctx, n, fs.StableAttr{Mode: mode})
+}
+
+// useNode marks n used (for the sweep) and counts it against the names
+// limit of the caller of ctx (see limiter.chargeName); past the limit,
+// ENOLCK, logged by the limiter. A node just created for this lookup is
+// then forgotten at once: it was never handed to the kernel, which would
+// otherwise forget it.
+func (f *filesystem) useNode(ctx context.Context, n countedNode, created bool) syscall.Errno {
+	n.counts().used.Store(true)
+	if err := f.lim.chargeName(ctx, n); err != nil {
+		if created {
+			f.forgetNode(n)
+		}
+		return Errno(err)
+	}
+	return 0
+}
+
+// forgetNode ends n's count, once: the inodes the daemon keeps, and the
+// names limit of every uid charged for it.
+func (f *filesystem) forgetNode(n countedNode) {
+	if n.counts().forgotten.Swap(true) {
+		return
+	}
+	f.inodes.Add(-1)
+	f.lim.forgetName(n)
+}
 
 // DefaultNameSweep is the interval of the sweep when Options.NameSweep is
 // zero.

@@ -37,20 +37,8 @@ func TestDirNodesLimitedAndGivenBack(t *testing.T) {
 	d := e.StartDaemon(t, harness.DaemonConfig{Args: []string{"--metrics-addr", "127.0.0.1:0",
 		"--name-sweep", "200ms", "--max-names-per-user", "50"}})
 	usersCanReach(t, e, d)
-	m := metricsAddrRe.FindStringSubmatch(d.WaitLog(patience, `msg="serving metrics"`))
-	require.Len(t, m, 2)
-	url := "http://" + m[1] + "/metrics"
-	inodes := func() int {
-		for l := range strings.SplitSeq(scrapeMetrics(t, url), "\n") {
-			if v, ok := strings.CutPrefix(l, "lockfs_inodes "); ok {
-				f, err := strconv.ParseFloat(v, 64)
-				require.NoError(t, err)
-				return int(f)
-			}
-		}
-		t.Fatal("no lockfs_inodes in the metrics")
-		return 0
-	}
+	url := metricsURL(t, d)
+	inodes := func() int { return inodesMetric(t, url) }
 	spell := func(u treeUser, prefix string, n int) string {
 		t.Helper()
 		code, out, errOut := runAs(t, u, e.Python, "-c", statSpellings, d.Mountpoint, prefix, strconv.Itoa(n))

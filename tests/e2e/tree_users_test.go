@@ -234,6 +234,7 @@ func requireLockRefused(t *testing.T, e *harness.Env, u treeUser, m, name string
 	}
 	// Nothing was taken or queued: the name is free and not listed.
 	assert.Equal(t, "granted", treeProbe(t, e, m, name, "w"), "%s after the refusals", name)
+	waitHolders(t, inView(m, "", name), 0) // the try's own lease goes at its RELEASE, after close(2)
 	_, listed := dirEntries(t, filepath.Join(m, filepath.Dir(name)))[filepath.Base(name)]
 	assert.False(t, listed, "%s is listed after the refusals: something is held or queued", name)
 }

@@ -4,7 +4,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -130,9 +129,7 @@ func TestNameMemoryGivenBack(t *testing.T) {
 	e := setup(t)
 	d := e.StartDaemon(t, harness.DaemonConfig{LogLevel: "info",
 		Args: []string{"--metrics-addr", "127.0.0.1:0", "--name-sweep", "200ms"}})
-	m := metricsAddrRe.FindStringSubmatch(d.WaitLog(patience, `msg="serving metrics"`))
-	require.Len(t, m, 2)
-	url := "http://" + m[1] + "/metrics"
+	url := metricsURL(t, d)
 
 	const n = 20000
 	for i := range n {
@@ -140,17 +137,7 @@ func TestNameMemoryGivenBack(t *testing.T) {
 		require.NoError(t, err)
 		require.NoError(t, unix.Close(fd))
 	}
-	inodes := func() int {
-		for l := range strings.SplitSeq(scrapeMetrics(t, url), "\n") {
-			if v, ok := strings.CutPrefix(l, "lockfs_inodes "); ok {
-				f, err := strconv.ParseFloat(v, 64)
-				require.NoError(t, err)
-				return int(f)
-			}
-		}
-		t.Fatal("no lockfs_inodes in the metrics")
-		return 0
-	}
+	inodes := func() int { return inodesMetric(t, url) }
 	// A held name keeps its inode.
 	h := e.Hold(t, d.Path("held"), "w")
 	harness.Eventually(t, 30*time.Second, func() (bool, string) {

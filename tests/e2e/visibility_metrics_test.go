@@ -4,6 +4,7 @@ import (
 	"io"
 	"net/http"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -15,6 +16,29 @@ import (
 )
 
 var metricsAddrRe = regexp.MustCompile(`msg="serving metrics" addr=(\S+)`)
+
+// metricsURL is the /metrics URL of daemon d, started with
+// --metrics-addr, from its log.
+func metricsURL(t *testing.T, d *harness.Daemon) string {
+	t.Helper()
+	m := metricsAddrRe.FindStringSubmatch(d.WaitLog(patience, `msg="serving metrics"`))
+	require.Len(t, m, 2)
+	return "http://" + m[1] + "/metrics"
+}
+
+// inodesMetric scrapes the lockfs_inodes gauge at url.
+func inodesMetric(t *testing.T, url string) int {
+	t.Helper()
+	for l := range strings.SplitSeq(scrapeMetrics(t, url), "\n") {
+		if v, ok := strings.CutPrefix(l, "lockfs_inodes "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			require.NoError(t, err)
+			return int(f)
+		}
+	}
+	t.Fatal("no lockfs_inodes in the metrics")
+	return 0
+}
 
 // scrapeMetrics fetches the metrics page.
 func scrapeMetrics(t *testing.T, url string) string {
@@ -46,9 +70,7 @@ func hasMetricSample(page, sample string) bool {
 func TestMetrics(t *testing.T) {
 	e := setup(t)
 	d := e.StartDaemon(t, harness.DaemonConfig{Args: []string{"--metrics-addr", "127.0.0.1:0", "--lock-delay", "100ms"}})
-	m := metricsAddrRe.FindStringSubmatch(d.WaitLog(patience, `msg="serving metrics"`))
-	require.Len(t, m, 2)
-	url := "http://" + m[1] + "/metrics"
+	url := metricsURL(t, d)
 
 	h := e.Hold(t, d.Path("x"), "w")
 	w := e.Waiter(t, d.Path("x"), "w")
