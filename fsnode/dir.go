@@ -349,7 +349,7 @@ func (d *lockDir) attr(ctx context.Context) (lockengine.DirAttr, time.Duration, 
 // lock directory it shows (ENOENT once that is gone), fixed ones for the
 // root and the reserved directories.
 func (d *lockDir) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	a, timeout, err := d.attr(ctx)
+	a, timeout, err := d.attr(metadataCtx(ctx))
 	if err != nil {
 		return d.fsys.fail("getattr", dirLabel(d.path), 0, err)
 	}
@@ -372,6 +372,7 @@ func (d *lockDir) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOu
 // name made a lock directory (or a directory removed) through another
 // daemon shows within it; an open costs a LOOKUP at most once per timeout.
 func (d *lockDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	ctx = metadataCtx(ctx)
 	if d.root {
 		if ch := d.reserved[name]; ch != nil {
 			d.fsys.fillDirAttr(&out.Attr, d.fsys.reservedAttr())
@@ -463,7 +464,7 @@ func (d *lockDir) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 	if d.view {
 		return fs.NewListDirStream(nil), 0
 	}
-	subs, err := d.fsys.eng.ReadDir(ctx, d.path)
+	subs, err := d.fsys.eng.ReadDir(metadataCtx(ctx), d.path)
 	if err != nil {
 		return nil, d.fsys.fail("readdir", dirLabel(d.path), 0, err)
 	}
@@ -488,12 +489,16 @@ func (d *lockDir) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 	return fs.NewListDirStream(list), 0
 }
 
-// metadataCtx is the context of the engine calls that change lock
-// directories (mkdir, rmdir, chmod, chown): ctx without its cancellation,
-// which go-fuse delivers when the caller gets a signal (FUSE_INTERRUPT).
-// A signal does not interrupt these calls on a local filesystem, and
-// programs do not retry them on EINTR (Go's os.Remove does not); the
-// backends bound each call by their own timeouts.
+// metadataCtx is the context of the engine calls of the operations that
+// read or change lock directories (lookup, getattr, readdir, mkdir,
+// rmdir, chmod, chown): ctx without its cancellation, which go-fuse
+// delivers when the caller gets a signal (FUSE_INTERRUPT). A signal does
+// not interrupt these calls on a local filesystem, and programs do not
+// retry them on EINTR (mkdir(1) does not, nor does Go's os.Remove): the
+// lookup that mkdir(2) makes of a new name through the etcd backend
+// failed mkdir with EINTR when the caller got a signal meanwhile. Only
+// waits for a lock are interruptible; the backends bound each of these
+// calls by their own timeouts.
 func metadataCtx(ctx context.Context) context.Context { return context.WithoutCancel(ctx) }
 
 // Mkdir makes lock directory name here (not under a view): owned by the

@@ -2,9 +2,12 @@ package fsnode
 
 import (
 	"context"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/stretchr/testify/require"
 
 	"github.com/lockfs/lockfs/lockengine"
@@ -52,4 +55,49 @@ func TestDirAttrDoesNotUndoChange(t *testing.T) {
 	a, err := f.fsys.dirAttr(context.Background(), "team") // from the cache: StatDir would block
 	require.NoError(t, err)
 	require.Equal(t, changed, a, "the cache keeps the change")
+}
+
+// ctxStat is an Engine with one lock directory, team, whose StatDir and
+// ReadDir fail with the context's error once it is cancelled, as the etcd
+// backend's do.
+type ctxStat struct{ lockengine.Engine }
+
+func (e ctxStat) StatDir(ctx context.Context, path string) (lockengine.DirAttr, error) {
+	if err := ctx.Err(); err != nil {
+		return lockengine.DirAttr{}, err
+	}
+	if path == "team" {
+		return lockengine.DirAttr{Mode: 0o755}, nil
+	}
+	return lockengine.DirAttr{}, lockengine.ErrNoDir
+}
+
+func (e ctxStat) ReadDir(ctx context.Context, path string) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return []string{"team"}, nil
+}
+
+// A signal to the caller (FUSE_INTERRUPT: the request's context is
+// cancelled) does not fail a lookup, stat or listing of lock directories
+// with EINTR: they do not wait for a lock, and programs do not retry them
+// (mkdir -p of a new level looks it up first).
+func TestMetadataNotInterrupted(t *testing.T) {
+	f := newFixture(t)
+	root := newRoot(ctxStat{f.q}, f.fsys.log, nil, nil, time.Second)
+	fs.NewNodeFS(root, &fs.Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+
+	var out fuse.EntryOut
+	ch, errno := root.Lookup(ctx, "team", &out)
+	require.Equal(t, syscall.Errno(0), errno, "lookup of a lock directory")
+	require.NotNil(t, ch)
+	_, errno = root.Lookup(ctx, "free", &out)
+	require.Equal(t, syscall.Errno(0), errno, "lookup of a free name")
+	var attr fuse.AttrOut
+	require.Equal(t, syscall.Errno(0), ch.Operations().(*lockDir).Getattr(ctx, nil, &attr), "getattr")
+	_, errno = root.Readdir(ctx)
+	require.Equal(t, syscall.Errno(0), errno, "readdir")
 }
