@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"path/filepath"
 	"regexp"
@@ -146,36 +145,6 @@ func requestKeys(t *testing.T, c *clientv3.Client, prefix, name string) []string
 	return out
 }
 
-var grantedRe = regexp.MustCompile(`msg="lock granted" lock=(\S+) mode=(\S+) token=(\d+)`)
-
-// grantTokens returns the fencing tokens of the grants of name that d has
-// logged so far (at log level debug), in order.
-func grantTokens(t *testing.T, d *harness.Daemon, name string) []uint64 {
-	t.Helper()
-	var out []uint64
-	for _, m := range grantedRe.FindAllStringSubmatch(d.Log(), -1) {
-		if m[1] != name {
-			continue
-		}
-		tok, err := strconv.ParseUint(m[3], 10, 64)
-		require.NoError(t, err)
-		out = append(out, tok)
-	}
-	return out
-}
-
-// nextToken waits until d has logged more than n grant lines for name and
-// returns the token of the last one.
-func nextToken(t *testing.T, d *harness.Daemon, name string, n int) uint64 {
-	t.Helper()
-	var toks []uint64
-	harness.Eventually(t, patience, func() (bool, string) {
-		toks = grantTokens(t, d, name)
-		return len(toks) > n, fmt.Sprintf("%d logged grants of %s, want more than %d", len(toks), name, n)
-	})
-	return toks[len(toks)-1]
-}
-
 // freeLoopbackURLs returns n distinct http URLs on loopback ports nobody
 // listens on (free a moment ago).
 func freeLoopbackURLs(t *testing.T, n int) []string {
@@ -204,15 +173,16 @@ func hasSuffixAll(vals []string, suffix string) bool {
 }
 
 // requireRisingTokens takes the exclusive lock "tok" on daemons a, b, a, b
-// in turn and requires each grant's fencing token (as the daemon logs it)
-// to be larger than the one before.
+// in turn and requires each grant's fencing token (user.lockfs.token, read
+// through the holder's own daemon while it holds) to be larger than the one
+// before.
 func requireRisingTokens(t *testing.T, e *harness.Env, a, b *harness.Daemon) {
 	t.Helper()
 	var prev uint64
 	for i, d := range []*harness.Daemon{a, b, a, b} {
-		n := len(grantTokens(t, d, "tok"))
 		p := e.Hold(t, d.Path("tok"), "w")
-		tok := nextToken(t, d, "tok", n)
+		tok, err := strconv.ParseUint(lockXattr(t, d.Path("tok"), "user.lockfs.token"), 10, 64)
+		require.NoError(t, err, "grant %d: token xattr", i)
 		require.Greater(t, tok, prev, "grant %d (daemon %d): token not above the previous grant's", i, i%2)
 		prev = tok
 		harness.Release(t, p)
