@@ -456,43 +456,20 @@ func (b *fsBench) handoff(c fsConfig, lfs, floorLock *daemon) error {
 	if err := os.WriteFile(filepath.Join(local, "handoff"), nil, 0o644); err != nil {
 		return err
 	}
-	cases := []struct {
-		what, mode, path string
-		p50, p99, max    []float64
-		n                int
-	}{
+	cases := []handoffCase{
 		{what: "lockfs, open/close", mode: "handoff", path: filepath.Join(lfs.mnt, "handoff")},
 		{what: "floor-lock, open/close", mode: "handoff", path: filepath.Join(floorLock.mnt, "handoff")},
 		{what: "local flock(2)", mode: "fhandoff", path: filepath.Join(local, "handoff")},
 	}
-	rounds := c.handoffs/2 + 1
-	for range c.handoffRuns {
-		for i := range cases {
-			cs := &cases[i]
-			lat, err := b.handoffPair(cs.mode, cs.path, rounds)
-			if err != nil {
-				return err
-			}
-			cs.n = len(lat)
-			cs.p50 = append(cs.p50, pct(lat, 50))
-			cs.p99 = append(cs.p99, pct(lat, 99))
-			cs.max = append(cs.max, lat[len(lat)-1])
-		}
+	if err := b.runHandoffCases(c, cases); err != nil {
+		return err
 	}
 	fmt.Printf("3. contended handoff, two C processes alternately holding one name (hold 0.5-3 ms), %d runs x ~%d handoffs;\n",
 		c.handoffRuns, cases[0].n)
 	fmt.Printf("   release->grant in us, median over runs (range):\n")
-	for _, cs := range cases {
-		fmt.Printf("   %-24s p50 %6.1f (%s)  p99 %6.1f (%s)  max %6.0f (%s)\n", cs.what,
-			median(cs.p50)/1e3, spread(cs.p50, 1e3, "%.1f"),
-			median(cs.p99)/1e3, spread(cs.p99, 1e3, "%.1f"),
-			median(cs.max)/1e3, spread(cs.max, 1e3, "%.0f"))
-	}
-	ratio := func(a, b int) string {
-		return fmt.Sprintf("p50 %.2fx, p99 %.2fx", median(cases[a].p50)/median(cases[b].p50), median(cases[a].p99)/median(cases[b].p99))
-	}
+	printHandoffCases("   ", 24, cases)
 	fmt.Printf("   lockfs/local flock: %s; floor-lock/local flock: %s; lockfs/floor-lock: %s\n",
-		ratio(0, 2), ratio(1, 2), ratio(0, 1))
+		cases[0].ratio(cases[2], "%.2f"), cases[1].ratio(cases[2], "%.2f"), cases[0].ratio(cases[1], "%.2f"))
 	return nil
 }
 

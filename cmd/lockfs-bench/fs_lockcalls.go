@@ -146,15 +146,34 @@ func (b *fsBench) callsTrace() error {
 // local disk, and through open/close on lockfs (figure 3's handoff), the
 // three cases interleaved in each of c.handoffRuns runs.
 func (b *fsBench) callsHandoff(c fsConfig, lfs *daemon, local string) error {
-	cases := []struct {
-		what, mode, path string
-		p50, p99, max    []float64
-		n                int
-	}{
+	cases := []handoffCase{
 		{what: "lockfs, flock(2)", mode: "fhandoff", path: filepath.Join(lfs.mnt, "handoff")},
 		{what: "local,  flock(2)", mode: "fhandoff", path: filepath.Join(local, "handoff")},
 		{what: "lockfs, open/close", mode: "handoff", path: filepath.Join(lfs.mnt, "handoff-open")},
 	}
+	if err := b.runHandoffCases(c, cases); err != nil {
+		return err
+	}
+	fmt.Printf("   c. contended handoff, two C processes on one name, %d runs x ~%d handoffs; flock: each process opens O_RDONLY once,\n",
+		c.handoffRuns, cases[0].n)
+	fmt.Printf("      then loops flock(EX), hold 0.5-3 ms, flock(UN); release->grant in us, median over runs (range):\n")
+	printHandoffCases("      ", 18, cases)
+	fmt.Printf("      lockfs flock/local flock: %s; lockfs flock/lockfs open: %s\n",
+		cases[0].ratio(cases[1], "%.1f"), cases[0].ratio(cases[2], "%.2f"))
+	return nil
+}
+
+// handoffCase is one case of a handoff comparison: two clients in mode
+// (handoff, fhandoff) on path, and its figures per run in ns.
+type handoffCase struct {
+	what, mode, path string
+	p50, p99, max    []float64
+	n                int // handoffs in the last run
+}
+
+// runHandoffCases runs every case in turn in each of c.handoffRuns runs,
+// so that machine noise hits the cases alike, and fills in their figures.
+func (b *fsBench) runHandoffCases(c fsConfig, cases []handoffCase) error {
 	rounds := c.handoffs/2 + 1
 	for range c.handoffRuns {
 		for i := range cases {
@@ -169,19 +188,25 @@ func (b *fsBench) callsHandoff(c fsConfig, lfs *daemon, local string) error {
 			cs.max = append(cs.max, lat[len(lat)-1])
 		}
 	}
-	fmt.Printf("   c. contended handoff, two C processes on one name, %d runs x ~%d handoffs; flock: each process opens O_RDONLY once,\n",
-		c.handoffRuns, cases[0].n)
-	fmt.Printf("      then loops flock(EX), hold 0.5-3 ms, flock(UN); release->grant in us, median over runs (range):\n")
+	return nil
+}
+
+// printHandoffCases prints a line per case: the median over runs of its
+// p50, p99 and max in us, each with its range; names padded to width.
+func printHandoffCases(indent string, width int, cases []handoffCase) {
 	for _, cs := range cases {
-		fmt.Printf("      %-18s p50 %6.1f (%s)  p99 %6.1f (%s)  max %6.0f (%s)\n", cs.what,
+		fmt.Printf("%s%-*s p50 %6.1f (%s)  p99 %6.1f (%s)  max %6.0f (%s)\n", indent, width, cs.what,
 			median(cs.p50)/1e3, spread(cs.p50, 1e3, "%.1f"),
 			median(cs.p99)/1e3, spread(cs.p99, 1e3, "%.1f"),
 			median(cs.max)/1e3, spread(cs.max, 1e3, "%.0f"))
 	}
-	fmt.Printf("      lockfs flock/local flock: p50 %.1fx, p99 %.1fx; lockfs flock/lockfs open: p50 %.2fx, p99 %.2fx\n",
-		median(cases[0].p50)/median(cases[1].p50), median(cases[0].p99)/median(cases[1].p99),
-		median(cases[0].p50)/median(cases[2].p50), median(cases[0].p99)/median(cases[2].p99))
-	return nil
+}
+
+// ratio is "p50 Rx, p99 Rx": the medians of h over those of o, each in
+// format.
+func (h handoffCase) ratio(o handoffCase, format string) string {
+	return fmt.Sprintf("p50 "+format+"x, p99 "+format+"x",
+		median(h.p50)/median(o.p50), median(h.p99)/median(o.p99))
 }
 
 // handoffPair runs two clients in mode (handoff, fhandoff) on path for
