@@ -19,7 +19,8 @@ package main
 //	trace  FUSE requests per open+close reaching lockfs and the floor
 //	1      uncontended open+close: lockfs vs the floor vs local flock
 //	2      bash 'exec 9>M/x; exec 9>&-' loop vs a 'flock F true' loop
-//	3      release->grant latency between two processes on one daemon
+//	3      release->grant latency between two processes on one daemon,
+//	       against the locking floor (in-memory mutexes) and local flock
 //	4      daemon RSS with 1,000 blocked openers and with 10,000 held names
 //	       (and after they are gone, for up to -settle),
 //	       and an unrelated name's open+close time meanwhile
