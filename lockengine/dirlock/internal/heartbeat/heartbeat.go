@@ -184,7 +184,22 @@ func (l *Loop) beatLoop() {
 		for _, r := range due {
 			l.beatOne(r)
 		}
+		due = forget(due)
 	}
+}
+
+// forget empties due, the beat loop's reusable list of targets, so that
+// its array keeps no target alive: a registration points into its target
+// (a held lock with its callbacks), and one left in the array would stay
+// reachable long after it was stopped. An array much larger than the
+// last round needed (a burst of held locks that ended) is dropped.
+func forget(due []*Registration) []*Registration {
+	n := len(due)
+	clear(due)
+	if cap(due) > 256 && n < cap(due)/4 {
+		return nil
+	}
+	return due[:0]
 }
 
 func (l *Loop) beatOne(r *Registration) {

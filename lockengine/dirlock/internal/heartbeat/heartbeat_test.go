@@ -2,7 +2,9 @@ package heartbeat
 
 import (
 	"errors"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -170,4 +172,44 @@ func TestStopAndClose(t *testing.T) {
 		ft.lost = func(error) { t.Error("lost on a closed loop") }
 		l.Add(ft)
 	})
+}
+
+// TestStoppedTargetsAreNotKept checks that the loop lets go of stopped
+// targets: a burst of held locks that ended must not stay reachable from
+// the loop's list of due targets (their memory would never be given back).
+func TestStoppedTargetsAreNotKept(t *testing.T) {
+	l := New(8 * time.Millisecond)
+	defer l.Close()
+	keep := &fakeTarget{} // still registered: the loop keeps running rounds
+	l.Add(keep)
+
+	const n = 3
+	var collected atomic.Int32
+	func() {
+		targets := make([]*fakeTarget, n)
+		regs := make([]*Registration, n)
+		for i := range targets {
+			targets[i] = &fakeTarget{}
+			runtime.AddCleanup(targets[i], func(*atomic.Int32) { collected.Add(1) }, &collected)
+			regs[i] = l.Add(targets[i])
+		}
+		require.Eventually(t, func() bool {
+			for _, ft := range targets {
+				if ft.count() == 0 {
+					return false
+				}
+			}
+			return true
+		}, 10*time.Second, time.Millisecond, "every target beaten")
+		for _, r := range regs {
+			r.Stop()
+		}
+	}()
+	// Let the loop run more rounds with the one target left.
+	start := keep.count()
+	require.Eventually(t, func() bool { return keep.count() >= start+2 }, 10*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool {
+		runtime.GC()
+		return collected.Load() == n
+	}, 10*time.Second, 10*time.Millisecond, "stopped targets still reachable from the loop")
 }
