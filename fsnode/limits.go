@@ -12,6 +12,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
+	"github.com/lockfs/lockfs/internal/mapshrink"
 	"github.com/lockfs/lockfs/lockengine"
 )
 
@@ -106,6 +107,11 @@ type limiter struct {
 	logged  map[refusalKey]time.Time            // guarded by mu; last log line per uid and limit
 	names   map[countedNode]map[uint32]struct{} // guarded by mu; uids charged for each node
 	refused [numKinds]atomic.Uint64             // refusals by kind
+
+	// The largest lengths of charged and names since each was last
+	// shrunk (mapshrink): maps never give back their buckets, and a burst
+	// of 10,000 held names would otherwise stay in them. Guarded by mu.
+	chargedPeak, namesPeak int
 }
 
 type refusalKey struct {
@@ -233,6 +239,7 @@ func (l *limiter) settle(slot *lockengine.Slot, uid uint32, reserved bool) {
 		return
 	case !has && charged:
 		delete(l.charged, slot)
+		l.charged = mapshrink.Shrink(l.charged, &l.chargedPeak)
 		l.dropHeld(owner)
 	}
 	if reserved {
@@ -257,6 +264,7 @@ func (l *limiter) uncharge(slot *lockengine.Slot) {
 	defer l.mu.Unlock()
 	if uid, ok := l.charged[slot]; ok {
 		delete(l.charged, slot)
+		l.charged = mapshrink.Shrink(l.charged, &l.chargedPeak)
 		l.dropHeld(uid)
 	}
 }
@@ -334,6 +342,7 @@ func (l *limiter) forgetName(n countedNode) {
 		}
 	}
 	delete(l.names, n)
+	l.names = mapshrink.Shrink(l.names, &l.namesPeak)
 }
 
 // chargeDir counts one more lock directory for uid (its creator), or
