@@ -653,6 +653,18 @@ func (q *Queue) unref(e *entry) {
 	if q.idleHint.Add(1) < idleEntries {
 		return
 	}
+	q.ForgetIdle()
+}
+
+// ForgetIdle drops what the Queue keeps of names that nobody holds, waits
+// for or is acquiring, and gives back the memory of its name table when a
+// burst made it grow. The Queue keeps up to idleEntries such names so that
+// a name used again costs no allocation; after a burst (10,000 names held
+// and released) they are memory an idle daemon keeps for nothing. Locks are
+// unaffected: a name's state is made again on its next use. Safe to call
+// at any time, also after Close; the daemon calls it periodically, before
+// it returns free memory to the OS.
+func (q *Queue) ForgetIdle() {
 	q.mu.Lock()
 	for name, e := range q.entries {
 		if e.refs.Load() == 0 {

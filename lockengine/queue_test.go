@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -397,4 +399,40 @@ func TestQueueForgetsServedWaiters(t *testing.T) {
 	e.mu.Unlock()
 	require.Nil(t, drained, "a drained queue keeps no array")
 	eventually(t, "backend idle", b.idle)
+}
+
+// ForgetIdle drops the entries of names nobody uses and keeps the others:
+// a held name stays held, releasable and exclusive, and a forgotten name
+// locks again as before.
+func TestQueueForgetIdle(t *testing.T) {
+	q, b := newTestQueue(t, QueueOptions{})
+	ctx := testCtx(t)
+	for i := range 10 {
+		l, err := q.Acquire(ctx, fmt.Sprintf("idle%d", i), Exclusive)
+		require.NoError(t, err)
+		require.NoError(t, l.Release())
+	}
+	held, err := q.Acquire(ctx, "held", Exclusive)
+	require.NoError(t, err)
+	entries := func() []string {
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		return slices.Sorted(maps.Keys(q.entries))
+	}
+	require.Len(t, entries(), 11, "idle entries are kept until forgotten")
+
+	q.ForgetIdle()
+	require.Equal(t, []string{"held"}, entries())
+	_, err = q.TryAcquire(ctx, "held", Exclusive)
+	require.ErrorIs(t, err, ErrWouldBlock, "a held name stays held")
+	require.NoError(t, held.Release())
+	l, err := q.Acquire(ctx, "idle3", Exclusive)
+	require.NoError(t, err, "a forgotten name locks again")
+	require.NoError(t, l.Release())
+
+	q.ForgetIdle()
+	require.Empty(t, entries())
+	eventually(t, "backend idle", b.idle)
+	require.NoError(t, q.Close())
+	q.ForgetIdle() // safe after Close
 }

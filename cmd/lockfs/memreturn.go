@@ -46,9 +46,11 @@ var memReturnMetrics = []string{
 	"/gc/stack/starting-size:bytes",
 }
 
-// returnMemory runs the check until stop is closed. It also serves the
-// debug profiles of debugProfileEnv when that is set.
-func returnMemory(stop <-chan struct{}) {
+// returnMemory runs the check until stop is closed, calling forget (when
+// not nil) first at every check: the lock engine's ForgetIdle, which drops
+// what it keeps of names that went idle. It also serves the debug profiles
+// of debugProfileEnv when that is set.
+func returnMemory(stop <-chan struct{}, forget func()) {
 	go profileOnSignal(stop)
 	t := time.NewTicker(memReturnInterval)
 	defer t.Stop()
@@ -61,6 +63,9 @@ func returnMemory(stop <-chan struct{}) {
 		case <-stop:
 			return
 		case <-t.C:
+		}
+		if forget != nil {
+			forget()
 		}
 		rtmetrics.Read(s)
 		h := heapSample{

@@ -285,7 +285,7 @@ func runMount(args []string, stdout, stderr io.Writer) error {
 	sd := notifySystemd(logger, mnt, cfg.backend.kind, &healthCheck{mnt: mnt, eng: eng, backend: backend})
 
 	served := make(chan struct{})
-	go returnMemory(served)
+	go returnMemory(served, eng.ForgetIdle)
 	go func() {
 		srv.Wait()
 		close(served)
