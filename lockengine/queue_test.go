@@ -111,6 +111,19 @@ func TestQueueOneCallOneHoldPerName(t *testing.T) {
 			time.Sleep(time.Duration(r.IntN(200)) * time.Microsecond)
 		}
 	}()
+	forgetterDone := make(chan struct{})
+	go func() { // drops idle entries all along, as the daemon does every 30 s
+		defer close(forgetterDone)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			q.ForgetIdle()
+			time.Sleep(50 * time.Microsecond)
+		}
+	}()
 	errs := make(chan error, 8)
 	var wg sync.WaitGroup
 	for g := range 8 {
@@ -157,6 +170,7 @@ func TestQueueOneCallOneHoldPerName(t *testing.T) {
 	wg.Wait()
 	close(stop)
 	<-togglerDone
+	<-forgetterDone
 	close(errs)
 	for err := range errs {
 		t.Error(err)
