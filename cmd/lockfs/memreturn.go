@@ -46,9 +46,9 @@ var memReturnMetrics = []string{
 	"/gc/stack/starting-size:bytes",
 }
 
-// returnMemory runs the check until stop is closed, calling forget (when
-// not nil) first at every check: the lock engine's ForgetIdle, which drops
-// what it keeps of names that went idle. It also serves the debug profiles
+// returnMemory runs the check until stop is closed, calling forget first
+// at every check: the lock engine's ForgetIdle, which drops what it keeps
+// of names that went idle. It also serves the debug profiles
 // of debugProfileEnv when that is set.
 func returnMemory(stop <-chan struct{}, forget func()) {
 	go profileOnSignal(stop)
@@ -64,9 +64,7 @@ func returnMemory(stop <-chan struct{}, forget func()) {
 			return
 		case <-t.C:
 		}
-		if forget != nil {
-			forget()
-		}
+		forget()
 		rtmetrics.Read(s)
 		h := heapSample{
 			objects: sampleValue(s[0]), unused: sampleValue(s[1]), free: sampleValue(s[2]), live: sampleValue(s[3]),
