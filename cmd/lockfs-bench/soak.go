@@ -97,6 +97,11 @@ type soakRun struct {
 	samples map[*daemon][]soakSample
 	dState  []string
 	seq     int
+	// restarts: how long each daemon restart after a daemon-kill took
+	// (until mounted); startFailures: the errors (with the daemon's log)
+	// of restart attempts that failed and were retried. Under mu.
+	restarts      []time.Duration
+	startFailures []string
 
 	etcd    *etcdBench // the etcd server (-etcd), stopped after the daemons
 	etcdURL string

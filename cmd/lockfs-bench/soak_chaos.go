@@ -115,10 +115,17 @@ func (r *soakRun) inject(kind string, mounts []string, until int64) (string, err
 		_ = d.proc.UnmountLeftover()
 		time.Sleep(time.Duration(r.rng.IntN(200)) * time.Millisecond)
 		var err2 error
+		start := time.Now()
 		for range 5 {
 			if err2 = r.startDaemon(s); err2 == nil {
+				r.mu.Lock()
+				r.restarts = append(r.restarts, time.Since(start))
+				r.mu.Unlock()
 				return "", nil
 			}
+			r.mu.Lock()
+			r.startFailures = append(r.startFailures, err2.Error())
+			r.mu.Unlock()
 			time.Sleep(time.Second)
 		}
 		return "", fmt.Errorf("restart of daemon %d failed: %w", s.idx, err2)

@@ -342,6 +342,13 @@ func (r *soakRun) print(rep *soakReport, elapsed time.Duration, lockFiles int, l
 		nf += n
 	}
 	fmt.Printf("faults injected: %d (%s)\n", nf, fmtCounts(r.faults))
+	if len(r.restarts) > 0 || len(r.startFailures) > 0 {
+		fmt.Printf("daemon restarts: %d, slowest %v; failed start attempts (retried): %d\n",
+			len(r.restarts), slices.Max(append([]time.Duration{0}, r.restarts...)).Round(time.Millisecond), len(r.startFailures))
+		for _, f := range r.startFailures {
+			fmt.Printf("  failed start: %s\n", strings.ReplaceAll(f, "\n", "\n    "))
+		}
+	}
 	fmt.Printf("failed attempts by errno: %s\n", fmtCounts(rep.errnos))
 	fmt.Printf("overlaps after a fault fenced by a greater token: %d\n", rep.overlapsOK)
 	fmt.Printf("clients still running 2s after the duration: %d (then unblocked by stopping the daemons); still running 10s after that (stuck): %d\n",

@@ -68,6 +68,7 @@ func TestSoakShort(t *testing.T) {
 		`(?m)^faults injected: [1-9]\d* \(.*\bdaemon-kill \d+`,
 		`(?m)^faults injected: [1-9]\d* \(.*\bstate-full\b`,
 		`(?m)^faults injected: [1-9]\d* \(.*\bstate-ro\b`,
+		`(?m)^daemon restarts: [1-9]\d*, slowest \S+; failed start attempts \(retried\): \d+$`,
 		`(?m)^failed attempts by errno: `,
 		`(?m)^wait \(blocking interfaces, attempt to grant\): p50 \S+ p99 \S+ max \S+ \([1-9]\d* grants\)`,
 		`(?m)^  d0 pid \d+, \d+ samples over .*: RSS [\d.]+ -> [\d.]+ MiB \(slope [-+][\d.]+ MiB/min\), fds \d+ -> \d+ \(slope [-+][\d.]+/min\)`,
